@@ -1,0 +1,41 @@
+"""gatorapp: a task queue. ``@app.task``, ``.delay()``, and a worker that loses nothing."""
+
+from .app import App, BoundTask, Options, Rejected, TaskFunction, TaskHandle
+from .errors import (
+    BackendError,
+    ConfigurationError,
+    DecodeError,
+    GatorError,
+    LeaseLost,
+    MissingDependencyError,
+    PayloadTooLarge,
+    Retry,
+    SerializationError,
+    UnknownTaskError,
+)
+from .task import Task
+from .worker import Worker
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "BackendError",
+    "BoundTask",
+    "ConfigurationError",
+    "DecodeError",
+    "GatorError",
+    "LeaseLost",
+    "MissingDependencyError",
+    "Options",
+    "PayloadTooLarge",
+    "Rejected",
+    "Retry",
+    "SerializationError",
+    "Task",
+    "TaskFunction",
+    "TaskHandle",
+    "UnknownTaskError",
+    "Worker",
+    "__version__",
+]

@@ -1,0 +1,531 @@
+"""The App: a task registry bound to one backend URL.
+
+``App()`` does no I/O. The backend is built on first use, so an app can be
+defined at import time in a web process and in a worker alike.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from .backends import Backend, Message, load_backend
+from .errors import ConfigurationError, DecodeError, GatorError, UnknownTaskError
+from .execution import DEFAULT_BACKOFF, Outcome, TaskDef, run_attempt
+from .options import as_bool, check_option_names, check_retries, run_at
+from .task import CANCELED, HOOK_NAMES, Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+log = logging.getLogger("gatorapp")
+
+DEFAULT_URL = "sqlite:///gatorapp.db"
+
+
+def default_url() -> str:
+    """``$GATORAPP_URL``, else ``gatorapp.db`` in the current directory."""
+    return os.environ.get("GATORAPP_URL") or DEFAULT_URL
+
+
+def qualified_name(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _check_resolvable(fn: Any, what: str) -> None:
+    if not callable(fn):
+        raise ConfigurationError(f"{what} must be callable, not {fn!r}")
+    qual = getattr(fn, "__qualname__", "")
+    if "<lambda>" in qual or "<locals>" in qual:
+        raise ConfigurationError(
+            f"{what} {qual!r} is a lambda or nested function; a worker can only find "
+            f"module-level functions by name. Define it at module level."
+        )
+
+
+class Rejected(GatorError):
+    """A reserved payload that cannot run: goes to the dead letters with ``reason``."""
+
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
+
+class TaskHandle(Generic[R]):
+    """What ``.delay()`` returns. ``id`` is the task id; in eager mode
+    ``result`` holds the return value and ``task`` the finished Task."""
+
+    __slots__ = ("id", "name", "queue", "run_at", "task")
+
+    def __init__(self, task: Task, run_at: float | None, eager: bool) -> None:
+        self.id: str = task.task_id
+        self.name = task.name
+        self.queue = task.queue
+        self.run_at = run_at
+        self.task: Task | None = task if eager else None
+
+    @property
+    def result(self) -> R | None:
+        """The return value of an eager run; None for a queued task (gatorapp keeps no results)."""
+        return None if self.task is None else self.task.result
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.name} id={self.id} queue={self.queue}>"
+
+
+class BoundTask(Generic[P, R]):
+    """A task with enqueue options applied: ``add.options(queue="urgent").delay(2, 3)``."""
+
+    def __init__(self, tfn: TaskFunction[P, R], opts: dict[str, Any]) -> None:
+        self._tfn = tfn
+        self._opts = opts
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        return self._tfn.app._submit(self._tfn.tdef, args, kwargs, self._opts)
+
+    def options(self, **opts: Any) -> BoundTask[P, R]:
+        return self._tfn.options(**{**self._opts, **opts})
+
+
+class TaskFunction(Generic[P, R]):
+    """A registered task. Calling it runs the function here; ``.delay()`` enqueues."""
+
+    def __init__(self, app: App, tdef: TaskDef) -> None:
+        self.app = app
+        self.tdef = tdef
+        self.name = tdef.name
+        self.__wrapped__ = tdef.fn
+        self.__doc__ = tdef.fn.__doc__
+        self.__name__ = getattr(tdef.fn, "__name__", tdef.name)
+        self.__qualname__ = getattr(tdef.fn, "__qualname__", tdef.name)
+        self.__module__ = getattr(tdef.fn, "__module__", __name__)
+
+    @property
+    def queue(self) -> str:
+        return self.tdef.queue
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.tdef.fn(*args, **kwargs)  # type: ignore[no-any-return]
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """Enqueue one run with the task's default options."""
+        return self.app._submit(self.tdef, args, kwargs, {})
+
+    def options(self, **opts: Any) -> BoundTask[P, R]:
+        """Options for one enqueue: queue, retries, delay_by, delay_until,
+        on_start, on_success, on_error, is_async, task_id."""
+        check_option_names(opts)
+        return BoundTask(self, opts)
+
+    def map(self, items: Iterable[Any]) -> list[TaskHandle[R]]:
+        """Enqueue one run per item, each item as the single argument, in one backend call."""
+        return self.app._submit_many(self.tdef, [((item,), {}) for item in items], {})
+
+    def starmap(self, items: Iterable[Sequence[Any]]) -> list[TaskHandle[R]]:
+        """Enqueue one run per argument tuple, in one backend call."""
+        return self.app._submit_many(self.tdef, [(tuple(a), {}) for a in items], {})
+
+    def __repr__(self) -> str:
+        return f"<task {self.name} queue={self.queue}>"
+
+
+class Options:
+    """``with app.options(retries=2) as opts: opts.task(add, 2, 3)`` (Alligator's form)."""
+
+    def __init__(self, app: App, opts: dict[str, Any]) -> None:
+        check_option_names(opts)
+        self.app = app
+        self.opts = opts
+
+    def __enter__(self) -> Options:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def task(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TaskHandle[Any]:
+        return self.app._submit(self.app._tdef_for(fn), args, kwargs, self.opts)
+
+
+class App:
+    """One task registry and one backend.
+
+    :param url: backend URL; default ``$GATORAPP_URL`` or ``sqlite:///gatorapp.db``.
+    :param default_queue: queue of tasks that name none.
+    :param task_class: Task subclass used to encode and decode payloads.
+    :param backend_class: a Backend subclass, or an Alligator-style client class.
+    :param lease: seconds a worker holds a task before another may take it
+        over, unless the worker's heartbeat renews it (default 30).
+    :param max_attempts: hard cap on attempts of one task, retries granted by
+        ``on_error`` hooks included (default 100).
+    :param max_deliveries: a task handed out this many times without an outcome
+        (its workers kept dying) goes to the dead letters as ``worker_lost``.
+    :param eager: run every ``.delay()`` inline, as with ``is_async=False``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        default_queue: str = "default",
+        task_class: type[Task] = Task,
+        backend_class: type | None = None,
+        lease: float = 30.0,
+        max_payload: int | None = None,
+        max_attempts: int = 100,
+        max_deliveries: int = 5,
+        eager: bool = False,
+    ) -> None:
+        self.url = url or default_url()
+        if backend_class is None:
+            from .backends import scheme_of
+
+            scheme_of(self.url)  # a malformed URL fails here, not at first use
+        if self.url.startswith("sqlite:///") and not self.url.startswith("sqlite:////"):
+            # Pin a relative path now, so a later chdir cannot move the queue.
+            rel = self.url[len("sqlite:///") :]
+            path, _, query = rel.partition("?")
+            if path and path != ":memory:":
+                self.url = "sqlite:///" + os.path.abspath(path) + (f"?{query}" if query else "")
+        if not isinstance(task_class, type) or not issubclass(task_class, Task):
+            raise ConfigurationError("task_class must be a subclass of gatorapp.Task")
+        if lease <= 0:
+            raise ConfigurationError(f"lease must be > 0 seconds, not {lease!r}")
+        self.default_queue = default_queue
+        self.task_class = task_class
+        self.backend_class = backend_class
+        self.lease = float(lease)
+        self.max_payload = max_payload
+        self.max_attempts = max_attempts
+        self.max_deliveries = max_deliveries
+        self.eager = as_bool(eager, "eager")
+        self._backend: Backend | None = None
+        self._tasks: dict[str, TaskDef] = {}
+        self._by_fn: dict[Any, TaskDef] = {}
+        self._hooks: dict[str, Callable[..., Any]] = {}
+        self._hook_names: dict[Any, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<gatorapp.App {self.url} tasks={len(self._tasks)}>"
+
+    # -- backend -------------------------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        """The backend, built (not connected) on first use."""
+        if self._backend is None:
+            opts: dict[str, Any] = {}
+            if self.max_payload is not None:
+                opts["max_payload"] = self.max_payload
+            self._backend = load_backend(self.url, self.backend_class, **opts)
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+
+    # -- registration --------------------------------------------------------
+    @overload
+    def task(self, fn: Callable[P, R]) -> TaskFunction[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retries: int = 0,
+        on_start: Callable[[Task], Any] | None = None,
+        on_success: Callable[[Task, Any], Any] | None = None,
+        on_error: Callable[[Task, BaseException], Any] | None = None,
+        backoff: Any = None,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
+        lease: float | None = None,
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+
+    def task(self, fn: Any = None, **kwargs: Any) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
+
+        ``name`` defaults to ``module.qualname``; producers and workers must
+        import the task from the same module so the names match.
+        """
+        if fn is not None:
+            return self._register(fn, **kwargs)
+        return lambda f: self._register(f, **kwargs)
+
+    def _register(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        retries: int = 0,
+        on_start: Callable[..., Any] | None = None,
+        on_success: Callable[..., Any] | None = None,
+        on_error: Callable[..., Any] | None = None,
+        backoff: Any = None,
+        retry_on: Any = None,
+        lease: float | None = None,
+    ) -> TaskFunction[Any, Any]:
+        if not callable(fn):
+            raise ConfigurationError(f"@app.task needs a function, not {fn!r}")
+        name = name or qualified_name(fn)
+        existing = self._tasks.get(name)
+        if existing is not None and qualified_name(existing.fn) != qualified_name(fn):
+            raise ConfigurationError(f"two different functions registered as task {name!r}")
+        if retry_on is not None:
+            retry_on = retry_on if isinstance(retry_on, tuple) else (retry_on,)
+            if not all(isinstance(e, type) and issubclass(e, BaseException) for e in retry_on):
+                raise ConfigurationError("retry_on must be an exception class or a tuple of them")
+        if backoff is not None and not callable(backoff):
+            raise ConfigurationError(
+                "backoff must be a tenacity wait strategy (e.g. wait_exponential())"
+            )
+        if lease is not None and lease <= 0:
+            raise ConfigurationError(f"lease must be > 0 seconds, not {lease!r}")
+        for hook in (on_start, on_success, on_error):
+            if hook is not None:
+                self.hook(hook)  # so enqueue-time options can name it too
+        tdef = TaskDef(
+            name=name,
+            fn=fn,
+            queue=queue or self.default_queue,
+            retries=check_retries(retries, self.max_attempts),
+            on_start=on_start,
+            on_success=on_success,
+            on_error=on_error,
+            backoff=backoff or DEFAULT_BACKOFF,
+            retry_on=retry_on,
+            lease=lease,
+        )
+        self._tasks[name] = tdef
+        self._by_fn[fn] = tdef
+        tfn: TaskFunction[Any, Any] = TaskFunction(self, tdef)
+        self._by_fn[tfn] = tdef
+        return tfn
+
+    def hook(self, fn: Callable[..., R] | None = None, *, name: str | None = None) -> Any:
+        """Register a hook so tasks can name it in ``.options(on_error=...)``."""
+        if fn is None:
+            return lambda f: self.hook(f, name=name)
+        _check_resolvable(fn, "hook")
+        hook_name = name or qualified_name(fn)
+        if self._hooks.get(hook_name, fn) is not fn:
+            raise ConfigurationError(f"two different hooks registered as {hook_name!r}")
+        self._hooks[hook_name] = fn
+        self._hook_names[fn] = hook_name
+        return fn
+
+    @property
+    def tasks(self) -> dict[str, TaskDef]:
+        """Registered tasks by name (read-only view)."""
+        return dict(self._tasks)
+
+    def queues(self) -> list[str]:
+        """The default queue, then each registered task's queue, in registration order."""
+        return list(dict.fromkeys([self.default_queue, *(t.queue for t in self._tasks.values())]))
+
+    def _tdef_for(self, fn: Any) -> TaskDef:
+        if isinstance(fn, (TaskFunction, BoundTask)):
+            return fn.tdef if isinstance(fn, TaskFunction) else fn._tfn.tdef
+        if isinstance(fn, str) and fn in self._tasks:
+            return self._tasks[fn]
+        tdef = self._by_fn.get(fn)
+        if tdef is None:
+            raise UnknownTaskError(
+                f"{qualified_name(fn) if callable(fn) else fn!r} is not a registered task of this "
+                f"app; decorate it with @app.task"
+            )
+        return tdef
+
+    def _resolve_hook_name(self, kind: str, hook: Any) -> str:
+        if isinstance(hook, str):
+            if hook not in self._hooks:
+                raise ConfigurationError(f"{kind} hook {hook!r} is not registered (use @app.hook)")
+            return hook
+        _check_resolvable(hook, f"{kind} hook")
+        hook_name = self._hook_names.get(hook)
+        if hook_name is None:
+            raise ConfigurationError(
+                f"{kind} hook {qualified_name(hook)!r} is not registered with this app: decorate "
+                f"it with @app.hook (or pass it to @app.task) so workers can find it by name"
+            )
+        return hook_name
+
+    # -- enqueue -------------------------------------------------------------
+    def options(self, **opts: Any) -> Options:
+        """Options for several enqueues: ``with app.options(...) as opts: opts.task(fn, ...)``."""
+        return Options(self, opts)
+
+    def _build(
+        self, tdef: TaskDef, args: Sequence[Any], kwargs: dict[str, Any], opts: dict[str, Any]
+    ) -> tuple[Task, bytes, float | None, bool]:
+        queue = opts.get("queue") or tdef.queue
+        retries = tdef.retries if opts.get("retries") is None else opts["retries"]
+        task = self.task_class(
+            tdef.name,
+            args,
+            kwargs,
+            task_id=opts.get("task_id"),
+            queue=queue,
+            retries=check_retries(retries, self.max_attempts),
+        )
+        for kind in HOOK_NAMES:
+            if opts.get(kind) is not None:
+                setattr(task, kind, self._resolve_hook_name(kind, opts[kind]))
+        eager = self.eager or not as_bool(opts.get("is_async", True), "is_async")
+        due = run_at(opts, time.time())
+        data = task.serialize()
+        if not isinstance(data, bytes):
+            raise ConfigurationError(f"{type(task).__name__}.serialize() must return bytes")
+        self.backend.check_size(data)
+        return task, data, due, eager
+
+    def _submit(
+        self, tdef: TaskDef, args: Sequence[Any], kwargs: dict[str, Any], opts: dict[str, Any]
+    ) -> TaskHandle[Any]:
+        task, data, due, eager = self._build(tdef, args, kwargs, opts)
+        if eager:
+            return TaskHandle(self._run_eager(data), due, eager=True)
+        self.backend.enqueue([Message(task.queue, task.task_id, data, due)])
+        return TaskHandle(task, due, eager=False)
+
+    def _submit_many(
+        self,
+        tdef: TaskDef,
+        calls: Sequence[tuple[Sequence[Any], dict[str, Any]]],
+        opts: dict[str, Any],
+    ) -> list[TaskHandle[Any]]:
+        built = [self._build(tdef, a, k, opts) for a, k in calls]
+        if built and built[0][3]:
+            return [TaskHandle(self._run_eager(data), due, eager=True) for _, data, due, _ in built]
+        self.backend.enqueue([Message(t.queue, t.task_id, d, due) for t, d, due, _ in built])
+        return [TaskHandle(t, due, eager=False) for t, _, due, _ in built]
+
+    def enqueue_many(
+        self, task: Any, args_list: Iterable[Sequence[Any]], **opts: Any
+    ) -> list[TaskHandle[Any]]:
+        """Enqueue many runs of one task in one backend call: one args tuple each."""
+        check_option_names(opts)
+        return self._submit_many(self._tdef_for(task), [(tuple(a), {}) for a in args_list], opts)
+
+    # -- running -------------------------------------------------------------
+    def decode(self, data: bytes) -> tuple[Task, TaskDef]:
+        """Decode a payload and find its registered task, or raise :class:`Rejected`."""
+        try:
+            self.backend.check_size(data)
+        except GatorError as exc:
+            raise Rejected("too_large", str(exc)) from None
+        try:
+            task = self.task_class.deserialize(data)
+        except Exception as exc:  # a custom task class may raise anything
+            raise Rejected("decode_error", f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(task, Task):
+            raise Rejected("decode_error", f"deserialize() returned {type(task).__name__}")
+        tdef = self._tasks.get(task.name) if isinstance(task.name, str) else None
+        if tdef is None:
+            raise Rejected(
+                "unknown_task",
+                f"task {str(task.name)[:200]!r} is not registered in this app (nothing is imported "
+                f"by name; register it with @app.task and requeue)",
+            )
+        for kind in HOOK_NAMES:
+            hook_name = getattr(task, kind)
+            if hook_name is not None and hook_name not in self._hooks:
+                raise Rejected("unknown_hook", f"{kind} hook {hook_name!r} is not registered")
+        return task, tdef
+
+    def hooks_for(self, task: Task, tdef: TaskDef) -> dict[str, Callable[..., Any] | None]:
+        return {
+            kind: self._hooks[getattr(task, kind)] if getattr(task, kind) else getattr(tdef, kind)
+            for kind in HOOK_NAMES
+        }
+
+    def run(self, task: Task, tdef: TaskDef) -> Outcome:
+        """One attempt of ``task`` with its hooks."""
+        return run_attempt(task, tdef, self.hooks_for(task, tdef), self.max_attempts)
+
+    def _run_eager(self, data: bytes) -> Task:
+        # Round-trip through the task class, so eager mode fails exactly where a
+        # worker would. Retries run at once: eager mode never sleeps a backoff.
+        task, tdef = self.decode(data)
+        while True:
+            outcome = self.run(task, tdef)
+            if outcome.kind == "success":
+                return task
+            if outcome.kind == "dead":
+                assert outcome.exc is not None
+                raise outcome.exc
+            task = self.task_class.deserialize(task.serialize())
+
+    # -- by id ---------------------------------------------------------------
+    def _find(self, task_id: str, queue: str | None) -> tuple[str, bytes] | None:
+        queues = (
+            [queue] if queue else list(dict.fromkeys(self.queues() + self.backend.known_queues()))
+        )
+        for q in queues:
+            data = self.backend.take(q, task_id)
+            if data is not None:
+                return q, data
+        return None
+
+    def get(self, task_id: str, queue: str | None = None) -> Task | None:
+        """Take a waiting task off its queue and run it now, here (as ``is_async=False``).
+
+        Returns the finished Task, or None for an unknown id. A payload that
+        cannot run goes to the dead letters and raises :class:`Rejected`.
+        """
+        found = self._find(task_id, queue)
+        if found is None:
+            return None
+        q, data = found
+        try:
+            return self._run_eager(data)
+        except Rejected as exc:
+            self.backend.dead_add(q, task_id, data, exc.reason, exc.error)
+            raise
+
+    def cancel(self, task_id: str, queue: str | None = None) -> Task | None:
+        """Remove a waiting task unrun. Returns it, or None for an unknown or running id."""
+        found = self._find(task_id, queue)
+        if found is None:
+            return None
+        q, data = found
+        try:
+            task = self.task_class.deserialize(data)
+        except Exception:
+            task = Task("?", task_id=task_id, queue=q)
+        task.status = CANCELED
+        return task
+
+    # -- dead letters --------------------------------------------------------
+    def requeue_dead(self, queue: str, task_id: str) -> bool:
+        """Move a dead letter back to its queue with its retry budget restored."""
+        letter = self.backend.dead_get(queue, task_id)
+        if letter is None:
+            return False
+        data: bytes | None = None
+        try:
+            task, tdef = self.decode(letter.data)
+            task.retries = tdef.retries
+            data = task.serialize()
+        except (Rejected, DecodeError):
+            pass  # requeue as it was: a later deploy may know how to run it
+        return self.backend.dead_requeue(queue, task_id, data)
+
+    # -- testing -------------------------------------------------------------
+    def drain(self, queues: Sequence[str] | None = None, *, max_tasks: int | None = None) -> int:
+        """Run every ready task here and now until the queues have nothing ready.
+
+        Made for tests: enqueue, then ``app.drain()``. Returns attempts run.
+        Retries scheduled with a backoff are not waited for.
+        """
+        from .worker import Worker
+
+        worker = Worker(self, queues=queues, max_tasks=max_tasks, burst=True)
+        worker.run_forever()
+        return worker.tasks_complete

@@ -1,0 +1,73 @@
+"""Backends, chosen by URL scheme and imported only when used.
+
+========================  =============================================
+``memory://``             in-process (tests, eager development)
+``sqlite:///path.db``     embedded default, several processes, one file
+``redis://``, ``rediss://``, ``unix://``   Redis (needs ``redis``)
+``sqs://REGION/``         Amazon SQS (needs ``boto3``)
+========================  =============================================
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ConfigurationError, MissingDependencyError
+from .base import Backend, DeadLetter, Message, QueueStats, Reservation
+
+__all__ = ["Backend", "DeadLetter", "Message", "QueueStats", "Reservation", "load_backend"]
+
+# scheme -> (module, class, pip package that provides the driver)
+_SCHEMES: dict[str, tuple[str, str, str | None]] = {
+    "memory": ("gatorapp.backends.memory", "MemoryBackend", None),
+    "sqlite": ("gatorapp.backends.sqlite", "SQLiteBackend", None),
+    "redis": ("gatorapp.backends.redis", "RedisBackend", "redis"),
+    "rediss": ("gatorapp.backends.redis", "RedisBackend", "redis"),
+    "unix": ("gatorapp.backends.redis", "RedisBackend", "redis"),
+    "sqs": ("gatorapp.backends.sqs", "SQSBackend", "boto3"),
+}
+
+
+def scheme_of(url: str) -> str:
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigurationError(
+            f"bad backend URL {url!r}: expected scheme://..., one of "
+            + ", ".join(f"{s}://" for s in _SCHEMES)
+        )
+    return urlsplit(url).scheme.lower()
+
+
+def load_backend(url: str, backend_class: type | None = None, **options: Any) -> Backend:
+    """Build the backend for ``url``.
+
+    ``backend_class`` may be a :class:`Backend` subclass (built with the URL and
+    options) or any class with Alligator's five client methods (``len``,
+    ``drop_all``, ``push``, ``pop``, ``get``), which is built with the URL alone
+    and wrapped in :class:`~gatorapp.backends.client.ClientBackend`.
+    """
+    if backend_class is not None:
+        if isinstance(backend_class, type) and issubclass(backend_class, Backend):
+            return backend_class(url, **options)
+        from .client import ClientBackend
+
+        return ClientBackend(backend_class(url), url, **options)
+    scheme = scheme_of(url)
+    if scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"unknown backend scheme {scheme!r} in {url!r}; known: "
+            + ", ".join(f"{s}://" for s in _SCHEMES)
+            + " (or pass backend_class=)"
+        )
+    module_name, class_name, package = _SCHEMES[scheme]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if package and exc.name and exc.name.split(".")[0] == package:
+            raise MissingDependencyError(
+                f"the {scheme}:// backend needs the {package!r} package: pip install {package}"
+            ) from exc
+        raise
+    cls: type[Backend] = getattr(module, class_name)
+    return cls(url, **options)

@@ -1,0 +1,270 @@
+"""The backend interface every storage implements.
+
+Storage sees only bytes: a task id, an opaque payload, a due time and, while a
+worker holds it, a lease. Delivery is reserve, then acknowledge:
+
+* :meth:`Backend.reserve` leases up to ``limit`` ready tasks to a worker. A
+  lease carries a fresh token and expires unless :meth:`Backend.extend`
+  renews it; an expired lease makes the task ready again (at-least-once).
+* :meth:`Backend.ack` deletes finished tasks, :meth:`Backend.retry` puts a
+  failed one back with a new payload and due time, :meth:`Backend.release`
+  hands back tasks that never started, :meth:`Backend.bury` moves a task to
+  the queue's dead letters. Each of these checks the token: a worker whose
+  lease was taken over is refused, and the call returns ``False`` for it.
+
+Every call takes a batch (a one-task call is the batch of one), so a backend
+can fetch and acknowledge many tasks per round trip.
+
+Public methods here do the shared bookkeeping (validation, size limits) and
+call the small abstract ``_primitives`` a backend implements, as SAQ's Queue
+does. Subclasses must be safe to call from several threads unless they set
+``thread_safe = False``.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import ConfigurationError, PayloadTooLarge
+
+DEFAULT_MAX_PAYLOAD = 1024 * 1024  # 1 MiB, measured on the encoded payload
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One task to enqueue: its queue, id, payload and due time (epoch seconds)."""
+
+    queue: str
+    task_id: str
+    data: bytes
+    run_at: float | None = None
+
+
+@dataclass(slots=True)
+class Reservation:
+    """A task leased to one worker.
+
+    ``token`` identifies this lease; ``deliveries`` counts how many times the
+    task was handed out since it was enqueued or last retried (a value above 1
+    means a worker that held it before died or lost its lease). ``lease`` is
+    the lease length in seconds the heartbeat keeps renewing.
+    """
+
+    queue: str
+    task_id: str
+    data: bytes
+    token: str
+    deliveries: int = 1
+    lease: float = 30.0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A task in a queue's dead-letter store, with why it is there."""
+
+    queue: str
+    task_id: str
+    data: bytes
+    reason: str
+    error: str
+    failed_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    ready: int = 0
+    delayed: int = 0
+    running: int = 0
+    dead: int = 0
+
+
+def check_queue_name(queue: str) -> str:
+    if not isinstance(queue, str) or not queue or len(queue) > 200:
+        raise ConfigurationError(
+            f"queue name must be a non-empty string of at most 200 chars: {queue!r}"
+        )
+    return queue
+
+
+class Backend(ABC):
+    """Base class of the built-in backends (memory, SQLite, Redis, SQS).
+
+    ``supports_leases`` is True when the backend keeps reserved tasks until they
+    are acknowledged (the at-least-once contract above). ``thread_safe`` is
+    True when any thread may call it; the worker then renews leases from a
+    heartbeat thread of its own.
+    """
+
+    supports_leases: bool = True
+    thread_safe: bool = True
+    #: how long an idle worker waits in :meth:`wait` before polling again
+    poll_interval: float = 0.05
+
+    def __init__(self, url: str, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.url = url
+        self.max_payload = max_payload
+
+    # -- producer side -------------------------------------------------------
+    def check_size(self, data: bytes) -> None:
+        """Raise PayloadTooLarge when ``data`` would not fit; called before any I/O."""
+        if len(data) > self.max_payload:
+            raise PayloadTooLarge(
+                f"encoded task is {len(data)} bytes; this backend takes at most "
+                f"{self.max_payload} (App(max_payload=...) changes the limit)"
+            )
+
+    def enqueue(self, messages: Sequence[Message]) -> None:
+        """Store tasks. Idempotent by (queue, task_id): a second enqueue of an
+        id still in the queue changes nothing."""
+        for msg in messages:
+            check_queue_name(msg.queue)
+            self.check_size(msg.data)
+        if messages:
+            self._enqueue(messages)
+
+    # -- worker side ---------------------------------------------------------
+    def reserve(
+        self, queues: Sequence[str], limit: int, lease: float, worker_id: str
+    ) -> list[Reservation]:
+        """Lease up to ``limit`` ready tasks, taking earlier queues first.
+
+        Within a queue, tasks come in due-time order, then enqueue order.
+        Never blocks; see :meth:`wait`.
+        """
+        out: list[Reservation] = []
+        for queue in queues:
+            if len(out) >= limit:
+                break
+            out.extend(self._reserve(queue, limit - len(out), lease, worker_id))
+        return out
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        """Block up to ``timeout`` seconds or until a task may be ready.
+
+        The default sleeps for the poll interval; backends that can be woken
+        (a condition variable, a Redis blocking pop) return sooner.
+        """
+        time.sleep(min(timeout, self.poll_interval))
+
+    def ack(self, reservations: Sequence[Reservation]) -> list[bool]:
+        """Delete finished tasks. False where the lease was lost."""
+        return self._ack(reservations) if reservations else []
+
+    def retry(self, items: Sequence[tuple[Reservation, bytes, float]]) -> list[bool]:
+        """Put failed tasks back with a new payload, ready at the given time."""
+        return self._retry(items) if items else []
+
+    def release(self, reservations: Sequence[Reservation]) -> list[bool]:
+        """Give back tasks that were reserved but never started; they keep their
+        place and their delivery is not counted."""
+        return self._release(reservations) if reservations else []
+
+    def extend(self, reservations: Sequence[Reservation]) -> list[bool]:
+        """Renew each lease for its ``lease`` seconds from now. False where lost."""
+        return self._extend(reservations) if reservations else []
+
+    def bury(self, items: Sequence[tuple[Reservation, str, str]]) -> list[bool]:
+        """Move reserved tasks to their queue's dead letters with (reason, error)."""
+        return self._bury(items) if items else []
+
+    # -- by id ---------------------------------------------------------------
+    def take(self, queue: str, task_id: str) -> bytes | None:
+        """Remove a waiting (not running) task and return its payload, or None."""
+        return self._take(check_queue_name(queue), task_id)
+
+    # -- dead letters ----------------------------------------------------------
+    @abstractmethod
+    def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
+        """Store a task that never was reserved (e.g. an undecodable ``get``)."""
+
+    @abstractmethod
+    def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]: ...
+
+    @abstractmethod
+    def dead_get(self, queue: str, task_id: str) -> DeadLetter | None: ...
+
+    @abstractmethod
+    def dead_requeue(self, queue: str, task_id: str, data: bytes | None = None) -> bool:
+        """Move a dead letter back to its queue, ready now, in one atomic step.
+
+        ``data`` replaces the payload (the app resets the retry budget)."""
+
+    @abstractmethod
+    def dead_purge(self, queue: str) -> int: ...
+
+    # -- introspection -------------------------------------------------------
+    @abstractmethod
+    def stats(self, queue: str) -> QueueStats: ...
+
+    def known_queues(self) -> list[str]:
+        """Queues this backend holds anything for (tasks or dead letters)."""
+        return []
+
+    def close(self) -> None:
+        """Release connections. The backend reconnects if used again."""
+
+    # -- the five methods of Alligator's client protocol ---------------------
+    # At-most-once: pop and get remove the task before it runs.
+    def len(self, queue_name: str) -> int:
+        """Tasks waiting in the queue (ready or delayed, not running)."""
+        s = self.stats(queue_name)
+        return s.ready + s.delayed
+
+    @abstractmethod
+    def drop_all(self, queue_name: str) -> None:
+        """Delete every task of the queue (its dead letters stay)."""
+
+    def push(
+        self, queue_name: str, task_id: str, data: bytes, delay_until: float | None = None
+    ) -> str:
+        self.enqueue([Message(queue_name, task_id, data, delay_until)])
+        return task_id
+
+    def pop(self, queue_name: str) -> bytes | None:
+        got = self.reserve([queue_name], 1, 60.0, "pop")
+        if not got:
+            return None
+        self.ack(got)
+        return got[0].data
+
+    def get(self, queue_name: str, task_id: str) -> bytes | None:
+        return self.take(queue_name, task_id)
+
+    # -- primitives ----------------------------------------------------------
+    @abstractmethod
+    def _enqueue(self, messages: Sequence[Message]) -> None: ...
+
+    @abstractmethod
+    def _reserve(
+        self, queue: str, limit: int, lease: float, worker_id: str
+    ) -> list[Reservation]: ...
+
+    @abstractmethod
+    def _ack(self, reservations: Sequence[Reservation]) -> list[bool]: ...
+
+    @abstractmethod
+    def _retry(self, items: Sequence[tuple[Reservation, bytes, float]]) -> list[bool]: ...
+
+    @abstractmethod
+    def _release(self, reservations: Sequence[Reservation]) -> list[bool]: ...
+
+    @abstractmethod
+    def _extend(self, reservations: Sequence[Reservation]) -> list[bool]: ...
+
+    @abstractmethod
+    def _bury(self, items: Sequence[tuple[Reservation, str, str]]) -> list[bool]: ...
+
+    @abstractmethod
+    def _take(self, queue: str, task_id: str) -> bytes | None: ...
+
+
+def truncate(text: str, limit: int = 4000) -> str:
+    return text if len(text) <= limit else text[: limit - 15] + "... (truncated)"
+
+
+def unique(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))

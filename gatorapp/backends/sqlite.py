@@ -1,0 +1,371 @@
+"""``sqlite://``: the embedded default, safe for several worker processes on one file.
+
+URLs follow SQLAlchemy's convention: ``sqlite:///relative.db``,
+``sqlite:////absolute/path.db``, and ``sqlite://`` or ``sqlite:///:memory:``
+for a private in-memory database (one process only).
+
+Each thread gets its own connection. The file runs in WAL mode, so readers
+never block the one writer; every state change is a single statement or an
+``IMMEDIATE`` transaction, so two workers can never lease the same task and a
+process killed mid-write leaves the database as it was before the write.
+Leases and due times are columns: a task is ready when its ``run_at`` has
+passed and it has no live lease.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from urllib.parse import parse_qs, urlsplit
+
+from ..errors import ConfigurationError
+from .base import Backend, DeadLetter, Message, QueueStats, Reservation, truncate
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS gatorapp_tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    run_at REAL NOT NULL,
+    token TEXT,
+    lease_until REAL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (queue, task_id)
+);
+CREATE INDEX IF NOT EXISTS gatorapp_tasks_due ON gatorapp_tasks (queue, run_at, seq);
+CREATE TABLE IF NOT EXISTS gatorapp_dead (
+    queue TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    error TEXT NOT NULL,
+    failed_at REAL NOT NULL,
+    PRIMARY KEY (queue, task_id)
+);
+"""
+
+# A task is available to reserve when it is due and nobody holds a live lease.
+_AVAILABLE = "queue = ? AND run_at <= ? AND (token IS NULL OR lease_until <= ?)"
+
+
+class _Conflict(Exception):
+    pass
+
+
+def sqlite_path(url: str) -> str | None:
+    """The database path of a ``sqlite://`` URL, or None for an in-memory database."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise ConfigurationError(f"not a sqlite URL: {url!r}")
+    if parts.netloc:
+        raise ConfigurationError(
+            f"bad sqlite URL {url!r}: use sqlite:///relative.db or sqlite:////absolute/path.db"
+        )
+    path = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if path in ("", ":memory:"):
+        return None
+    return path
+
+
+class SQLiteBackend(Backend):
+    def __init__(self, url: str = "sqlite:///gatorapp.db", **kwargs: object) -> None:
+        super().__init__(url, **kwargs)  # type: ignore[arg-type]
+        path = sqlite_path(url)
+        query = parse_qs(urlsplit(url).query)
+        try:
+            self.busy_timeout = float(query.get("timeout", ["30"])[0])
+        except ValueError:
+            raise ConfigurationError(f"bad timeout in {url!r}") from None
+        if path is None:
+            # A named shared-cache memory database, so every thread's connection
+            # sees the same data; _anchor keeps it alive.
+            self._target = f"file:gatorapp-{uuid.uuid4().hex}?mode=memory&cache=shared"
+            self._uri = True
+        else:
+            self._target = os.path.abspath(path)
+            self._uri = False
+        self.path = path
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._ready = False
+        self._conns: list[sqlite3.Connection] = []
+        self._anchor: sqlite3.Connection | None = None
+
+    # -- connections -----------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._uri is False:
+            folder = os.path.dirname(self._target)
+            if folder and not os.path.isdir(folder):
+                raise ConfigurationError(
+                    f"sqlite database folder {folder!r} does not exist (from {self.url!r})"
+                )
+        conn = sqlite3.connect(
+            self._target,
+            timeout=self.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=self._uri,
+        )
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            with self._lock:
+                if not self._ready:
+                    self._setup()
+                conn = self._connect()
+                self._conns.append(conn)
+            self._local.conn = conn
+        return conn
+
+    def _setup(self) -> None:
+        conn = self._connect()
+        if self._uri:
+            self._anchor = conn
+        else:
+            # WAL persists in the file; switching needs no other writer, so retry briefly.
+            for _ in range(50):
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    break
+                except sqlite3.OperationalError:
+                    time.sleep(0.1)
+        conn.executescript(_SCHEMA)
+        if not self._uri:
+            conn.close()
+        self._ready = True
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._conns:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._conns.clear()
+            if self._anchor is not None:
+                self._anchor.close()
+                self._anchor = None
+            self._ready = False
+        self._local = threading.local()
+
+    # -- primitives ----------------------------------------------------------
+    def _enqueue(self, messages: Sequence[Message]) -> None:
+        now = time.time()
+        rows = [(m.queue, m.task_id, m.data, m.run_at or now) for m in messages]
+        with self._tx() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO gatorapp_tasks (queue, task_id, data, run_at) "
+                "VALUES (?, ?, ?, ?)",
+                rows,
+            )
+
+    def _reserve(self, queue: str, limit: int, lease: float, worker_id: str) -> list[Reservation]:
+        now = time.time()
+        conn = self._conn
+        # A read first: idle workers polling must not take the write lock.
+        if (
+            conn.execute(
+                f"SELECT 1 FROM gatorapp_tasks WHERE {_AVAILABLE} LIMIT 1", (queue, now, now)
+            ).fetchone()
+            is None
+        ):
+            return []
+        token = uuid.uuid4().hex
+        rows = conn.execute(
+            "UPDATE gatorapp_tasks SET token = ?, lease_until = ?, deliveries = deliveries + 1 "
+            f"WHERE seq IN (SELECT seq FROM gatorapp_tasks WHERE {_AVAILABLE} "
+            "ORDER BY run_at, seq LIMIT ?) "
+            "RETURNING seq, run_at, task_id, data, deliveries",
+            (token, now + lease, queue, now, now, limit),
+        ).fetchall()
+        rows.sort(key=lambda r: (r[1], r[0]))
+        return [Reservation(queue, r[2], bytes(r[3]), token, r[4], lease) for r in rows]
+
+    def wait(self, queues: Sequence[str], timeout: float) -> None:
+        deadline = time.time() + timeout
+        conn = self._conn
+        while True:
+            now = time.time()
+            for queue in queues:
+                if conn.execute(
+                    f"SELECT 1 FROM gatorapp_tasks WHERE {_AVAILABLE} LIMIT 1", (queue, now, now)
+                ).fetchone():
+                    return
+            if now >= deadline:
+                return
+            time.sleep(min(self.poll_interval, max(0.0, deadline - now)))
+
+    def _ack(self, reservations: Sequence[Reservation]) -> list[bool]:
+        with self._tx() as conn:
+            return [
+                conn.execute(
+                    "DELETE FROM gatorapp_tasks WHERE queue = ? AND task_id = ? AND token = ?",
+                    (r.queue, r.task_id, r.token),
+                ).rowcount
+                == 1
+                for r in reservations
+            ]
+
+    def _retry(self, items: Sequence[tuple[Reservation, bytes, float]]) -> list[bool]:
+        with self._tx() as conn:
+            return [
+                conn.execute(
+                    "UPDATE gatorapp_tasks SET data = ?, run_at = ?, token = NULL, "
+                    "lease_until = NULL, deliveries = 0 "
+                    "WHERE queue = ? AND task_id = ? AND token = ?",
+                    (data, run_at, r.queue, r.task_id, r.token),
+                ).rowcount
+                == 1
+                for r, data, run_at in items
+            ]
+
+    def _release(self, reservations: Sequence[Reservation]) -> list[bool]:
+        with self._tx() as conn:
+            return [
+                conn.execute(
+                    "UPDATE gatorapp_tasks SET token = NULL, lease_until = NULL, "
+                    "deliveries = MAX(deliveries - 1, 0) "
+                    "WHERE queue = ? AND task_id = ? AND token = ?",
+                    (r.queue, r.task_id, r.token),
+                ).rowcount
+                == 1
+                for r in reservations
+            ]
+
+    def _extend(self, reservations: Sequence[Reservation]) -> list[bool]:
+        now = time.time()
+        with self._tx() as conn:
+            return [
+                conn.execute(
+                    "UPDATE gatorapp_tasks SET lease_until = ? "
+                    "WHERE queue = ? AND task_id = ? AND token = ?",
+                    (now + r.lease, r.queue, r.task_id, r.token),
+                ).rowcount
+                == 1
+                for r in reservations
+            ]
+
+    def _bury(self, items: Sequence[tuple[Reservation, str, str]]) -> list[bool]:
+        now = time.time()
+        out = []
+        with self._tx() as conn:
+            for r, reason, error in items:
+                row = conn.execute(
+                    "DELETE FROM gatorapp_tasks WHERE queue = ? AND task_id = ? AND token = ? "
+                    "RETURNING data",
+                    (r.queue, r.task_id, r.token),
+                ).fetchone()
+                if row is not None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO gatorapp_dead VALUES (?, ?, ?, ?, ?, ?)",
+                        (r.queue, r.task_id, row[0], reason, truncate(error), now),
+                    )
+                out.append(row is not None)
+        return out
+
+    def _take(self, queue: str, task_id: str) -> bytes | None:
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                "DELETE FROM gatorapp_tasks WHERE queue = ? AND task_id = ? "
+                "AND (token IS NULL OR lease_until <= ?) RETURNING data",
+                (queue, task_id, now),
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+    # -- dead letters ----------------------------------------------------------
+    def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO gatorapp_dead VALUES (?, ?, ?, ?, ?, ?)",
+                (queue, task_id, data, reason, truncate(error), time.time()),
+            )
+
+    def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]:
+        rows = self._conn.execute(
+            "SELECT queue, task_id, data, reason, error, failed_at FROM gatorapp_dead "
+            "WHERE queue = ? ORDER BY failed_at LIMIT ?",
+            (queue, limit),
+        ).fetchall()
+        return [DeadLetter(r[0], r[1], bytes(r[2]), r[3], r[4], r[5]) for r in rows]
+
+    def dead_get(self, queue: str, task_id: str) -> DeadLetter | None:
+        r = self._conn.execute(
+            "SELECT queue, task_id, data, reason, error, failed_at FROM gatorapp_dead "
+            "WHERE queue = ? AND task_id = ?",
+            (queue, task_id),
+        ).fetchone()
+        return DeadLetter(r[0], r[1], bytes(r[2]), r[3], r[4], r[5]) if r else None
+
+    def dead_requeue(self, queue: str, task_id: str, data: bytes | None = None) -> bool:
+        try:
+            with self._tx() as conn:
+                row = conn.execute(
+                    "DELETE FROM gatorapp_dead WHERE queue = ? AND task_id = ? RETURNING data",
+                    (queue, task_id),
+                ).fetchone()
+                if row is None:
+                    return False
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO gatorapp_tasks (queue, task_id, data, run_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (queue, task_id, data if data is not None else row[0], time.time()),
+                )
+                if cur.rowcount != 1:
+                    raise _Conflict  # the same id is queued again already: keep the dead letter
+        except _Conflict:
+            return False
+        return True
+
+    def dead_purge(self, queue: str) -> int:
+        with self._tx() as conn:
+            return conn.execute("DELETE FROM gatorapp_dead WHERE queue = ?", (queue,)).rowcount
+
+    # -- introspection -------------------------------------------------------
+    def stats(self, queue: str) -> QueueStats:
+        now = time.time()
+        conn = self._conn
+        ready, delayed, running = conn.execute(
+            "SELECT "
+            "COALESCE(SUM(run_at <= ?1 AND (token IS NULL OR lease_until <= ?1)), 0), "
+            "COALESCE(SUM(run_at > ?1 AND (token IS NULL OR lease_until <= ?1)), 0), "
+            "COALESCE(SUM(token IS NOT NULL AND lease_until > ?1), 0) "
+            "FROM gatorapp_tasks WHERE queue = ?2",
+            (now, queue),
+        ).fetchone()
+        (dead,) = conn.execute(
+            "SELECT COUNT(*) FROM gatorapp_dead WHERE queue = ?", (queue,)
+        ).fetchone()
+        return QueueStats(ready, delayed, running, dead)
+
+    def known_queues(self) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT queue FROM gatorapp_tasks UNION SELECT queue FROM gatorapp_dead"
+        ).fetchall()
+        return sorted(r[0] for r in rows)
+
+    def drop_all(self, queue_name: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM gatorapp_tasks WHERE queue = ?", (queue_name,))

@@ -1,0 +1,280 @@
+"""``gatorapp`` command line: worker, status, dead.
+
+    gatorapp worker -A myproj.app [-Q emails,images] [-c N] [--max-tasks N] [--burst]
+                    [--prefetch N] [--worker-class pkg.mod:Cls] [-l LEVEL]
+    gatorapp status -A myproj.app [-Q ...]
+    gatorapp dead   -A myproj.app [-Q queue] ls | show ID | requeue ID | requeue --all | purge
+
+``-A`` takes ``pkg.mod`` (its attribute ``app``) or ``pkg.mod:attr``; it may
+also come before the subcommand, or from ``$GATORAPP_APP``. Bad flags and
+bad paths print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from .app import App, Rejected
+from .errors import GatorError
+from .task import Task
+from .worker import Worker
+
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _level(text: str) -> str:
+    if text.upper() not in LEVELS:
+        raise argparse.ArgumentTypeError(f"log level must be one of {', '.join(LEVELS)}")
+    return text.upper()
+
+
+def _queues(text: str) -> list[str]:
+    queues = [q.strip() for q in text.split(",") if q.strip()]
+    if not queues:
+        raise argparse.ArgumentTypeError("expected queue names separated by commas")
+    return queues
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "-A",
+        "--app",
+        default=argparse.SUPPRESS,
+        help="the app: pkg.mod (attribute 'app') or pkg.mod:attr",
+    )
+    common.add_argument(
+        "-Q",
+        "--queues",
+        type=_queues,
+        default=None,
+        help="comma-separated queues, earlier ones first",
+    )
+    common.add_argument("-l", "--loglevel", type=_level, default="INFO", help="log level")
+
+    parser = _Parser(prog="gatorapp", description="gatorapp task queue")
+    parser.add_argument("-A", "--app", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    sub.required = True
+
+    w = sub.add_parser("worker", parents=[common], help="run a worker")
+    w.add_argument("-c", "--concurrency", type=_positive, default=1, help="tasks at once (threads)")
+    w.add_argument("--max-tasks", type=_positive, default=None, help="exit after N attempts")
+    w.add_argument("--burst", action="store_true", help="exit once the queues have nothing ready")
+    w.add_argument(
+        "--prefetch",
+        type=_non_negative,
+        default=None,
+        help="tasks reserved ahead of free threads (default: concurrency)",
+    )
+    w.add_argument("--worker-class", default=None, help="pkg.mod:WorkerSubclass")
+
+    sub.add_parser("status", parents=[common], help="ready / delayed / running / dead per queue")
+
+    d = sub.add_parser("dead", parents=[common], help="inspect and requeue dead letters")
+    d.add_argument("action", choices=["ls", "show", "requeue", "purge"], nargs="?", default="ls")
+    d.add_argument("task_id", nargs="?", default=None)
+    d.add_argument("--all", action="store_true", help="with requeue: every dead letter")
+    return parser
+
+
+def import_object(path: str, default_attr: str | None, what: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    attr = attr or (default_attr or "")
+    if not module_name or not attr:
+        raise UsageError(f"bad {what} path {path!r}: expected pkg.mod:attr")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like python -m: the project folder is importable
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise UsageError(
+                f"cannot import {what} module {module_name!r}: no such module"
+            ) from None
+        raise UsageError(f"cannot import {what} module {module_name!r}: {exc}") from None
+    except Exception as exc:
+        raise UsageError(
+            f"importing {what} module {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise UsageError(f"{what} module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_app(path: str) -> App:
+    app = import_object(path, "app", "app")
+    if not isinstance(app, App):
+        raise UsageError(f"{path!r} is a {type(app).__name__}, not a gatorapp.App")
+    return app
+
+
+def _queue_list(app: App, chosen: list[str] | None) -> list[str]:
+    if chosen:
+        return chosen
+    return list(dict.fromkeys(app.queues() + app.backend.known_queues()))
+
+
+def cmd_worker(app: App, args: argparse.Namespace) -> int:
+    cls: type[Worker] = Worker
+    if args.worker_class:
+        cls = import_object(args.worker_class, None, "worker class")
+        if not (isinstance(cls, type) and issubclass(cls, Worker)):
+            raise UsageError(f"{args.worker_class!r} is not a subclass of gatorapp.Worker")
+    worker = cls(
+        app,
+        queues=args.queues,
+        max_tasks=args.max_tasks,
+        concurrency=args.concurrency,
+        burst=args.burst,
+        prefetch=args.prefetch,
+    )
+    return worker.run_forever()
+
+
+def cmd_status(app: App, args: argparse.Namespace) -> int:
+    rows = [(q, app.backend.stats(q)) for q in _queue_list(app, args.queues)]
+    width = max([5, *(len(q) for q, _ in rows)])
+    print(f"{'queue':<{width}}  {'ready':>7}  {'delayed':>7}  {'running':>7}  {'dead':>7}")
+    for q, s in rows:
+        print(f"{q:<{width}}  {s.ready:>7}  {s.delayed:>7}  {s.running:>7}  {s.dead:>7}")
+    return 0
+
+
+def _describe(app: App, data: bytes) -> Task | None:
+    try:
+        return app.task_class.deserialize(data)
+    except Exception:
+        return None
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def cmd_dead(app: App, args: argparse.Namespace) -> int:
+    backend = app.backend
+    queues = _queue_list(app, args.queues)
+    if args.action in ("show", "requeue") and not args.all and not args.task_id:
+        raise UsageError(
+            f"dead {args.action} needs a task id"
+            + (" (or --all)" if args.action == "requeue" else "")
+        )
+    if args.action == "ls":
+        count = 0
+        for q in queues:
+            for letter in backend.dead_list(q):
+                task = _describe(app, letter.data)
+                name = task.name if task else "?"
+                first = letter.error.strip().splitlines()[-1] if letter.error.strip() else ""
+                print(
+                    f"{q}\t{letter.task_id}\t{name}\t{letter.reason}\t{_when(letter.failed_at)}\t{first[:120]}"
+                )
+                count += 1
+        print(f"{count} dead letter(s)", file=sys.stderr)
+        return 0
+    if args.action == "show":
+        for q in queues:
+            letter = backend.dead_get(q, args.task_id)
+            if letter is None:
+                continue
+            task = _describe(app, letter.data)
+            print(f"task id:   {letter.task_id}\nqueue:     {q}\nreason:    {letter.reason}")
+            print(f"failed at: {_when(letter.failed_at)}")
+            if task is not None:
+                print(
+                    f"task:      {task.name}\nargs:      {task.func_args!r}\n"
+                    f"kwargs:    {task.func_kwargs!r}\nattempts:  {task.attempt}"
+                )
+            else:
+                print(f"payload:   {len(letter.data)} bytes, not decodable")
+            print(f"error:\n{letter.error}")
+            return 0
+        print(f"gatorapp: no dead letter {args.task_id!r} in {', '.join(queues)}", file=sys.stderr)
+        return 1
+    if args.action == "requeue":
+        ids: list[tuple[str, str]] = []
+        if args.all:
+            ids = [(q, letter.task_id) for q in queues for letter in backend.dead_list(q, 10**9)]
+        else:
+            ids = [(q, args.task_id) for q in queues if backend.dead_get(q, args.task_id)]
+            if not ids:
+                print(
+                    f"gatorapp: no dead letter {args.task_id!r} in {', '.join(queues)}",
+                    file=sys.stderr,
+                )
+                return 1
+        done = sum(1 for q, task_id in ids if app.requeue_dead(q, task_id))
+        print(f"requeued {done} task(s)")
+        return 0 if done == len(ids) else 1
+    purged = sum(backend.dead_purge(q) for q in queues)
+    print(f"purged {purged} dead letter(s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        app_path = getattr(args, "app", None) or os.environ.get("GATORAPP_APP")
+        if not app_path:
+            raise UsageError("-A/--app is required (or set GATORAPP_APP)")
+        logging.basicConfig(
+            level=args.loglevel,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        app = load_app(app_path)
+        command = {"worker": cmd_worker, "status": cmd_status, "dead": cmd_dead}[args.command]
+        return command(app, args)
+    except UsageError as exc:
+        print(f"gatorapp: error: {exc}", file=sys.stderr)
+        return 2
+    except (GatorError, Rejected) as exc:
+        print(f"gatorapp: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # argparse --help
+        return int(exc.code or 0)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

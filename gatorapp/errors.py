@@ -1,0 +1,59 @@
+"""Every exception gatorapp raises derives from :class:`GatorError`.
+
+Where a built-in exception type already tells the caller what went wrong
+(``TypeError`` for an argument msgpack cannot encode, ``ValueError`` for a bad
+option), the gatorapp class derives from that too, so ``except TypeError``
+keeps working.
+"""
+
+from __future__ import annotations
+
+
+class GatorError(Exception):
+    """Base class of every gatorapp error."""
+
+
+class ConfigurationError(GatorError, ValueError):
+    """A bad URL, option, app path or task definition."""
+
+
+class MissingDependencyError(ConfigurationError, ImportError):
+    """A backend's driver is not installed; the message names the package."""
+
+
+class SerializationError(GatorError, TypeError):
+    """Task arguments that msgpack cannot encode. Nothing was enqueued."""
+
+
+class PayloadTooLarge(GatorError, ValueError):
+    """An encoded task is larger than the backend accepts. Nothing was enqueued."""
+
+
+class DecodeError(GatorError, ValueError):
+    """A payload that is not a valid gatorapp envelope."""
+
+
+class UnknownTaskError(GatorError, LookupError):
+    """A task name that is not in the app's registry."""
+
+
+class BackendError(GatorError):
+    """The backend could not be reached or refused an operation."""
+
+
+class LeaseLost(GatorError):
+    """The task's lease expired and another worker took it over."""
+
+
+class Retry(GatorError):
+    """Raise from a task to ask for another attempt.
+
+    ``delay`` (seconds) overrides the task's backoff for this retry. The retry
+    counts against the task's ``retries`` budget like any other failure; when
+    the budget is spent the task goes to the dead letters.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        self.delay = delay
+        self.reason = reason
+        super().__init__(reason or f"retry requested (delay={delay})")

@@ -1,0 +1,213 @@
+"""The task envelope: what travels through a backend, as msgpack bytes.
+
+A :class:`Task` is one invocation of a registered function: its id, the
+registered name (never a module path: workers look names up in the app's
+registry and import nothing a payload names), arguments, the retries left and
+the hooks chosen at enqueue time. Subclass it and override
+:meth:`Task.serialize` / :meth:`Task.deserialize` to change the wire format
+(compression, encryption); ``App(task_class=...)`` makes both the producer and
+the worker use the subclass.
+
+Envelope version 1 is a msgpack map::
+
+    {"v": 1, "id": str, "name": str, "queue": str, "args": list, "kwargs": map,
+     "retries": int, "attempt": int, "hooks": map, "opts": map}
+
+Unknown keys are ignored, so a newer producer can add fields without breaking
+older workers; missing optional keys take their defaults.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar
+
+import msgpack
+
+from .errors import DecodeError, SerializationError
+
+ENVELOPE_VERSION = 1
+HOOK_NAMES = ("on_start", "on_success", "on_error")
+
+# Statuses a Task passes through in this process (not stored in the backend).
+WAITING = "waiting"
+RUNNING = "running"
+SUCCESS = "success"
+RETRYING = "retrying"
+FAILED = "failed"
+CANCELED = "canceled"
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    # gatorapp never writes msgpack extension types; a payload carrying one was
+    # not written by us, so refuse it instead of handing a foreign object to a task.
+    raise DecodeError(f"msgpack extension type {code} is not allowed in a task payload")
+
+
+def _check_plain(value: Any, depth: int = 0) -> None:
+    """Reject anything msgpack decoded that is not a plain data value.
+
+    msgpack turns its timestamp extension into ``msgpack.Timestamp`` without
+    calling ``ext_hook``, so the walk is the only place that sees it.
+    """
+    if isinstance(value, (str, int, float, bool, bytes)) or value is None:
+        return
+    if depth > 64:
+        raise DecodeError("payload nests deeper than 64 levels")
+    if isinstance(value, list):
+        for item in value:
+            _check_plain(item, depth + 1)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, depth + 1)
+            _check_plain(item, depth + 1)
+    else:
+        raise DecodeError(f"payload holds a {type(value).__name__}, not plain data")
+
+
+def pack(data: Any) -> bytes:
+    """msgpack-encode ``data``; a value msgpack cannot encode is a SerializationError."""
+    try:
+        return msgpack.packb(data, use_bin_type=True, datetime=False)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(
+            f"task arguments must be msgpack-encodable (str, bytes, int, float, bool, None, "
+            f"list, dict): {exc}"
+        ) from exc
+
+
+def unpack(data: bytes) -> Any:
+    """Strictly decode msgpack bytes; any failure is a DecodeError."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise DecodeError(f"payload must be bytes, not {type(data).__name__}")
+    try:
+        value = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True
+        )
+    except DecodeError:
+        raise
+    except Exception as exc:  # msgpack raises ValueError, ExtraData, FormatError, StackError...
+        raise DecodeError(f"payload is not valid msgpack: {exc.__class__.__name__}: {exc}") from exc
+    return value
+
+
+class Task:
+    """One invocation of a registered task.
+
+    Attributes users see in hooks: ``task_id``, ``name``, ``queue``,
+    ``retries`` (attempts left after this one), ``attempt`` (1 for the first
+    run), ``func_args``, ``func_kwargs``, ``options`` and, after a run,
+    ``result`` and ``status``.
+    """
+
+    version: ClassVar[int] = ENVELOPE_VERSION
+
+    def __init__(
+        self,
+        name: str = "",
+        func_args: tuple[Any, ...] | list[Any] = (),
+        func_kwargs: dict[str, Any] | None = None,
+        *,
+        task_id: str | None = None,
+        queue: str = "default",
+        retries: int = 0,
+        attempt: int = 0,
+        on_start: str | None = None,
+        on_success: str | None = None,
+        on_error: str | None = None,
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self.task_id: str = task_id or uuid.uuid4().hex
+        self.name = name
+        self.queue = queue
+        self.func_args: list[Any] = list(func_args)
+        self.func_kwargs: dict[str, Any] = dict(func_kwargs or {})
+        self.retries = retries
+        self.attempt = attempt
+        self.on_start = on_start
+        self.on_success = on_success
+        self.on_error = on_error
+        self.options: dict[str, Any] = dict(options or {})
+        self.status = WAITING
+        self.result: Any = None
+        # Set by the worker for the run in progress; not part of the payload.
+        self.delay_until: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.name} id={self.task_id} queue={self.queue} "
+            f"attempt={self.attempt} retries={self.retries}>"
+        )
+
+    # -- envelope -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The envelope as a plain dict (msgpack-encodable when the arguments are)."""
+        data: dict[str, Any] = {
+            "v": self.version,
+            "id": self.task_id,
+            "name": self.name,
+            "queue": self.queue,
+            "args": self.func_args,
+            "kwargs": self.func_kwargs,
+            "retries": self.retries,
+            "attempt": self.attempt,
+        }
+        hooks = {h: getattr(self, h) for h in HOOK_NAMES if getattr(self, h)}
+        if hooks:
+            data["hooks"] = hooks
+        if self.options:
+            data["opts"] = self.options
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Task:
+        """Build a task from a decoded envelope, validating its shape."""
+        if not isinstance(data, dict):
+            raise DecodeError(f"envelope must be a map, not {type(data).__name__}")
+        task_id, name = data.get("id"), data.get("name")
+        if not isinstance(task_id, str) or not task_id:
+            raise DecodeError("envelope has no task id")
+        if not isinstance(name, str) or not name:
+            raise DecodeError(f"envelope {task_id} has no task name")
+        args, kwargs = data.get("args", []), data.get("kwargs", {})
+        if not isinstance(args, list):
+            raise DecodeError(f"envelope {task_id}: args must be a list")
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+            raise DecodeError(f"envelope {task_id}: kwargs must be a map with string keys")
+        retries, attempt = data.get("retries", 0), data.get("attempt", 0)
+        if type(retries) is not int or type(attempt) is not int or retries < 0 or attempt < 0:
+            raise DecodeError(f"envelope {task_id}: retries and attempt must be integers >= 0")
+        hooks = data.get("hooks") or {}
+        opts = data.get("opts") or {}
+        if not isinstance(hooks, dict) or not isinstance(opts, dict):
+            raise DecodeError(f"envelope {task_id}: hooks and opts must be maps")
+        for value in hooks.values():
+            if not isinstance(value, str):
+                raise DecodeError(f"envelope {task_id}: hook names must be strings")
+        _check_plain(args)
+        _check_plain(kwargs)
+        _check_plain(opts)
+        queue = data.get("queue")
+        task = cls(
+            name,
+            args,
+            kwargs,
+            task_id=task_id,
+            queue=queue if isinstance(queue, str) and queue else "default",
+            retries=retries,
+            attempt=attempt,
+            on_start=hooks.get("on_start"),
+            on_success=hooks.get("on_success"),
+            on_error=hooks.get("on_error"),
+            options=opts,
+        )
+        return task
+
+    def serialize(self) -> bytes:
+        """Encode this task as bytes. Override together with :meth:`deserialize`."""
+        return pack(self.to_dict())
+
+    @classmethod
+    def deserialize(cls, data: bytes) -> Task:
+        """Decode bytes written by :meth:`serialize`. Raises DecodeError."""
+        return cls.from_dict(unpack(data))
