@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -31,8 +32,25 @@ def default_url() -> str:
     return os.environ.get("GATORAPP_URL") or DEFAULT_URL
 
 
+def _main_module_name() -> str:
+    """The importable name of the script run as ``__main__``.
+
+    A task defined in ``python myproj.py`` is registered as ``myproj.add``,
+    the same name a worker started with ``-A myproj`` gives it.
+    """
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return str(spec.name).removesuffix(".__main__")
+    path = getattr(main, "__file__", None)
+    return os.path.splitext(os.path.basename(path))[0] if path else "__main__"
+
+
 def qualified_name(fn: Callable[..., Any]) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+    module = getattr(fn, "__module__", None) or "?"
+    if module == "__main__":
+        module = _main_module_name()
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def _check_resolvable(fn: Any, what: str) -> None:

@@ -28,8 +28,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import tenacity
+
 from .backends import Reservation
-from .execution import Outcome, format_error
+from .errors import BackendError
+from .execution import Outcome, backoff_seconds, format_error
 from .task import Task
 
 if TYPE_CHECKING:
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("gatorapp.worker")
 
 _Done = tuple[Reservation, Task, Outcome]
+
+RECONNECT_BACKOFF = tenacity.wait_exponential_jitter(initial=0.1, max=5, jitter=0.1)
 
 
 class Worker:
@@ -348,10 +353,11 @@ class Worker:
             self._backend_down = False
 
     def _pause(self) -> None:
-        # Exponential backoff, capped at 5 s, cut short by a stop request.
+        # Reconnect backoff from tenacity (exponential with jitter, capped at
+        # 5 s), cut short by a stop request.
         self._attempts = getattr(self, "_attempts", 0) + 1
         self._collect(block=False)
-        self._stop.wait(min(5.0, 0.1 * 2 ** min(self._attempts, 6)))
+        self._stop.wait(backoff_seconds(RECONNECT_BACKOFF, self._attempts, BackendError()))
         if self._stop.is_set() and self._backend_down and self._running == 0:
             # Stopping while the backend is down: leases will expire and the
             # tasks come back; nothing more to do here.

@@ -1,0 +1,46 @@
+"""Shared fixtures.
+
+``backend_url`` runs a test once per backend. Backends that need a server
+(Redis, SQS) get it from fixtures that start a real one on a free loopback
+port; when its binary is missing the test fails under CI (``CI`` set) and is
+skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+# Backends every contract test runs against; a new backend adds its name here
+# and a branch in backend_url below.
+BACKENDS = ["memory", "sqlite"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_binary(name: str, hint: str) -> str:
+    """Path of a server binary; a failure in CI, a skip elsewhere, when missing."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed ({hint})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    kind = request.param
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path}/queue.db"
+    raise AssertionError(f"no URL for backend {kind}")
