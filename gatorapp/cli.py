@@ -124,6 +124,10 @@ def import_object(path: str, default_attr: str | None, what: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
+        if ":" not in path and exc.name == module_name and "." in module_name:
+            # -A myproj.app: no module myproj.app, so it names attribute app of myproj
+            head, _, tail = module_name.rpartition(".")
+            return import_object(f"{head}:{tail}", None, what)
         if exc.name and module_name.startswith(exc.name):
             raise UsageError(
                 f"cannot import {what} module {module_name!r}: no such module"
