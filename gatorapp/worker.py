@@ -42,7 +42,7 @@ log = logging.getLogger("gatorapp.worker")
 
 _Done = tuple[Reservation, Task, Outcome]
 
-RECONNECT_BACKOFF = tenacity.wait_exponential_jitter(initial=0.1, max=5, jitter=0.1)
+RECONNECT_BACKOFF = tenacity.wait_exponential(multiplier=0.1, max=5) + tenacity.wait_random(0, 0.1)
 
 
 class Worker:

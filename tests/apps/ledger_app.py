@@ -1,0 +1,39 @@
+"""An app for tests that run real worker processes.
+
+Every task appends ``start``/``done`` lines (task id, argument, pid) to the
+ledger file, with O_APPEND so lines from several processes never interleave.
+The URL, lease and ledger path come from the environment.
+"""
+
+import os
+import time
+
+from gatorapp import App
+
+app = App(
+    os.environ.get("GATORAPP_TEST_URL", "memory://"),
+    lease=float(os.environ.get("GATORAPP_TEST_LEASE", "2")),
+)
+LEDGER = os.environ.get("GATORAPP_TEST_LEDGER", os.devnull)
+
+
+def _log(event: str, key: object) -> None:
+    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{event} {key} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@app.task
+def record(key, sleep=0.0):
+    _log("start", key)
+    if sleep:
+        time.sleep(sleep)
+    _log("done", key)
+    return key
+
+
+@app.task(queue="other")
+def record_other(key):
+    _log("done", key)

@@ -1,0 +1,65 @@
+"""Helpers to run ``gatorapp worker`` as a real subprocess and read the ledger."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+APPS = Path(__file__).parent / "apps"
+
+
+def env_for(url: str, ledger: Path, lease: float = 2.0) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        GATORAPP_TEST_URL=url,
+        GATORAPP_TEST_LEDGER=str(ledger),
+        GATORAPP_TEST_LEASE=str(lease),
+        PYTHONPATH=os.pathsep.join([str(APPS), env.get("PYTHONPATH", "")]),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def start_worker(env: dict[str, str], *args: str, app: str = "ledger_app") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gatorapp", "worker", "-A", app, *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def read_ledger(ledger: Path) -> list[tuple[str, str, int]]:
+    if not ledger.exists():
+        return []
+    rows = []
+    for line in ledger.read_text().splitlines():
+        event, key, pid = line.split()
+        rows.append((event, key, int(pid)))
+    return rows
+
+
+def counts(ledger: Path, event: str = "done") -> collections.Counter[str]:
+    return collections.Counter(key for ev, key, _ in read_ledger(ledger) if ev == event)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> tuple[int, str]:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
