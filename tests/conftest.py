@@ -13,6 +13,7 @@ import shutil
 import socket
 
 import pytest
+from worker_proc import FAULT_REPORTS
 
 # Backends every contract test runs against; a new backend adds its name here
 # and a branch in backend_url below.
@@ -44,3 +45,11 @@ def backend_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/queue.db"
     raise AssertionError(f"no URL for backend {kind}")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the fault tests' lost/duplicate counts, passed or failed."""
+    if FAULT_REPORTS:
+        terminalreporter.section("fault tests: counts from execution ledgers")
+        for line in FAULT_REPORTS:
+            terminalreporter.write_line(line)

@@ -86,7 +86,7 @@ def test_sigkill_mid_task_the_task_comes_back(setup):
 
 
 def test_sigint_is_graceful_too(setup):
-    app, record, env, ledger = setup
+    _app, record, env, ledger = setup
     record.delay("slow", sleep=0.8)
     proc = start_worker(env)
     assert wait_for(started(ledger, "slow"), 15)

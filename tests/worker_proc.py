@@ -63,3 +63,13 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20)
         proc.send_signal(sig)
     out, _ = proc.communicate(timeout=timeout)
     return proc.returncode, out
+
+
+# Lines that fault tests want in the test output whether they pass or fail;
+# tests/conftest.py prints them at the end of the run.
+FAULT_REPORTS: list[str] = []
+
+
+def report(line: str) -> None:
+    print(line)
+    FAULT_REPORTS.append(line.strip())
