@@ -1,0 +1,161 @@
+"""The ``gatorapp`` command line, in-process and as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from worker_proc import APPS
+
+from gatorapp import cli
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path}/queue.db"
+    monkeypatch.setenv("GATORAPP_TEST_URL", url)
+    monkeypatch.syspath_prepend(str(APPS))
+    sys.modules.pop("cli_app", None)
+    import cli_app
+
+    yield cli_app
+    cli_app.app.close()
+    sys.modules.pop("cli_app", None)
+
+
+def run(*argv: str) -> int:
+    return cli.main(list(argv))
+
+
+def test_worker_burst_runs_every_queue_and_exits_zero(app, capsys):
+    app.send.delay(1)
+    app.fail.delay()
+    assert run("worker", "-A", "cli_app", "--burst") == 0
+    stats = {q: app.app.backend.stats(q) for q in ("default", "emails")}
+    assert stats["emails"].ready == 0
+    assert stats["default"].dead == 1
+
+
+@pytest.mark.parametrize("path", ["cli_app", "cli_app:app", "cli_app.app"])
+def test_app_path_forms(app, path, capsys):
+    app.send.delay(1)
+    assert run("status", "-A", path) == 0
+    out = capsys.readouterr().out
+    assert "emails" in out and "ready" in out
+
+
+def test_app_before_subcommand_and_from_environment(app, capsys, monkeypatch):
+    assert run("-A", "cli_app", "status") == 0
+    monkeypatch.setenv("GATORAPP_APP", "cli_app")
+    assert run("status") == 0
+
+
+def test_status_counts(app, capsys):
+    app.send.delay(1)
+    app.send.options(delay_by=3600).delay(2)
+    run("worker", "-A", "cli_app", "-Q", "default", "--burst")
+    app.fail.delay()
+    run("worker", "-A", "cli_app", "-Q", "default", "--burst")
+    capsys.readouterr()
+    assert run("status", "-A", "cli_app") == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["emails"] == ["1", "1", "0", "0"]
+    assert rows["default"] == ["0", "0", "0", "1"]
+
+
+def test_dead_ls_show_requeue_purge(app, capsys):
+    h = app.fail.delay()
+    app.fail.delay()
+    run("worker", "-A", "cli_app", "--burst")
+    capsys.readouterr()
+    assert run("dead", "-A", "cli_app", "ls") == 0
+    out = capsys.readouterr().out
+    assert h.id in out  # full task ids
+    assert "retries_exhausted" in out and "cli_app.fail" in out
+    assert run("dead", "-A", "cli_app", "show", h.id) == 0
+    out = capsys.readouterr().out
+    assert "ValueError: always fails" in out and "Traceback" in out
+    assert run("dead", "-A", "cli_app", "requeue", h.id) == 0
+    assert app.app.backend.stats("default").ready == 1
+    assert app.app.backend.stats("default").dead == 1
+    assert run("dead", "-A", "cli_app", "requeue", "--all") == 0
+    assert app.app.backend.stats("default").ready == 2
+    run("worker", "-A", "cli_app", "--burst")
+    assert run("dead", "-A", "cli_app", "-Q", "default", "purge") == 0
+    assert "purged 2" in capsys.readouterr().out
+    assert app.app.backend.stats("default").dead == 0
+
+
+def test_dead_unknown_id(app, capsys):
+    assert run("dead", "-A", "cli_app", "show", "nope") == 1
+    assert run("dead", "-A", "cli_app", "requeue", "nope") == 1
+
+
+def test_worker_class_and_max_tasks(app, caplog):
+    for i in range(5):
+        app.send.delay(i)
+    assert (
+        run(
+            "worker", "-A", "cli_app", "--worker-class", "cli_app:LoggingWorker", "--max-tasks", "3"
+        )
+        == 0
+    )
+    assert "LoggingWorker done: 3 tasks" in caplog.text
+    assert app.app.backend.stats("emails").ready == 2
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["worker", "-A", "cli_app", "-c", "0"], "concurrency"),
+        (["worker", "-A", "cli_app", "-c", "many"], "whole number"),
+        (["worker", "-A", "cli_app", "--max-tasks", "-1"], "max-tasks"),
+        (["worker", "-A", "cli_app", "--bogus"], "unrecognized arguments"),
+        (["worker", "-A", "cli_app", "-l", "LOUD"], "log level"),
+        (["worker", "-A", "cli_app", "-Q", ","], "queue names"),
+        (["worker"], "-A/--app is required"),
+        (["worker", "-A", "no_such_module_xyz"], "no such module"),
+        (["worker", "-A", "cli_app:nothing"], "has no attribute"),
+        (["worker", "-A", "cli_app:not_a_worker"], "not a gatorapp.App"),
+        (["worker", "-A", "cli_app", "--worker-class", "cli_app:not_a_worker"], "not a subclass"),
+        (["worker", "-A", "cli_app", "--worker-class", "cli_app"], "pkg.mod:attr"),
+        (["dead", "-A", "cli_app", "show"], "needs a task id"),
+        (["dead", "-A", "cli_app", "explode"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(app, capsys, argv, message):
+    assert run(*argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("gatorapp: error:") and message in err
+
+
+def test_subprocess_exit_codes_and_no_traceback(tmp_path):
+    env_path = {"PYTHONPATH": str(APPS), "GATORAPP_TEST_URL": f"sqlite:///{tmp_path}/q.db"}
+    import os
+
+    env = {**os.environ, **env_path}
+    bad = subprocess.run(
+        [sys.executable, "-m", "gatorapp", "worker", "-A", "cli_app", "-c", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+    ok = subprocess.run(
+        ["gatorapp", "worker", "-A", "cli_app", "--burst"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "stopped: 0 tasks done" in ok.stderr
+    helped = subprocess.run(["gatorapp", "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "worker" in helped.stdout
