@@ -86,3 +86,57 @@ def test_two_workers_on_one_file_never_run_a_task_twice(tmp_path):
     )
     assert len(done) == n
     assert all(c == 1 for c in done.values())
+
+
+def test_long_task_keeps_its_lease_while_every_slot_is_busy(tmp_path):
+    # Lease 0.5 s, tasks of 2 s (4x the lease) on a -c 2 worker with both slots
+    # busy, and a second worker polling the same file the whole time.
+    url = f"sqlite:///{tmp_path}/queue.db"
+    ledger = tmp_path / "ledger.txt"
+    _app, record = _producer(url)
+    record.delay("long-a", sleep=2.0)
+    record.delay("long-b", sleep=2.0)
+    env = env_for(url, ledger, lease=0.5)
+    busy = start_worker(env, "-c", "2", "--prefetch", "0")
+    assert wait_for(lambda: len(counts(ledger, "start")) == 2, 15)
+    idle = start_worker(env, "-c", "1")
+    try:
+        assert wait_for(lambda: len(counts(ledger)) == 2, 15)
+        time.sleep(0.6)  # past another lease length: nothing may come back
+    finally:
+        stop(busy)
+        stop(idle)
+    starts = counts(ledger, "start")
+    report(f"SQLite heartbeat, 2 tasks of 4x the lease: starts={dict(starts)}")
+    assert starts == {"long-a": 1, "long-b": 1}
+
+
+def test_paused_worker_cannot_ack_a_task_taken_over(tmp_path):
+    import signal
+
+    url = f"sqlite:///{tmp_path}/queue.db"
+    ledger = tmp_path / "ledger.txt"
+    app, record = _producer(url)
+    record.delay("paused", sleep=1.0)
+    env = env_for(url, ledger, lease=0.5)
+    first = start_worker(env, "-c", "1")
+    assert wait_for(lambda: counts(ledger, "start")["paused"] == 1, 15)
+    first.send_signal(signal.SIGSTOP)  # its heartbeat stops too
+    second = start_worker(env, "-c", "1")
+    try:
+        assert wait_for(lambda: counts(ledger)["paused"] == 1, 15)  # second finished it
+        assert wait_for(lambda: app.backend.stats("default").running == 0, 5)
+        first.send_signal(signal.SIGCONT)
+        assert wait_for(lambda: counts(ledger)["paused"] == 2, 15)  # first finishes its run...
+        time.sleep(0.3)
+    finally:
+        code1, out1 = stop(first)
+        stop(second)
+    # ...but its acknowledgement is refused: the lease was taken over.
+    assert "ack of task" in out1 and "refused" in out1, out1
+    assert code1 == 0
+    stats = app.backend.stats("default")
+    assert (stats.ready, stats.running, stats.dead) == (0, 0, 0)
+    report(
+        f"SQLite SIGSTOP past the lease: completions={counts(ledger)['paused']}, late ack refused"
+    )
