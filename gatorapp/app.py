@@ -386,7 +386,7 @@ class App:
         retries = tdef.retries if opts.get("retries") is None else opts["retries"]
         task = self.task_class(
             tdef.name,
-            args,
+            list(args),
             kwargs,
             task_id=opts.get("task_id"),
             queue=queue,

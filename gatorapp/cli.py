@@ -218,9 +218,10 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         for q in queues:
-            letter = backend.dead_get(q, args.task_id)
-            if letter is None:
+            found = backend.dead_get(q, args.task_id)
+            if found is None:
                 continue
+            letter = found
             task = _describe(app, letter.data)
             print(f"task id:   {letter.task_id}\nqueue:     {q}\nreason:    {letter.reason}")
             print(f"failed at: {_when(letter.failed_at)}")

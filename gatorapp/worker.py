@@ -135,7 +135,7 @@ class Worker:
 
     def run_forever(self) -> int:
         """Run until stopped, ``max_tasks`` attempts are done, or (burst) idle. Returns 0."""
-        restore: dict[int, Any] = {}
+        restore: dict[signal.Signals, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 restore[sig] = signal.signal(sig, self._on_signal)

@@ -39,7 +39,7 @@ def scheme_of(url: str) -> str:
     return urlsplit(url).scheme.lower()
 
 
-def load_backend(url: str, backend_class: type | None = None, **options: Any) -> Backend:
+def load_backend(url: str, backend_class: Any = None, **options: Any) -> Backend:
     """Build the backend for ``url``.
 
     ``backend_class`` may be a :class:`Backend` subclass (built with the URL and

@@ -105,7 +105,7 @@ class ClientBackend(Backend):
     def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]:
         # The five methods cannot list without removing: pop everything, then
         # push it all back in the same order.
-        raws = []
+        raws: list[Any] = []
         while len(raws) < limit:
             raw = self.client.pop(queue + DEAD_SUFFIX)
             if raw is None:
