@@ -27,6 +27,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..errors import ConfigurationError, PayloadTooLarge
 
@@ -101,6 +102,16 @@ class Backend(ABC):
 
     supports_leases: bool = True
     thread_safe: bool = True
+    #: Parts of the delivery contract this backend cannot keep, by name, each
+    #: with the reason, e.g. ``{"take": "SQS cannot remove a message by id"}``.
+    #: Names: ``idempotent_enqueue`` (a second enqueue of a queued id changes
+    #: nothing), ``fifo`` (due-time, then enqueue order within a queue),
+    #: ``subsecond_timing`` (leases and delays under a second are honoured),
+    #: ``stale_token`` (calls from a lease taken over are refused), ``take``
+    #: (remove a waiting task by id), ``exact_stats`` (stats and len are exact
+    #: at once), ``delivery_count`` (``Reservation.deliveries`` is exact) and
+    #: ``known_queues``. The shared contract tests skip what is listed here.
+    unsupported: ClassVar[dict[str, str]] = {}
     #: how long an idle worker waits in :meth:`wait` before polling again
     poll_interval: float = 0.05
 

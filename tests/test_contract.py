@@ -1,0 +1,660 @@
+"""The backend contract: one suite that every backend runs.
+
+Each test runs once per name in ``conftest.BACKENDS`` through the
+``backend_url`` fixture, and talks to the backend only through the public
+:class:`gatorapp.backends.Backend` interface built by ``load_backend(url)``.
+A new backend joins by adding its name to ``BACKENDS`` and a branch in the
+``backend_url`` fixture; nothing here changes.
+
+Capabilities a backend lacks
+----------------------------
+A backend that cannot keep part of the contract says so on its class::
+
+    class SQSBackend(Backend):
+        unsupported = {"take": "SQS cannot remove a message by id", ...}
+
+Each test that depends on such a part calls ``needs(backend, "take")`` and is
+skipped with the backend's own reason. The names (see ``Backend.unsupported``):
+
+``idempotent_enqueue``  a second enqueue of a queued (queue, task_id) changes nothing
+``fifo``                reserve order is due time, then enqueue order
+``subsecond_timing``    leases and delays under a second are honoured; when
+                        lacking, the suite runs its timing tests with 1 s steps
+                        instead of skipping them
+``stale_token``         ack/retry/bury/extend from a lease taken over is refused
+``take``                a waiting task can be removed by id (take, get)
+``exact_stats``         stats() and len() are exact at once, not approximate
+``delivery_count``      Reservation.deliveries is exact (release does not count)
+``known_queues``        known_queues() lists the queues holding anything
+
+Every test uses queue names of its own, so a backend on a shared server needs
+no cleanup between tests. Timing uses a short lease (``TICK`` seconds) and
+sleeps a little longer than it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from gatorapp.backends import Backend, Message, Reservation, load_backend
+from gatorapp.errors import PayloadTooLarge
+
+TICK = 0.3  # lease and delay length for timing tests
+SLOW_TICK = 1.0  # the same for backends without subsecond_timing
+MARGIN = 0.2  # extra sleep past a deadline
+
+
+@pytest.fixture
+def backend(backend_url: str) -> Iterator[Backend]:
+    b = load_backend(backend_url)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def q() -> str:
+    """A queue name no other test uses."""
+    return f"contract-{uuid.uuid4().hex[:10]}"
+
+
+def needs(backend: Backend, *caps: str) -> None:
+    for cap in caps:
+        reason = backend.unsupported.get(cap)
+        if reason is not None:
+            pytest.skip(f"{type(backend).__name__} lacks {cap}: {reason}")
+
+
+def tick(backend: Backend) -> float:
+    return SLOW_TICK if "subsecond_timing" in backend.unsupported else TICK
+
+
+def put(backend: Backend, queue: str, *ids: str, run_at: float | None = None) -> None:
+    backend.enqueue([Message(queue, i, f"data-{i}".encode(), run_at) for i in ids])
+
+
+def reserve(
+    backend: Backend, queues: str | list[str], limit: int = 10, lease: float = 30.0, who: str = "w1"
+) -> list[Reservation]:
+    return backend.reserve([queues] if isinstance(queues, str) else queues, limit, lease, who)
+
+
+def ids(rs: list[Reservation]) -> list[str]:
+    return [r.task_id for r in rs]
+
+
+# -- enqueue and reserve ----------------------------------------------------------------------
+
+
+def test_enqueue_then_reserve(backend: Backend, q: str) -> None:
+    backend.enqueue([Message(q, "t1", b"payload")])
+    (r,) = reserve(backend, q)
+    assert (r.queue, r.task_id, r.data) == (q, "t1", b"payload")
+    assert isinstance(r.token, str) and r.token
+    assert r.deliveries == 1
+    assert reserve(backend, q) == []  # leased: nobody else gets it
+
+
+def test_reserve_empty_and_unknown_queue(backend: Backend, q: str) -> None:
+    assert reserve(backend, q) == []
+    assert backend.ack([]) == []
+    assert backend.retry([]) == []
+    assert backend.release([]) == []
+    assert backend.extend([]) == []
+    assert backend.bury([]) == []
+
+
+def test_binary_payload_round_trips(backend: Backend, q: str) -> None:
+    # Compressed or msgpack payloads are arbitrary bytes, not text.
+    data = bytes(range(256)) + b"\x00\xff\xfe" + "é".encode()
+    backend.enqueue([Message(q, "bin", data)])
+    (r,) = reserve(backend, q)
+    assert r.data == data and isinstance(r.data, bytes)
+
+
+def test_enqueue_is_idempotent_by_queue_and_id(backend: Backend, q: str) -> None:
+    needs(backend, "idempotent_enqueue")
+    backend.enqueue([Message(q, "same", b"first")])
+    backend.enqueue([Message(q, "same", b"second")])
+    backend.enqueue([Message(q, "same", b"third"), Message(q, "other", b"x")])
+    got = reserve(backend, q)
+    assert sorted(ids(got)) == ["other", "same"]
+    assert next(r.data for r in got if r.task_id == "same") == b"first"
+    # Still a no-op while the task is running.
+    backend.enqueue([Message(q, "same", b"fourth")])
+    assert reserve(backend, q) == []
+    # Once acknowledged, the id is free again.
+    assert backend.ack(got) == [True, True]
+    backend.enqueue([Message(q, "same", b"fifth")])
+    (again,) = reserve(backend, q)
+    assert again.data == b"fifth"
+
+
+def test_reserve_limit_and_fifo_order(backend: Backend, q: str) -> None:
+    needs(backend, "fifo")
+    names = [f"t{i:02d}" for i in range(12)]
+    put(backend, q, *names[:6])  # one batch
+    for name in names[6:]:  # and one call each
+        put(backend, q, name)
+    first = reserve(backend, q, limit=5)
+    assert ids(first) == names[:5]
+    assert ids(reserve(backend, q, limit=1)) == names[5:6]
+    assert ids(reserve(backend, q, limit=100)) == names[6:]
+
+
+def test_order_is_due_time_then_enqueue_order(backend: Backend, q: str) -> None:
+    needs(backend, "fifo")
+    now = time.time()
+    put(backend, q, "a", "b")  # due now
+    put(backend, q, "late", run_at=now - 5)  # due earlier than a and b
+    put(backend, q, "later", run_at=now - 1)
+    put(backend, q, "earliest", run_at=now - 10)
+    assert ids(reserve(backend, q)) == ["earliest", "late", "later", "a", "b"]
+
+
+def test_queue_priority_across_queues(backend: Backend, q: str) -> None:
+    needs(backend, "fifo")
+    high, low = q + "-high", q + "-low"
+    put(backend, low, "l1", "l2", "l3")
+    put(backend, high, "h1", "h2")
+    got = reserve(backend, [high, low], limit=3)
+    assert [(r.queue, r.task_id) for r in got] == [(high, "h1"), (high, "h2"), (low, "l1")]
+    got = reserve(backend, [high, low], limit=10)
+    assert [(r.queue, r.task_id) for r in got] == [(low, "l2"), (low, "l3")]
+
+
+def test_earlier_queue_first_without_fifo(backend: Backend, q: str) -> None:
+    high, low = q + "-high", q + "-low"
+    put(backend, low, "l1", "l2")
+    put(backend, high, "h1")
+    got = reserve(backend, [high, low], limit=2)
+    assert got[0].queue == high and got[1].queue == low
+
+
+def test_queues_are_isolated(backend: Backend, q: str) -> None:
+    qa, qb = q + "-a", q + "-b"
+    backend.enqueue([Message(qa, "same", b"in-a"), Message(qb, "same", b"in-b")])
+    (ra,) = reserve(backend, qa)
+    assert ra.data == b"in-a"
+    assert backend.ack([ra]) == [True]
+    (rb,) = reserve(backend, qb)
+    assert (rb.queue, rb.data) == (qb, b"in-b")
+    assert backend.ack([rb]) == [True]
+
+
+def test_queues_are_isolated_for_take_and_drop(backend: Backend, q: str) -> None:
+    needs(backend, "take", "exact_stats")
+    qa, qb = q + "-a", q + "-b"
+    backend.enqueue([Message(qa, "same", b"in-a"), Message(qb, "same", b"in-b")])
+    assert backend.take(qa, "same") == b"in-a"
+    assert backend.take(qa, "same") is None
+    assert backend.len(qb) == 1
+    backend.drop_all(qb)
+    assert backend.len(qb) == 0
+    backend.enqueue([Message(qa, "x", b"x")])
+    assert backend.len(qa) == 1
+
+
+def test_payload_size_limit(backend_url: str, q: str) -> None:
+    b = load_backend(backend_url, max_payload=100)
+    try:
+        with pytest.raises(PayloadTooLarge):
+            b.enqueue([Message(q, "ok", b"x" * 10), Message(q, "big", b"x" * 101)])
+        # The batch was refused as a whole.
+        assert reserve(b, q) == []
+        b.enqueue([Message(q, "ok", b"x" * 100)])
+        assert ids(reserve(b, q)) == ["ok"]
+    finally:
+        b.close()
+
+
+# -- ack and leases ------------------------------------------------------------------------------
+
+
+def test_ack_deletes(backend: Backend, q: str) -> None:
+    put(backend, q, "a", "b", "c")
+    got = reserve(backend, q)
+    assert backend.ack(got) == [True, True, True]
+    assert backend.ack(got) == [False, False, False]  # already gone
+    assert reserve(backend, q) == []
+
+
+def test_ack_batch_reports_each_task(backend: Backend, q: str) -> None:
+    needs(backend, "stale_token")
+    put(backend, q, "a", "b")
+    ra, rb = reserve(backend, q)
+    assert backend.ack([ra]) == [True]
+    assert backend.ack([ra, rb]) == [False, True]
+
+
+def test_stale_token_is_refused(backend: Backend, q: str) -> None:
+    needs(backend, "stale_token")
+    t = tick(backend)
+    put(backend, q, "a")
+    (old,) = reserve(backend, q, lease=t, who="w1")
+    time.sleep(t + MARGIN)
+    (new,) = reserve(backend, q, lease=30, who="w2")  # takes over the expired lease
+    assert new.token != old.token
+    assert backend.extend([old]) == [False]
+    assert backend.ack([old]) == [False]
+    assert backend.retry([(old, b"nope", time.time())]) == [False]
+    assert backend.bury([(old, "failed", "boom")]) == [False]
+    assert backend.release([old]) == [False]
+    assert backend.dead_get(q, "a") is None
+    assert backend.ack([new]) == [True]
+    assert reserve(backend, q) == []
+
+
+def test_ack_after_expiry_before_takeover_is_accepted(backend: Backend, q: str) -> None:
+    t = tick(backend)
+    put(backend, q, "a")
+    (r,) = reserve(backend, q, lease=t)
+    time.sleep(t + MARGIN)
+    assert backend.ack([r]) == [True]
+    assert reserve(backend, q) == []
+
+
+def test_lease_expiry_makes_task_reservable_again(backend: Backend, q: str) -> None:
+    t = tick(backend)
+    put(backend, q, "a")
+    (r1,) = reserve(backend, q, lease=t, who="w1")
+    assert reserve(backend, q, who="w2") == []
+    time.sleep(t + MARGIN)
+    (r2,) = reserve(backend, q, lease=t, who="w2")
+    assert (r2.task_id, r2.data) == ("a", b"data-a")
+    if "delivery_count" not in backend.unsupported:
+        assert (r1.deliveries, r2.deliveries) == (1, 2)
+    assert backend.ack([r2]) == [True]
+
+
+def test_lease_expiry_keeps_the_task_in_its_place(backend: Backend, q: str) -> None:
+    needs(backend, "fifo")
+    t = tick(backend)
+    put(backend, q, "a", "b")
+    reserve(backend, q, limit=1, lease=t)
+    time.sleep(t + MARGIN)
+    assert ids(reserve(backend, q)) == ["a", "b"]
+
+
+def test_extend_keeps_task_from_being_taken(backend: Backend, q: str) -> None:
+    t = tick(backend)
+    put(backend, q, "a")
+    (r,) = reserve(backend, q, lease=t, who="w1")
+    assert r.lease == t
+    deadline = time.time() + 2.5 * t
+    while time.time() < deadline:
+        time.sleep(t / 3)
+        assert backend.extend([r]) == [True]
+        assert reserve(backend, q, who="w2") == []
+    assert backend.ack([r]) == [True]
+
+
+def test_extend_uses_each_reservations_lease(backend: Backend, q: str) -> None:
+    t = tick(backend)
+    put(backend, q, "a")
+    (r,) = reserve(backend, q, lease=t)
+    r.lease = 30.0  # a task with a longer lease than the worker's default
+    assert backend.extend([r]) == [True]
+    time.sleep(t + MARGIN)
+    assert reserve(backend, q, who="w2") == []
+
+
+# -- retry, release, bury -------------------------------------------------------------------------
+
+
+def test_retry_with_new_payload_and_delay(backend: Backend, q: str) -> None:
+    t = tick(backend)
+    put(backend, q, "a")
+    (r,) = reserve(backend, q)
+    assert backend.retry([(r, b"new-payload", time.time() + t)]) == [True]
+    assert reserve(backend, q) == []  # not due yet
+    if "exact_stats" not in backend.unsupported:
+        s = backend.stats(q)
+        assert (s.ready, s.delayed, s.running) == (0, 1, 0)
+    time.sleep(t + MARGIN)
+    (again,) = reserve(backend, q)
+    assert (again.task_id, again.data) == ("a", b"new-payload")
+    if "delivery_count" not in backend.unsupported:
+        assert again.deliveries == 1
+    if "stale_token" not in backend.unsupported:
+        assert backend.ack([r]) == [False]  # the first lease ended with the retry
+    assert backend.ack([again]) == [True]
+
+
+def test_retry_resets_deliveries(backend: Backend, q: str) -> None:
+    needs(backend, "delivery_count")
+    t = tick(backend)
+    put(backend, q, "a")
+    reserve(backend, q, lease=t)
+    time.sleep(t + MARGIN)
+    (r,) = reserve(backend, q, lease=30)
+    assert r.deliveries == 2
+    assert backend.retry([(r, b"again", time.time())]) == [True]
+    (r2,) = reserve(backend, q)
+    assert (r2.data, r2.deliveries) == (b"again", 1)
+
+
+def test_retry_due_now_is_ready_at_once(backend: Backend, q: str) -> None:
+    put(backend, q, "a")
+    (r,) = reserve(backend, q)
+    assert backend.retry([(r, b"v2", time.time())]) == [True]
+    (r2,) = reserve(backend, q)
+    assert r2.data == b"v2"
+    if "stale_token" not in backend.unsupported:
+        assert backend.ack([r]) == [False]
+    assert backend.ack([r2]) == [True]
+
+
+def test_release_gives_back_without_counting(backend: Backend, q: str) -> None:
+    put(backend, q, "a", "b")
+    got = reserve(backend, q)
+    assert backend.release(got) == [True, True]
+    assert backend.release(got) == [False, False]  # not held any more
+    again = reserve(backend, q)
+    assert sorted(ids(again)) == ["a", "b"]
+    if "delivery_count" not in backend.unsupported:
+        assert [r.deliveries for r in again] == [1, 1]
+    if "fifo" not in backend.unsupported:
+        assert ids(again) == ["a", "b"]  # kept their place
+
+
+def test_release_keeps_place_ahead_of_later_tasks(backend: Backend, q: str) -> None:
+    needs(backend, "fifo")
+    put(backend, q, "a")
+    got = reserve(backend, q)
+    put(backend, q, "b")
+    backend.release(got)
+    assert ids(reserve(backend, q)) == ["a", "b"]
+
+
+def test_bury_and_dead_letters(backend: Backend, q: str) -> None:
+    put(backend, q, "a", "b")
+    ra, rb = sorted(reserve(backend, q), key=lambda r: r.task_id)
+    assert backend.bury([(ra, "retries_exhausted", "Traceback: boom")]) == [True]
+    assert reserve(backend, q) == []  # gone from the queue
+    letter = backend.dead_get(q, "a")
+    assert letter is not None
+    assert (letter.queue, letter.task_id, letter.data) == (q, "a", b"data-a")
+    assert (letter.reason, letter.error) == ("retries_exhausted", "Traceback: boom")
+    assert letter.failed_at == pytest.approx(time.time(), abs=60)
+    assert backend.bury([(rb, "decode_error", "bad bytes")]) == [True]
+    assert sorted(d.task_id for d in backend.dead_list(q)) == ["a", "b"]
+    assert backend.dead_get(q, "nope") is None
+    assert backend.dead_get(q + "-other", "a") is None
+    assert backend.dead_list(q + "-other") == []
+    assert len(backend.dead_list(q, limit=1)) == 1
+
+
+def test_bury_after_ack_is_refused(backend: Backend, q: str) -> None:
+    put(backend, q, "a")
+    (r,) = reserve(backend, q)
+    assert backend.ack([r]) == [True]
+    assert backend.bury([(r, "x", "y")]) == [False]
+    assert backend.dead_get(q, "a") is None
+
+
+def test_dead_requeue(backend: Backend, q: str) -> None:
+    put(backend, q, "a", "b")
+    got = reserve(backend, q)
+    backend.bury([(r, "failed", "err") for r in got])
+    # Payload kept.
+    assert backend.dead_requeue(q, "a") is True
+    assert backend.dead_get(q, "a") is None
+    assert backend.dead_requeue(q, "a") is False  # not dead any more
+    # Payload replaced.
+    assert backend.dead_requeue(q, "b", b"fresh") is True
+    got = {r.task_id: r.data for r in reserve(backend, q)}
+    assert got == {"a": b"data-a", "b": b"fresh"}
+    assert backend.dead_requeue(q, "unknown") is False
+    assert backend.dead_list(q) == []
+
+
+def test_dead_requeue_is_ready_now_even_if_it_was_delayed(backend: Backend, q: str) -> None:
+    put(backend, q, "a", run_at=time.time() - 1)
+    (r,) = reserve(backend, q)
+    backend.bury([(r, "failed", "err")])
+    assert backend.dead_requeue(q, "a") is True
+    assert ids(reserve(backend, q)) == ["a"]
+
+
+def test_dead_requeue_keeps_letter_when_id_is_queued_again(backend: Backend, q: str) -> None:
+    needs(backend, "idempotent_enqueue")
+    put(backend, q, "a")
+    (r,) = reserve(backend, q)
+    backend.bury([(r, "failed", "err")])
+    backend.enqueue([Message(q, "a", b"newer")])
+    # Atomic: either moved or left as it was, never both or neither.
+    assert backend.dead_requeue(q, "a") is False
+    assert backend.dead_get(q, "a") is not None
+    (again,) = reserve(backend, q)
+    assert again.data == b"newer"
+
+
+def test_dead_purge(backend: Backend, q: str) -> None:
+    put(backend, q, "a", "b", "c")
+    backend.bury([(r, "failed", "err") for r in reserve(backend, q)])
+    backend.dead_add(q + "-other", "x", b"x", "decode_error", "bad")
+    assert backend.dead_purge(q) == 3
+    assert backend.dead_list(q) == []
+    assert backend.dead_purge(q) == 0
+    assert backend.dead_get(q + "-other", "x") is not None
+
+
+def test_dead_add(backend: Backend, q: str) -> None:
+    backend.dead_add(q, "never-reserved", b"\x00raw", "decode_error", "not msgpack")
+    letter = backend.dead_get(q, "never-reserved")
+    assert letter is not None
+    assert (letter.data, letter.reason, letter.error) == (b"\x00raw", "decode_error", "not msgpack")
+    assert [d.task_id for d in backend.dead_list(q)] == ["never-reserved"]
+    assert reserve(backend, q) == []
+    assert backend.dead_requeue(q, "never-reserved") is True
+    assert ids(reserve(backend, q)) == ["never-reserved"]
+
+
+def test_long_error_text_is_kept_or_truncated(backend: Backend, q: str) -> None:
+    backend.dead_add(q, "a", b"x", "failed", "E" * 100_000)
+    letter = backend.dead_get(q, "a")
+    assert letter is not None and letter.error.startswith("EEE")
+
+
+# -- delays ------------------------------------------------------------------------------------
+
+
+def test_delayed_task_waits_until_due(backend: Backend, q: str) -> None:
+    t = tick(backend)
+    put(backend, q, "later", run_at=time.time() + t)
+    assert reserve(backend, q) == []
+    time.sleep(t + MARGIN)
+    assert ids(reserve(backend, q)) == ["later"]
+
+
+def test_delayed_task_never_blocks_ready_ones(backend: Backend, q: str) -> None:
+    t = tick(backend)
+    put(backend, q, "far", run_at=time.time() + 3600)
+    put(backend, q, "soon", run_at=time.time() + t)
+    put(backend, q, "now1", "now2")
+    assert sorted(ids(reserve(backend, q, limit=10))) == ["now1", "now2"]
+    time.sleep(t + MARGIN)
+    assert ids(reserve(backend, q, limit=10)) == ["soon"]
+    assert reserve(backend, q) == []
+
+
+def test_run_at_in_the_past_is_ready(backend: Backend, q: str) -> None:
+    put(backend, q, "past", run_at=time.time() - 3600)
+    assert ids(reserve(backend, q)) == ["past"]
+
+
+def test_wait_returns(backend: Backend, q: str) -> None:
+    started = time.time()
+    backend.wait([q], 0.2)
+    assert time.time() - started < 2
+    put(backend, q, "a")
+    started = time.time()
+    backend.wait([q], 5)
+    assert time.time() - started < 2  # a ready task ends the wait early
+
+
+# -- take --------------------------------------------------------------------------------------
+
+
+def test_take_removes_a_waiting_task(backend: Backend, q: str) -> None:
+    needs(backend, "take")
+    put(backend, q, "a", "b")
+    put(backend, q, "delayed", run_at=time.time() + 3600)
+    assert backend.take(q, "a") == b"data-a"
+    assert backend.take(q, "a") is None
+    assert backend.take(q, "delayed") == b"data-delayed"
+    assert backend.take(q, "unknown") is None
+    assert backend.take(q + "-other", "b") is None
+    assert ids(reserve(backend, q)) == ["b"]
+
+
+def test_take_refuses_a_running_task(backend: Backend, q: str) -> None:
+    needs(backend, "take")
+    put(backend, q, "a")
+    (r,) = reserve(backend, q)
+    assert backend.take(q, "a") is None
+    assert backend.ack([r]) == [True]  # still held by its worker
+
+
+def test_take_of_expired_lease(backend: Backend, q: str) -> None:
+    needs(backend, "take", "stale_token")
+    t = tick(backend)
+    put(backend, q, "a")
+    (r,) = reserve(backend, q, lease=t)
+    time.sleep(t + MARGIN)
+    # Its worker is presumed dead: the task is waiting again.
+    assert backend.take(q, "a") == b"data-a"
+    assert backend.ack([r]) == [False]
+
+
+# -- stats and introspection -------------------------------------------------------------------
+
+
+def test_stats_counts(backend: Backend, q: str) -> None:
+    needs(backend, "exact_stats")
+    s = backend.stats(q)
+    assert (s.ready, s.delayed, s.running, s.dead) == (0, 0, 0, 0)
+    put(backend, q, "r1", "r2", "r3", "run1", "dead1")
+    put(backend, q, "d1", "d2", run_at=time.time() + 3600)
+    # reserve in FIFO order would take r1 first; pick by id to be order-agnostic
+    got = {r.task_id: r for r in reserve(backend, q, limit=10)}
+    backend.release([r for i, r in got.items() if i.startswith("r") and not i.startswith("run")])
+    backend.bury([(got["dead1"], "failed", "err")])
+    s = backend.stats(q)
+    assert (s.ready, s.delayed, s.running, s.dead) == (3, 2, 1, 1)
+    assert backend.len(q) == 5  # waiting: ready and delayed, not running
+    assert backend.stats(q + "-other").ready == 0
+
+
+def test_stats_after_lease_expiry(backend: Backend, q: str) -> None:
+    needs(backend, "exact_stats")
+    t = tick(backend)
+    put(backend, q, "a")
+    reserve(backend, q, lease=t)
+    assert backend.stats(q).running == 1
+    time.sleep(t + MARGIN)
+    s = backend.stats(q)
+    assert (s.ready, s.running) == (1, 0)
+
+
+def test_known_queues(backend: Backend, q: str) -> None:
+    needs(backend, "known_queues")
+    put(backend, q + "-tasks", "a")
+    put(backend, q + "-delayed", "a", run_at=time.time() + 3600)
+    backend.dead_add(q + "-dead", "x", b"x", "failed", "err")
+    known = backend.known_queues()
+    assert {q + "-tasks", q + "-delayed", q + "-dead"} <= set(known)
+    assert all(isinstance(name, str) for name in known)
+
+
+# -- the five methods of Alligator's client protocol ----------------------------------------
+
+
+def test_seed_len_push_pop(backend: Backend, q: str) -> None:
+    needs(backend, "exact_stats")
+    assert backend.len(q) == 0
+    assert backend.pop(q) is None
+    assert backend.push(q, "t1", b"one") == "t1"
+    assert backend.push(q, "t2", b"two") == "t2"
+    assert backend.push(q, "t3", b"three", delay_until=time.time() + 3600) == "t3"
+    assert backend.len(q) == 3
+    first = backend.pop(q)
+    second = backend.pop(q)
+    assert {first, second} == {b"one", b"two"}
+    if "fifo" not in backend.unsupported:
+        assert (first, second) == (b"one", b"two")
+    assert backend.pop(q) is None  # t3 is not due
+    assert backend.len(q) == 1
+
+
+def test_seed_pop_removes_for_good(backend: Backend, q: str) -> None:
+    backend.push(q, "t1", b"one")
+    assert backend.pop(q) == b"one"
+    assert backend.pop(q) is None
+    assert reserve(backend, q) == []
+
+
+def test_seed_push_delay_until(backend: Backend, q: str) -> None:
+    t = tick(backend)
+    backend.push(q, "t1", b"one", delay_until=time.time() + t)
+    assert backend.pop(q) is None
+    time.sleep(t + MARGIN)
+    assert backend.pop(q) == b"one"
+
+
+def test_seed_get(backend: Backend, q: str) -> None:
+    needs(backend, "take")
+    backend.push(q, "t1", b"one")
+    backend.push(q, "t2", b"two")
+    assert backend.get(q, "t2") == b"two"
+    assert backend.get(q, "t2") is None
+    assert backend.get(q, "missing") is None
+    assert backend.pop(q) == b"one"
+
+
+def test_seed_drop_all(backend: Backend, q: str) -> None:
+    needs(backend, "exact_stats")
+    other = q + "-other"
+    backend.push(q, "t1", b"one")
+    backend.push(q, "t2", b"two", delay_until=time.time() + 3600)
+    backend.push(other, "t1", b"other")
+    backend.dead_add(q, "dead", b"d", "failed", "err")
+    backend.drop_all(q)
+    assert backend.len(q) == 0
+    assert backend.pop(q) is None
+    assert backend.len(other) == 1  # other queues untouched
+    assert backend.dead_get(q, "dead") is not None  # dead letters stay
+    backend.drop_all(q + "-never-used")  # no error
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+
+def test_concurrent_reserves_never_share_a_task(backend: Backend, q: str) -> None:
+    if not backend.thread_safe:
+        pytest.skip(f"{type(backend).__name__} is not thread-safe")
+    n = 200
+    backend.enqueue([Message(q, f"t{i}", b"x") for i in range(n)])
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def consume(who: str) -> None:
+        while True:
+            got = reserve(backend, q, limit=7, who=who)
+            if not got:
+                return
+            assert all(backend.ack(got))
+            with lock:
+                seen.extend(ids(got))
+
+    threads = [threading.Thread(target=consume, args=(f"w{i}",)) for i in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert sorted(seen) == sorted(f"t{i}" for i in range(n))
