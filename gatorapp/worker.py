@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import queue as queue_mod
+import reprlib
 import signal
 import socket
 import threading
@@ -267,6 +268,13 @@ class Worker:
             self.tasks_complete += 1
             if outcome.kind == "success":
                 self._acks.append(r)
+                if log.isEnabledFor(logging.INFO):
+                    log.info(
+                        "task %s %s succeeded: %s",
+                        task.name,
+                        task.task_id,
+                        reprlib.repr(outcome.result),
+                    )
                 try:
                     self.result(outcome.result)
                 except Exception:
