@@ -13,11 +13,13 @@ import shutil
 import socket
 
 import pytest
+from service_redis import redis_server, redis_url  # noqa: F401 (fixtures)
+from service_sqs import sqs_env, sqs_prefix, sqs_server, sqs_url  # noqa: F401 (fixtures)
 from worker_proc import FAULT_REPORTS
 
 # Backends every contract test runs against; a new backend adds its name here
 # and a branch in backend_url below.
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "redis", "sqs"]
 
 
 def free_port() -> int:
@@ -44,6 +46,10 @@ def backend_url(request: pytest.FixtureRequest, tmp_path) -> str:
         return "memory://"
     if kind == "sqlite":
         return f"sqlite:///{tmp_path}/queue.db"
+    if kind == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    if kind == "sqs":
+        return str(request.getfixturevalue("sqs_url"))
     raise AssertionError(f"no URL for backend {kind}")
 
 
