@@ -27,5 +27,5 @@ class LoggingWorker(Worker):
         )
 
     def result(self, result):
-        # The default worker ignores return values; this one logs them.
+        # Every return value, on this worker's own logger.
         log.info("%s got result %r.", self.ident(), result)
