@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
@@ -158,7 +158,8 @@ def parse_redis_url(url: str, options: dict[str, Any]) -> tuple[str, str, dict[s
         raise ConfigurationError(f"bad database number {db!r} in Redis URL {url!r}")
     if parts.scheme == "unix" and not parts.path:
         raise ConfigurationError(f"Redis URL {url!r} names no socket: unix:///path/to.sock")
-    client_url = urlunsplit(parts._replace(query=urlencode(query)))
+    # (urlunsplit would turn unix:///path into unix:/path)
+    client_url = url.partition("?")[0] + (f"?{urlencode(query)}" if query else "")
     try:
         redis_parse_url(client_url)
     except ValueError as exc:

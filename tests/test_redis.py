@@ -1,0 +1,322 @@
+"""Redis-specific behaviour beyond the shared contract suite (tests/test_contract.py).
+
+URL handling, key layout (prefix, one hash slot per queue), idempotence of
+scripts when redis-py retries a command whose reply was lost, wake-up
+latency of an idle worker, reconnecting after a server restart, and the CLI.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.crc import key_slot
+from service_redis import RedisServer
+from worker_proc import env_for, report
+
+from gatorapp import App, Worker
+from gatorapp.backends import Message, load_backend
+from gatorapp.backends.redis import RedisBackend
+from gatorapp.errors import BackendError, ConfigurationError
+
+
+def _queue() -> str:
+    return f"q-{uuid.uuid4().hex[:8]}"
+
+
+# -- URLs and configuration ----------------------------------------------------
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?bogus=1",
+        "redis://127.0.0.1:6379/zero",
+        "redis://127.0.0.1:6379/0?socket_timeout=soon",
+        "redis://127.0.0.1:notaport/0",
+        "redis://127.0.0.1/0?prefix=has{brace}",
+        "redis://127.0.0.1/0?prefix=",
+        "unix://",
+    ],
+)
+def test_bad_urls_fail_at_once(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        load_backend(url)
+
+
+def test_url_forms_and_options_build_without_io() -> None:
+    # Nothing listens on these: building must not connect.
+    b = load_backend("redis://:secret@127.0.0.1:1/3?socket_timeout=2.5&prefix=myapp")
+    assert isinstance(b, RedisBackend) and b.prefix == "myapp"
+    kwargs = b.client.connection_pool.connection_kwargs
+    assert (kwargs["db"], kwargs["password"], kwargs["socket_timeout"]) == (3, "secret", 2.5)
+    assert load_backend("rediss://127.0.0.1:1/0").prefix == "gatorapp"
+    unix = load_backend("unix:///tmp/nothing-here.sock?db=2")
+    assert unix.client.connection_pool.connection_kwargs["path"] == "/tmp/nothing-here.sock"
+    assert RedisBackend("redis://127.0.0.1:1/0", prefix="other").prefix == "other"
+
+
+def test_unreachable_server_raises_backend_error_promptly() -> None:
+    b = load_backend(f"redis://127.0.0.1:{_closed_port()}/0")
+    start = time.monotonic()
+    with pytest.raises(BackendError):
+        b.stats("default")
+    assert time.monotonic() - start < 3
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- key layout ------------------------------------------------------------------
+def test_all_keys_of_a_queue_share_one_slot_and_carry_the_prefix(redis_server) -> None:
+    b = RedisBackend(redis_server.url, prefix=f"slot{uuid.uuid4().hex[:6]}")
+    q = _queue()
+    b.enqueue([Message(q, f"t{i}", b"x", time.time() + 60 * (i % 2)) for i in range(4)])
+    got = b.reserve([q], 2, 30, "w")
+    b.bury([(got[0], "boom", "err")])
+    b.take(q, "t1")
+    keys = [k.decode() for k in b.client.keys("*") if k.decode().startswith("{" + b.prefix)]
+    queue_keys = [k for k in keys if not k.endswith("}:queues")]
+    assert len(queue_keys) >= 8
+    assert all(k.startswith("{" + f"{b.prefix}:{q}" + "}:") for k in queue_keys)
+    assert len({key_slot(k.encode()) for k in queue_keys}) == 1
+    b.close()
+
+
+def test_prefixes_keep_apps_apart(redis_server) -> None:
+    q = "shared-name"
+    one = RedisBackend(redis_server.url, prefix=f"one{uuid.uuid4().hex[:6]}")
+    two = RedisBackend(redis_server.url, prefix=f"two{uuid.uuid4().hex[:6]}")
+    one.enqueue([Message(q, "a", b"1")])
+    assert two.stats(q).ready == 0 and two.known_queues() == []
+    assert one.known_queues() == [q]
+    one.close()
+    two.close()
+
+
+# -- lost replies: redis-py retries the command, the script must not act twice ------
+class ReplyDropper:
+    """A loopback TCP proxy that, when armed, swallows the server's reply to
+    the next command named ``command`` and closes the connection, as a
+    network failure would."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.armed = threading.Event()
+        self.command = b"EVALSHA"
+        self.dropped = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            state = {"drop": False}
+            threading.Thread(target=self._up, args=(client, server, state), daemon=True).start()
+            threading.Thread(target=self._down, args=(server, client, state), daemon=True).start()
+
+    def _up(self, client: socket.socket, server: socket.socket, state: dict) -> None:
+        while data := _recv(client):
+            if self.armed.is_set() and self.command in data.upper():
+                self.armed.clear()
+                state["drop"] = True  # before forwarding: the reply comes after
+            server.sendall(data)
+        server.close()
+
+    def _down(self, server: socket.socket, client: socket.socket, state: dict) -> None:
+        while data := _recv(server):
+            if state["drop"]:
+                self.dropped += 1
+                break
+            client.sendall(data)
+        for s in (client, server):
+            try:
+                s.shutdown(socket.SHUT_RDWR)  # a FIN now; close() alone waits for _up
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def _recv(s: socket.socket) -> bytes:
+    try:
+        return s.recv(65536)
+    except OSError:
+        return b""
+
+
+@pytest.fixture
+def dropper(redis_server) -> Iterator[tuple[ReplyDropper, RedisBackend]]:
+    proxy = ReplyDropper(redis_server.port)
+    b = RedisBackend(f"redis://127.0.0.1:{proxy.port}/0", prefix=f"drop{uuid.uuid4().hex[:6]}")
+    b.stats("warm-up")  # loads no script we test, but opens the path through the proxy
+    yield proxy, b
+    b.close()
+    proxy.close()
+
+
+def test_lost_reply_to_enqueue_leaves_one_copy(dropper) -> None:
+    proxy, b = dropper
+    q = _queue()
+    b.enqueue([Message(q, "warm", b"w")])  # the script is loaded: EVALSHA goes through
+    proxy.armed.set()
+    b.enqueue([Message(q, "once", b"payload")])
+    assert proxy.dropped == 1
+    got = b.reserve([q], 10, 30, "w")
+    assert sorted(r.task_id for r in got) == ["once", "warm"]
+    assert b.stats(q).ready == 0
+    # The same failure under a plain RPUSH: redis-py's retry stores it twice.
+    proxy.command = b"RPUSH"
+    proxy.armed.set()
+    control = f"{{{b.prefix}}}:control"
+    b.client.rpush(control, "task-1")
+    assert proxy.dropped == 2
+    copies = b.client.llen(control)
+    assert copies == 2
+    report(f"Redis lost reply to enqueue: 1 copy stored (a plain RPUSH stored {copies})")
+
+
+def test_lost_reply_to_reserve_returns_the_same_batch(dropper) -> None:
+    proxy, b = dropper
+    q = _queue()
+    b.enqueue([Message(q, f"t{i}", b"x") for i in range(3)])
+    b.reserve([_queue()], 1, 30, "w")  # load the script
+    proxy.armed.set()
+    got = b.reserve([q], 2, 30, "w")
+    assert proxy.dropped == 1
+    assert [(r.task_id, r.deliveries) for r in got] == [("t0", 1), ("t1", 1)]
+    s = b.stats(q)
+    assert (s.ready, s.running) == (1, 2)
+    assert b.ack(got) == [True, True]
+
+
+def test_lost_reply_to_take_still_returns_the_payload(dropper) -> None:
+    proxy, b = dropper
+    q = _queue()
+    b.enqueue([Message(q, "a", b"payload-a")])
+    b.take(q, "missing")  # load the script
+    proxy.armed.set()
+    assert b.take(q, "a") == b"payload-a"
+    assert proxy.dropped == 1
+    assert b.len(q) == 0
+
+
+# -- an idle worker wakes at once ---------------------------------------------------
+def test_idle_worker_picks_up_new_and_delayed_tasks_quickly(redis_url: str) -> None:
+    app = App(redis_url, lease=5)
+    ran: dict[str, float] = {}
+    tick = threading.Event()
+
+    @app.task
+    def stamp(key: str) -> None:
+        ran[key] = time.time()
+        tick.set()
+
+    worker = Worker(app, queues=["default"])
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    try:
+        pickups, lateness = [], []
+        time.sleep(0.3)  # the worker is idle in wait()
+        for i in range(15):
+            tick.clear()
+            sent = time.time()
+            stamp.delay(f"now-{i}")
+            assert tick.wait(5)
+            pickups.append(ran[f"now-{i}"] - sent)
+            time.sleep(0.05)
+        for i in range(8):
+            tick.clear()
+            due = time.time() + 0.25 + 0.03 * i
+            stamp.options(delay_until=due).delay(f"later-{i}")
+            assert tick.wait(5)
+            lateness.append(ran[f"later-{i}"] - due)
+    finally:
+        worker.stop()
+        thread.join(10)
+        app.close()
+    ms = [x * 1000 for x in pickups]
+    late = [x * 1000 for x in lateness]
+    report(
+        f"Redis idle worker: new task picked up in median {statistics.median(ms):.1f} ms, "
+        f"max {max(ms):.1f} ms; delayed task run late by median "
+        f"{statistics.median(late):.1f} ms, max {max(late):.1f} ms, min {min(late):.1f} ms"
+    )
+    assert statistics.median(ms) < 50 and max(ms) < 150
+    assert min(late) >= -5  # never early (one clock here)
+    assert statistics.median(late) < 100 and max(late) < 200
+
+
+# -- Redis going away ----------------------------------------------------------------
+def test_backend_recovers_after_a_restart_with_an_empty_script_cache(tmp_path) -> None:
+    server = RedisServer(tmp_path / "r", appendonly=True).start()
+    try:
+        b = RedisBackend(server.url)
+        b.enqueue([Message("q", "a", b"1")])
+        server.kill()
+        start = time.monotonic()
+        with pytest.raises(BackendError):
+            b.enqueue([Message("q", "b", b"2")])
+        failed_in = time.monotonic() - start
+        server.start()
+        # The new process has no scripts loaded: redis-py reloads on NOSCRIPT.
+        b.enqueue([Message("q", "b", b"2")])
+        assert sorted(r.task_id for r in b.reserve(["q"], 5, 30, "w")) == ["a", "b"]
+        report(f"Redis down: a call failed after {failed_in * 1000:.0f} ms, then recovered")
+        assert failed_in < 3
+        b.close()
+    finally:
+        server.close()
+
+
+# -- CLI -------------------------------------------------------------------------
+def test_status_and_dead_commands_on_redis(redis_url: str, tmp_path) -> None:
+    app = App(redis_url)
+
+    @app.task(name="redis_ledger.record")
+    def record(sleep: float = 0.0, spin: float = 0.0) -> None: ...
+
+    record.delay()
+    app.backend.dead_add("default", "dead-1", b"not msgpack", "decode_error", "bad bytes")
+    env = env_for(redis_url, tmp_path / "ledger.txt")
+
+    def cli(*args: str) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "gatorapp", *args, "-A", "redis_ledger"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    status = cli("status").splitlines()
+    assert status[1].split() == ["default", "1", "0", "0", "1"]
+    assert "dead-1" in cli("dead", "ls")
+    assert "decode_error" in cli("dead", "show", "dead-1")
+    assert "purged 1" in cli("dead", "purge")
+    app.close()
+
+
+def test_redis_py_is_what_speaks_to_the_server(redis_url: str) -> None:
+    b = load_backend(redis_url)
+    assert isinstance(b.client, redis.Redis)
+    assert b.client.ping()
+    b.close()
