@@ -232,7 +232,7 @@ class SQSBackend(Backend):
         with self._lock:
             if self._client is None:
                 config = Config(
-                    retries={"mode": self.retry_mode, "max_attempts": self.max_attempts},
+                    retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts},
                     connect_timeout=10,
                     read_timeout=max(60, self.wait_time + 20, self.scan_wait + 20),
                     max_pool_connections=20,
