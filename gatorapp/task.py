@@ -44,36 +44,46 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack extension type {code} is not allowed in a task payload")
 
 
-def _check_plain(value: Any, depth: int = 0) -> None:
-    """Reject anything msgpack decoded that is not a plain data value.
+MAX_DEPTH = 64  # nesting allowed in a payload; deeper is refused on both sides
 
-    msgpack turns its timestamp extension into ``msgpack.Timestamp`` without
-    calling ``ext_hook``, so the walk is the only place that sees it.
+
+def _check_plain(value: Any, depth: int = 0) -> None:
+    """Reject anything that is not a plain data value.
+
+    On decode, msgpack turns its timestamp extension into ``msgpack.Timestamp``
+    without calling ``ext_hook``, so the walk is the only place that sees it.
+    On encode, :func:`pack` runs the same walk so that nothing is enqueued that
+    a worker would refuse (a map with int keys, nesting past the limit).
     """
-    if isinstance(value, (str, int, float, bool, bytes)) or value is None:
+    if isinstance(value, (str, int, float, bool, bytes, bytearray, memoryview)) or value is None:
         return
-    if depth > 64:
-        raise DecodeError("payload nests deeper than 64 levels")
-    if isinstance(value, list):
+    if depth > MAX_DEPTH:
+        raise DecodeError(f"payload nests deeper than {MAX_DEPTH} levels")
+    if isinstance(value, (list, tuple)):
         for item in value:
             _check_plain(item, depth + 1)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _check_plain(key, depth + 1)
+            if not isinstance(key, (str, bytes)):
+                # the decoder's strict_map_key refuses any other key type
+                raise DecodeError(f"map keys must be str or bytes, not {type(key).__name__}")
             _check_plain(item, depth + 1)
     else:
         raise DecodeError(f"payload holds a {type(value).__name__}, not plain data")
 
 
 def pack(data: Any) -> bytes:
-    """msgpack-encode ``data``; a value msgpack cannot encode is a SerializationError."""
+    """msgpack-encode ``data``; a value msgpack cannot encode, or that :func:`unpack`
+    and the envelope checks would refuse, is a SerializationError."""
     try:
-        return msgpack.packb(data, use_bin_type=True, datetime=False)
-    except (TypeError, ValueError, OverflowError) as exc:
+        packed: bytes = msgpack.packb(data, use_bin_type=True, datetime=False)
+        _check_plain(data)
+    except (TypeError, ValueError, OverflowError) as exc:  # DecodeError is a ValueError
         raise SerializationError(
             f"task arguments must be msgpack-encodable (str, bytes, int, float, bool, None, "
-            f"list, dict): {exc}"
+            f"list, dict with str keys): {exc}"
         ) from exc
+    return packed
 
 
 def unpack(data: bytes) -> Any:
