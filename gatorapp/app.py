@@ -203,7 +203,16 @@ class App:
             from .backends import scheme_of
 
             scheme_of(self.url)  # a malformed URL fails here, not at first use
-        if self.url.startswith("sqlite:///") and not self.url.startswith("sqlite:////"):
+        # A five-method client gets the URL exactly as given: it parses it its own
+        # way (the seed's SQLite client reads sqlite:///tmp/q.db as /tmp/q.db).
+        own_backend = backend_class is None or (
+            isinstance(backend_class, type) and issubclass(backend_class, Backend)
+        )
+        if (
+            own_backend
+            and self.url.startswith("sqlite:///")
+            and not self.url.startswith("sqlite:////")
+        ):
             # Pin a relative path now, so a later chdir cannot move the queue.
             rel = self.url[len("sqlite:///") :]
             path, _, query = rel.partition("?")
