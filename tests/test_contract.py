@@ -25,6 +25,8 @@ skipped with the backend's own reason. The names (see ``Backend.unsupported``):
 ``take``                a waiting task can be removed by id (take, get)
 ``exact_stats``         stats() and len() are exact at once, not approximate
 ``delivery_count``      Reservation.deliveries is exact (release does not count)
+``exclusive_reserve``   concurrent reserves never hand out one task twice while its
+                        lease lives
 ``known_queues``        known_queues() lists the queues holding anything
 
 Every test uses queue names of its own, so a backend on a shared server needs
@@ -636,6 +638,7 @@ def test_seed_drop_all(backend: Backend, q: str) -> None:
 
 
 def test_concurrent_reserves_never_share_a_task(backend: Backend, q: str) -> None:
+    needs(backend, "exclusive_reserve")
     if not backend.thread_safe:
         pytest.skip(f"{type(backend).__name__} is not thread-safe")
     n = 200

@@ -109,8 +109,10 @@ class Backend(ABC):
     #: ``subsecond_timing`` (leases and delays under a second are honoured),
     #: ``stale_token`` (calls from a lease taken over are refused), ``take``
     #: (remove a waiting task by id), ``exact_stats`` (stats and len are exact
-    #: at once), ``delivery_count`` (``Reservation.deliveries`` is exact) and
-    #: ``known_queues``. The shared contract tests skip what is listed here.
+    #: at once), ``delivery_count`` (``Reservation.deliveries`` is exact),
+    #: ``exclusive_reserve`` (concurrent reserves never hand out one task twice
+    #: while its lease lives) and ``known_queues``. The shared contract tests
+    #: skip what is listed here.
     unsupported: ClassVar[dict[str, str]] = {}
     #: how long an idle worker waits in :meth:`wait` before polling again
     poll_interval: float = 0.05
