@@ -10,7 +10,16 @@ import random
 import time
 
 import pytest
-from worker_proc import counts, env_for, read_ledger, report, start_worker, stop, wait_for
+from worker_proc import (
+    counts,
+    env_for,
+    finish,
+    read_ledger,
+    report,
+    start_worker,
+    stop,
+    wait_for,
+)
 
 from gatorapp import App
 
@@ -76,8 +85,8 @@ def test_two_workers_on_one_file_never_run_a_task_twice(tmp_path):
     env = env_for(url, ledger, lease=30.0)
     procs = [start_worker(env, "-c", "2", "--burst") for _ in range(2)]
     for proc in procs:
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0, out
+        code, out = finish(proc)
+        assert code == 0, out
     done = counts(ledger)
     pids = {pid for _, _, pid in read_ledger(ledger)}
     report(

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,13 +27,24 @@ def env_for(url: str, ledger: Path, lease: float = 2.0) -> dict[str, str]:
 
 
 def start_worker(env: dict[str, str], *args: str, app: str = "ledger_app") -> subprocess.Popen:
-    return subprocess.Popen(
+    """Start a worker whose output goes to a temporary file (a pipe nobody reads
+    would fill up and block the worker's logging); ``stop`` returns it."""
+    out = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(
         [sys.executable, "-m", "gatorapp", "worker", "-A", app, *args],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=out,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    proc.output_file = out  # type: ignore[attr-defined]
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    out = proc.output_file  # type: ignore[attr-defined]
+    out.seek(0)
+    return out.read()
 
 
 def read_ledger(ledger: Path) -> list[tuple[str, str, int]]:
@@ -61,8 +73,11 @@ def wait_for(predicate, timeout: float, interval: float = 0.02) -> bool:
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20) -> tuple[int, str]:
     if proc.poll() is None:
         proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=timeout)
-    return proc.returncode, out
+    if getattr(proc, "output_file", None) is None:  # a Popen with its own pipes
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    proc.wait(timeout=timeout)
+    return proc.returncode, output(proc)
 
 
 # Lines that fault tests want in the test output whether they pass or fail;
@@ -73,3 +88,9 @@ FAULT_REPORTS: list[str] = []
 def report(line: str) -> None:
     print(line)
     FAULT_REPORTS.append(line.strip())
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str]:
+    """Wait for a worker that exits by itself (--burst, --max-tasks)."""
+    proc.wait(timeout=timeout)
+    return proc.returncode, output(proc)
