@@ -2,7 +2,9 @@
 
 URLs follow SQLAlchemy's convention: ``sqlite:///relative.db``,
 ``sqlite:////absolute/path.db``, and ``sqlite://`` or ``sqlite:///:memory:``
-for a private in-memory database (one process only).
+for a private database of this backend object (one process only), kept in a
+temporary folder that is removed when the backend is garbage-collected or the
+process exits.
 
 Each thread gets its own connection. The file runs in WAL mode, so readers
 never block the one writer; every state change is a single statement or an
@@ -15,10 +17,13 @@ passed and it has no live lease.
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from urllib.parse import parse_qs, urlsplit
@@ -83,34 +88,32 @@ class SQLiteBackend(Backend):
         except ValueError:
             raise ConfigurationError(f"bad timeout in {url!r}") from None
         if path is None:
-            # A named shared-cache memory database, so every thread's connection
-            # sees the same data; _anchor keeps it alive.
-            self._target = f"file:gatorapp-{uuid.uuid4().hex}?mode=memory&cache=shared"
-            self._uri = True
+            # A private file rather than a shared-cache memory database: shared
+            # cache answers concurrent threads with "database table is locked"
+            # (SQLITE_LOCKED), which the busy timeout does not wait out.
+            folder = tempfile.mkdtemp(prefix="gatorapp-sqlite-")
+            weakref.finalize(self, shutil.rmtree, folder, True)
+            self._target = os.path.join(folder, "queue.db")
         else:
             self._target = os.path.abspath(path)
-            self._uri = False
         self.path = path
         self._local = threading.local()
         self._lock = threading.Lock()
         self._ready = False
         self._conns: list[sqlite3.Connection] = []
-        self._anchor: sqlite3.Connection | None = None
 
     # -- connections -----------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        if self._uri is False:
-            folder = os.path.dirname(self._target)
-            if folder and not os.path.isdir(folder):
-                raise ConfigurationError(
-                    f"sqlite database folder {folder!r} does not exist (from {self.url!r})"
-                )
+        folder = os.path.dirname(self._target)
+        if folder and not os.path.isdir(folder):
+            raise ConfigurationError(
+                f"sqlite database folder {folder!r} does not exist (from {self.url!r})"
+            )
         conn = sqlite3.connect(
             self._target,
             timeout=self.busy_timeout,
             isolation_level=None,
             check_same_thread=False,
-            uri=self._uri,
         )
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
@@ -129,19 +132,15 @@ class SQLiteBackend(Backend):
 
     def _setup(self) -> None:
         conn = self._connect()
-        if self._uri:
-            self._anchor = conn
-        else:
-            # WAL persists in the file; switching needs no other writer, so retry briefly.
-            for _ in range(50):
-                try:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    break
-                except sqlite3.OperationalError:
-                    time.sleep(0.1)
+        # WAL persists in the file; switching needs no other writer, so retry briefly.
+        for _ in range(50):
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                time.sleep(0.1)
         conn.executescript(_SCHEMA)
-        if not self._uri:
-            conn.close()
+        conn.close()
         self._ready = True
 
     @contextmanager
@@ -164,9 +163,6 @@ class SQLiteBackend(Backend):
                 except sqlite3.Error:
                     pass
             self._conns.clear()
-            if self._anchor is not None:
-                self._anchor.close()
-                self._anchor = None
             self._ready = False
         self._local = threading.local()
 
