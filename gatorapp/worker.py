@@ -435,7 +435,11 @@ class Worker:
             except Exception as exc:
                 log.debug("heartbeat failed: %s", exc)
                 continue
-            for r, ok in zip(held, oks):
-                if not ok and id(r) not in warned:
+            with self._lock:
+                # A task acknowledged since the snapshot above is refused too;
+                # only one still held has really lost its lease.
+                lost = [r for r, ok in zip(held, oks) if not ok and id(r) in self._held]
+            for r in lost:
+                if id(r) not in warned:
                     warned.add(id(r))
                     log.warning("lease of task %s on %s lost to another worker", r.task_id, r.queue)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,9 @@ import pytest
 import tenacity
 
 from gatorapp import App, Task, Worker
+from gatorapp.backends import Reservation
 from gatorapp.backends.client import ClientBackend
+from gatorapp.backends.memory import MemoryBackend
 
 EMBEDDED = ["memory", "sqlite"]
 RAN: list[Any] = []
@@ -385,3 +387,31 @@ def test_worker_in_a_thread_and_memory_join() -> None:
         w.stop()
         th.join(10)
     assert not th.is_alive()
+
+
+class SlowExtendBackend(MemoryBackend):
+    """Renews leases slowly, so tasks finish while a heartbeat is under way."""
+
+    def _extend(self, reservations: Sequence[Reservation]) -> list[bool]:
+        time.sleep(0.03)
+        return super()._extend(reservations)
+
+
+def test_no_lease_lost_warnings_for_acknowledged_tasks(caplog: pytest.LogCaptureFixture) -> None:
+    # A task acknowledged between the heartbeat's snapshot and its extend() call
+    # is refused by extend(), but it has not lost its lease to anyone.
+    app = App("memory://", backend_class=SlowExtendBackend, lease=0.3)
+    try:
+
+        @app.task
+        def f(n: int) -> None:
+            time.sleep(0.001)
+            RAN.append(n)
+
+        f.map(range(400))
+        with caplog.at_level(logging.WARNING, logger="gatorapp"):
+            Worker(app, concurrency=2, burst=True).run_forever()
+        assert sorted(RAN) == list(range(400))
+        assert [r.getMessage() for r in caplog.records if "lost" in r.getMessage()] == []
+    finally:
+        app.close()
