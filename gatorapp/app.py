@@ -393,11 +393,15 @@ class App:
     ) -> tuple[Task, bytes, float | None, bool]:
         queue = opts.get("queue") or tdef.queue
         retries = tdef.retries if opts.get("retries") is None else opts["retries"]
+        task_id = opts.get("task_id")
+        if task_id is not None and not isinstance(task_id, str):
+            # the envelope carries string ids only: a worker would refuse any other
+            raise ConfigurationError(f"task_id must be a string, not {type(task_id).__name__}")
         task = self.task_class(
             tdef.name,
             list(args),
             kwargs,
-            task_id=opts.get("task_id"),
+            task_id=task_id,
             queue=queue,
             retries=check_retries(retries, self.max_attempts),
         )

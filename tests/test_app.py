@@ -254,6 +254,8 @@ def test_unknown_option_raises(app: App, bad: dict[str, object]) -> None:
         {"delay_until": "tomorrow"},
         {"is_async": "maybe"},
         {"queue": "x" * 500},
+        {"task_id": 123},
+        {"task_id": b"bytes"},
     ],
 )
 def test_bad_option_values_raise_and_enqueue_nothing(app: App, opts: dict[str, object]) -> None:
