@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -231,6 +232,7 @@ class App:
         self.max_deliveries = max_deliveries
         self.eager = as_bool(eager, "eager")
         self._backend: Backend | None = None
+        self._backend_lock = threading.Lock()
         self._tasks: dict[str, TaskDef] = {}
         self._by_fn: dict[Any, TaskDef] = {}
         self._hooks: dict[str, Callable[..., Any]] = {}
@@ -243,12 +245,18 @@ class App:
     @property
     def backend(self) -> Backend:
         """The backend, built (not connected) on first use."""
-        if self._backend is None:
-            opts: dict[str, Any] = {}
-            if self.max_payload is not None:
-                opts["max_payload"] = self.max_payload
-            self._backend = load_backend(self.url, self.backend_class, **opts)
-        return self._backend
+        backend = self._backend
+        if backend is None:
+            # Threads of a web server may enqueue at once on a fresh app: build
+            # one backend only, or tasks go to a store that is then dropped.
+            with self._backend_lock:
+                backend = self._backend
+                if backend is None:
+                    opts: dict[str, Any] = {}
+                    if self.max_payload is not None:
+                        opts["max_payload"] = self.max_payload
+                    backend = self._backend = load_backend(self.url, self.backend_class, **opts)
+        return backend
 
     def close(self) -> None:
         if self._backend is not None:

@@ -5,10 +5,12 @@ envelope, custom task classes and hostile payloads in test_envelope.py."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tenacity
@@ -17,10 +19,12 @@ from gatorapp import (
     App,
     ConfigurationError,
     PayloadTooLarge,
+    Rejected,
     SerializationError,
     Task,
     UnknownTaskError,
 )
+from gatorapp.backends.memory import MemoryBackend
 
 EMBEDDED = ["memory", "sqlite"]
 CALLS: list[tuple[str, object]] = []
@@ -650,3 +654,43 @@ def test_cancel_and_get_leave_a_running_task_alone(app: App) -> None:
     assert app.cancel(h.id) is None
     assert app.get(h.id) is None
     assert app.backend.ack([r]) == [True]
+
+
+def test_get_of_a_payload_that_cannot_run_is_a_dead_letter(app: App) -> None:
+    stranger = Task("not.registered", [1])
+    app.backend.push("default", stranger.task_id, stranger.serialize())
+    with pytest.raises(Rejected) as info:
+        app.get(stranger.task_id)
+    assert info.value.reason == "unknown_task"
+    letter = app.backend.dead_get("default", stranger.task_id)
+    assert letter is not None and letter.reason == "unknown_task"
+
+
+# -- threads ---------------------------------------------------------------------------------------
+
+
+class SlowToBuild(MemoryBackend):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.05)  # widens the window in which threads race to build it
+        super().__init__(*args, **kwargs)
+
+
+def test_threads_enqueueing_on_a_fresh_app_share_one_backend() -> None:
+    app = App("memory://", backend_class=SlowToBuild)
+
+    @app.task
+    def f() -> None:
+        pass
+
+    start = threading.Barrier(8)
+
+    def enqueue() -> None:
+        start.wait()
+        f.delay()
+
+    threads = [threading.Thread(target=enqueue) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    assert app.backend.len("default") == 8
