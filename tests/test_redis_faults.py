@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import random
+import re
 import signal
 import time
 from pathlib import Path
@@ -149,9 +150,6 @@ def test_redis_restart_mid_drain_worker_reconnects_and_loses_nothing(tmp_path):
         at_kill = len(_count(ledger))
         time.sleep(1.5)
         server.start()
-        back = time.monotonic()
-        assert wait_for(lambda: len(_count(ledger)) > at_kill, 20, interval=0.01)
-        resumed_after = time.monotonic() - back
         finished = wait_for(lambda: len(_count(ledger)) >= n and _settled(app), 60, interval=0.1)
         alive = proc.poll() is None
     finally:
@@ -159,15 +157,17 @@ def test_redis_restart_mid_drain_worker_reconnects_and_loses_nothing(tmp_path):
         server.close()
     lost, dup_done, dup_starts = _outcome(ids, ledger)
     failures = out.count("failed, retrying with backoff")
+    back = re.search(r"reachable again after ([0-9.]+) s", out)
     report(
-        f"Redis restart mid-drain ({n} tasks, down 1.5 s at {at_kill} done): worker resumed "
-        f"{resumed_after:.2f} s after Redis came back, logged the outage {failures} time(s); "
+        f"Redis restart mid-drain ({n} tasks, killed at {at_kill} done, down 1.5 s): worker "
+        f"reconnected {back.group(1) if back else '?'} s after its first failed call, logged "
+        f"the outage {failures} time(s); "
         f"lost={len(lost)} duplicate completions={dup_done} re-run starts={dup_starts}"
     )
     assert alive, out[-3000:]
     assert finished and not lost, f"lost {len(lost)} tasks, e.g. {lost[:10]}"
     assert code == 0, out[-3000:]
-    assert failures <= 2, out[-3000:]
+    assert 1 <= failures <= 2 and back, out[-3000:]
     assert dup_starts <= 8  # what the worker held: -c 4 plus prefetch 4
 
 
