@@ -201,9 +201,9 @@ class App:
     ) -> None:
         self.url = url or default_url()
         if backend_class is None:
-            from .backends import scheme_of
+            from .backends import check_url
 
-            scheme_of(self.url)  # a malformed URL fails here, not at first use
+            check_url(self.url)  # a bad URL fails here, not at first use
         # A five-method client gets the URL exactly as given: it parses it its own
         # way (the seed's SQLite client reads sqlite:///tmp/q.db as /tmp/q.db).
         own_backend = backend_class is None or (

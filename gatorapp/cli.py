@@ -191,6 +191,15 @@ def _describe(app: App, data: bytes) -> Task | None:
         return None
 
 
+# The stored payload is the one the last attempt started from, so these reasons
+# mean one more attempt ran than the payload records.
+_AFTER_AN_ATTEMPT = {"retries_exhausted", "not_retryable", "attempt_limit", "crashed"}
+
+
+def _attempts(task: Task, reason: str) -> int:
+    return task.attempt + (1 if reason in _AFTER_AN_ATTEMPT else 0)
+
+
 def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
@@ -228,7 +237,7 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
             if task is not None:
                 print(
                     f"task:      {task.name}\nargs:      {task.func_args!r}\n"
-                    f"kwargs:    {task.func_kwargs!r}\nattempts:  {task.attempt}"
+                    f"kwargs:    {task.func_kwargs!r}\nattempts:  {_attempts(task, letter.reason)}"
                 )
             else:
                 print(f"payload:   {len(letter.data)} bytes, not decodable")

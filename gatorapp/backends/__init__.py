@@ -39,6 +39,18 @@ def scheme_of(url: str) -> str:
     return urlsplit(url).scheme.lower()
 
 
+def check_url(url: str) -> str:
+    """The URL's scheme, or ConfigurationError when no built-in backend has it."""
+    scheme = scheme_of(url)
+    if scheme not in _SCHEMES:
+        raise ConfigurationError(
+            f"unknown backend scheme {scheme!r} in {url!r}; known: "
+            + ", ".join(f"{s}://" for s in _SCHEMES)
+            + " (or pass backend_class=)"
+        )
+    return scheme
+
+
 def load_backend(url: str, backend_class: Any = None, **options: Any) -> Backend:
     """Build the backend for ``url``.
 
@@ -53,13 +65,7 @@ def load_backend(url: str, backend_class: Any = None, **options: Any) -> Backend
         from .client import ClientBackend
 
         return ClientBackend(backend_class(url), url, **options)
-    scheme = scheme_of(url)
-    if scheme not in _SCHEMES:
-        raise ConfigurationError(
-            f"unknown backend scheme {scheme!r} in {url!r}; known: "
-            + ", ".join(f"{s}://" for s in _SCHEMES)
-            + " (or pass backend_class=)"
-        )
+    scheme = check_url(url)
     module_name, class_name, package = _SCHEMES[scheme]
     try:
         module = importlib.import_module(module_name)
