@@ -103,6 +103,38 @@ def test_prefixes_keep_apps_apart(redis_server) -> None:
     two.close()
 
 
+# The ACL rules docs/redis.md recommends, with the prefix "{prefix}".
+ACL_RULES = (
+    "on >{password} resetkeys ~{{{prefix}:* ~{{{prefix}}}:* resetchannels &{{{prefix}:* "
+    "-@all +@read +@write +@scripting -script|flush -script|kill -@dangerous "
+    "+@pubsub +ping +hello +time"
+)
+
+
+def test_works_as_a_restricted_acl_user_confined_to_its_prefix(redis_server) -> None:
+    user, prefix = f"u{uuid.uuid4().hex[:6]}", f"acl{uuid.uuid4().hex[:6]}"
+    admin = redis.Redis(port=redis_server.port)
+    # The rules go in raw, as an operator would type them.
+    rules = ACL_RULES.format(password="s3cret", prefix=prefix).split()
+    assert admin.execute_command("ACL", "SETUSER", user, *rules) in (b"OK", "OK", True)
+    url = f"redis://{user}:s3cret@127.0.0.1:{redis_server.port}/0?prefix={prefix}"
+    b = load_backend(url)
+    b.enqueue([Message("q", "a", b"1"), Message("q", "b", b"2", time.time() + 60)])
+    got = b.reserve(["q"], 5, 30, "w")
+    assert [r.task_id for r in got] == ["a"]
+    assert b.bury([(got[0], "boom", "err")]) == [True]
+    b.wait(["q"], 0.05)
+    assert (b.stats("q").delayed, b.known_queues(), b.dead_purge("q")) == (1, ["q"], 1)
+    assert b.take("q", "b") == b"2"
+    other = load_backend(url.replace(f"prefix={prefix}", "prefix=someone-else"))
+    with pytest.raises(BackendError, match="permissions"):
+        other.stats("q")
+    admin.acl_deluser(user)
+    for backend in (b, other):
+        backend.close()
+    admin.close()
+
+
 # -- lost replies: redis-py retries the command, the script must not act twice ------
 class ReplyDropper:
     """A loopback TCP proxy that, when armed, swallows the server's reply to
