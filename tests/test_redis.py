@@ -295,6 +295,33 @@ def test_idle_worker_picks_up_new_and_delayed_tasks_quickly(redis_url: str) -> N
     assert statistics.median(late) < 100 and max(late) < 200
 
 
+def test_idle_worker_survives_its_listener_being_cut_off(redis_url: str, redis_server) -> None:
+    # Redis drops subscribers that fall behind (client-output-buffer-limit
+    # pubsub); the worker must listen afresh, not stop hearing wake-ups.
+    app = App(redis_url, lease=5)
+    ran = threading.Event()
+
+    @app.task
+    def mark() -> None:
+        ran.set()
+
+    worker = Worker(app, queues=["default"])
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    admin = redis.Redis(port=redis_server.port)
+    try:
+        time.sleep(0.3)
+        assert admin.client_kill_filter(_type="pubsub") >= 1
+        time.sleep(0.1)
+        mark.delay()
+        assert ran.wait(3)
+    finally:
+        worker.stop()
+        thread.join(10)
+        app.close()
+        admin.close()
+
+
 # -- Redis going away ----------------------------------------------------------------
 def test_backend_recovers_after_a_restart_with_an_empty_script_cache(tmp_path) -> None:
     server = RedisServer(tmp_path / "r", appendonly=True).start()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -170,6 +171,14 @@ def parse_redis_url(url: str, options: dict[str, Any]) -> tuple[str, str, dict[s
 def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _drain(ps: PubSub, limit: int = 10_000) -> None:
+    """Discard wake-ups that came while the worker was busy: the look that
+    follows covers them. Bounded, so a flood cannot keep the worker here."""
+    for _ in range(limit):
+        if ps.get_message(timeout=0.0) is None:
+            return
 
 
 def _text(value: bytes | str) -> str:
@@ -362,12 +371,19 @@ class RedisBackend(Backend):
         with self._io("wait"):
             try:
                 ps = self._listener(queues)
-                while ps.get_message(timeout=0.0) is not None:
-                    pass  # wake-ups from while we were busy: the look below covers them
+                _drain(ps)
                 soonest = self._next_due(queues)
                 if soonest is not None and soonest <= 0:
                     return
                 ps.get_message(timeout=timeout if soonest is None else min(timeout, soonest))
+            except (redis.ConnectionError, redis.TimeoutError):
+                # The listener's connection broke: Redis restarted, or it cut
+                # off a subscriber that fell behind while this worker was busy.
+                # Listen afresh next time; if Redis is down, the caller's next
+                # call says so. The pause keeps a listener that keeps failing
+                # from turning the worker's loop into a busy one.
+                self._drop_listener()
+                time.sleep(min(timeout, self.poll_interval))
             except redis.RedisError:
                 self._drop_listener()
                 raise
@@ -403,16 +419,15 @@ class RedisBackend(Backend):
     def _confirm(self, ps: PubSub, pending: set[str]) -> None:
         # Subscribing is asynchronous: wait for Redis to confirm, or a task
         # published between our look and the subscription would be missed.
-        for _ in range(1000):
-            if not pending:
-                return
-            msg = ps.get_message(timeout=self._client_options.get("socket_timeout") or 10.0)
+        limit = self._client_options.get("socket_timeout") or 10.0
+        deadline = time.monotonic() + limit
+        while pending:
+            left = deadline - time.monotonic()
+            msg = ps.get_message(timeout=left) if left > 0 else None
             if msg is None:
-                break
+                raise redis.TimeoutError(f"no confirmation of SUBSCRIBE {sorted(pending)}")
             if msg["type"] == "subscribe":
                 pending.discard(_text(msg["channel"]))
-        if pending:
-            raise redis.TimeoutError(f"no confirmation of SUBSCRIBE {sorted(pending)}")
 
     def _drop_listener(self) -> None:
         ps: PubSub | None = getattr(self._local, "pubsub", None)
