@@ -412,6 +412,8 @@ class App:
             task_id=task_id,
             queue=queue,
             retries=check_retries(retries, self.max_attempts),
+            # the budget chosen here, for requeue_dead to restore
+            options={"retries": retries} if retries != tdef.retries else None,
         )
         for kind in HOOK_NAMES:
             if opts.get(kind) is not None:
@@ -550,7 +552,13 @@ class App:
         data: bytes | None = None
         try:
             task, tdef = self.decode(letter.data)
-            task.retries = tdef.retries
+            # The budget chosen at enqueue (kept in the envelope's opts), else the
+            # task's default; attempts count afresh so max_attempts does not
+            # cut the restored budget short.
+            budget = task.options.get("retries")
+            valid = type(budget) is int and 0 <= budget < self.max_attempts
+            task.retries = budget if valid else tdef.retries
+            task.attempt = 0
             data = task.serialize()
         except (Rejected, DecodeError):
             pass  # requeue as it was: a later deploy may know how to run it

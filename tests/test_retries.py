@@ -549,6 +549,39 @@ def test_requeue_dead_restores_the_retry_budget(app: App) -> None:
     assert app.requeue_dead("default", "unknown") is False
 
 
+def test_requeue_dead_restores_the_budget_chosen_at_enqueue(app: App) -> None:
+    @app.task(backoff=NOW)  # no retries by default
+    def fail() -> None:
+        EVENTS.append(("fail",))
+        raise FeedUnavailable("down")
+
+    h = fail.options(retries=2).delay()
+    assert app.drain() == 3
+    assert app.requeue_dead("default", h.id) is True
+    assert app.drain() == 3
+    assert dead(app)[h.id][0] == "retries_exhausted"
+
+
+def test_requeue_dead_counts_attempts_afresh(url: str) -> None:
+    # Near the max_attempts cap, a requeued task still gets its whole budget.
+    app = App(url, max_attempts=3)
+    try:
+
+        @app.task(retries=2, backoff=NOW)
+        def fail() -> None:
+            EVENTS.append(("fail",))
+            raise FeedUnavailable("down")
+
+        h = fail.delay()
+        assert app.drain() == 3
+        for _ in range(2):
+            assert app.requeue_dead("default", h.id) is True
+            assert app.drain() == 3
+            assert dead(app)[h.id][0] == "retries_exhausted"
+    finally:
+        app.close()
+
+
 def test_requeue_dead_of_an_undecodable_payload_keeps_it_as_it_was(app: App) -> None:
     app.backend.push("default", "junk", b"\xc1")
     app.drain()
