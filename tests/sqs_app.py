@@ -20,11 +20,17 @@ app = App(
 LEDGER = os.environ.get("GATORAPP_SQS_TEST_LEDGER", ":memory:")
 
 
-def ledger(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+def create_ledger(path: str) -> None:
+    """Run once, by the test, before any worker starts: switching a file to WAL
+    needs it to itself, and SQLite does not wait for that."""
+    conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("CREATE TABLE IF NOT EXISTS runs (event TEXT, key TEXT, pid INTEGER, at REAL)")
-    return conn
+    conn.execute("CREATE TABLE runs (event TEXT, key TEXT, pid INTEGER, at REAL)")
+    conn.close()
+
+
+def ledger(path: str) -> sqlite3.Connection:
+    return sqlite3.connect(path, timeout=30, isolation_level=None)  # WAL stays on in the file
 
 
 def _log(event: str, key: object) -> None:

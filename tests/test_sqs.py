@@ -22,6 +22,7 @@ from typing import Any
 
 import boto3
 import pytest
+import sqs_app
 from worker_proc import report, stop, wait_for
 
 from gatorapp import App
@@ -80,6 +81,7 @@ def producer(url: str, lease: float = 2.0) -> tuple[App, Any, Any, Any]:
 
 
 def worker_env(url: str, ledger: Path, lease: float = 2.0) -> dict[str, str]:
+    sqs_app.create_ledger(str(ledger))
     env = dict(os.environ)  # holds the sqs_env credentials while the test runs
     env.update(
         GATORAPP_SQS_TEST_URL=url,
@@ -108,11 +110,7 @@ def cli(env: dict[str, str], *args: str) -> tuple[int, str]:
 
 
 def runs(ledger: Path, event: str = "done") -> collections.Counter[str]:
-    if not ledger.exists():
-        return collections.Counter()
-    from sqs_app import ledger as connect
-
-    conn = connect(str(ledger))
+    conn = sqs_app.ledger(str(ledger))
     try:
         rows = conn.execute("SELECT key FROM runs WHERE event = ?", (event,)).fetchall()
     finally:
@@ -151,11 +149,13 @@ def test_url_options_and_no_io_before_first_use() -> None:
         "&max_message_size=262144&max_delay=60&retry_mode=adaptive&max_attempts=7"
     )
     assert isinstance(b, SQSBackend)
-    assert (b.region, b.prefix, b.create, b.wait_time) == ("eu-west-1", "p_", False, 5)
-    assert (b.max_message_size, b.max_delay) == (262144, 60)
+    c = b.config
+    assert (c.region, c.prefix, c.create, c.wait) == ("eu-west-1", "p_", False, 5)
+    assert (c.max_message_size, c.max_delay) == (262144, 60)
     assert b._client is None
     assert b.client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 7}
-    assert b.sqs_name("emails") == "p_emails" and b.sqs_name("emails", dead=True) == "p_emails-dlq"
+    assert c.sqs_name("emails") == "p_emails" and c.sqs_name("emails", dead=True) == "p_emails-dlq"
+    assert (c.queue_of("p_emails-dlq"), c.queue_of("other")) == ("emails", None)
 
 
 @pytest.mark.parametrize("name", ["emails.high", "with space", "x-dlq", "q" * 80, "caf\u00e9"])
@@ -422,7 +422,11 @@ def test_sigkill_three_times_over_500_tasks_loses_nothing(sqs_url: str, tmp_path
         f"re-run starts={sum(c - 1 for c in starts.values())}"
     )
     assert kills[-1] < n, "the drain finished before the last kill"
-    assert finished and not lost, f"lost {len(lost)} tasks, e.g. {lost[:10]}"
+    dead = [(d.task_id, d.reason, d.error) for d in app.backend.dead_list("default")]
+    assert finished and not lost, (
+        f"lost {len(lost)} tasks, e.g. {lost[:10]}; dead: {dead[:5]}; "
+        f"{app.backend.stats('default')}; last worker's log: {out[-3000:]}"
+    )
     assert code == 0, out
     assert dups <= 3 * 8  # only what a killed worker held: -c 4 plus prefetch 4
     assert app.backend.dead_list("default") == []

@@ -1,27 +1,18 @@
 """``sqs://``: Amazon SQS through boto3 (standard queues, at-least-once).
 
-URL: ``sqs://REGION/?option=value&...``; an empty region (``sqs:///``) takes
-boto3's default. Credentials never go in the URL: boto3's normal chain finds
+URL: ``sqs://REGION/?endpoint_url=...&prefix=...`` (``sqs:///`` takes boto3's
+default region). Credentials never go in the URL: boto3's normal chain finds
 them (environment, ``~/.aws``, instance or task role; ``profile=`` picks one).
+The options are in :mod:`gatorapp.backends.sqs_config` and docs/sqs.md, with
+the guarantees and what SQS cannot do.
 
-Options: ``endpoint_url`` (an SQS-compatible server), ``prefix`` (SQS name
-prefix, default ``gatorapp-``), ``create`` (create missing queues, default
-true), ``wait`` (long-poll seconds of :meth:`SQSBackend.wait`, 1-20, default
-1), ``max_message_size`` (bytes assumed before a queue's
-``MaximumMessageSize`` is known, and given to queues gatorapp creates;
-default 1048576), ``max_delay`` (longest single SQS delay, 1-900, default 900),
-``retention`` (seconds, default 14 days), ``scan_wait`` (long poll ending a
-scan of a queue, 0-20, default 1), ``retry_mode`` (botocore's ``standard`` or
-``adaptive``) and ``max_attempts`` (botocore attempts per call, default 5).
-
-Queue ``q`` lives in the SQS queue ``<prefix>q``, its dead letters in
-``<prefix>q-dlq``. A task is a message: its body is the base64 of the
-payload (SQS bodies must be XML-legal text), its id is the ``gatorapp.id``
-attribute, the receipt handle is the lease token, and the heartbeat renews
-leases with ``ChangeMessageVisibilityBatch``. Delays longer than ``max_delay``
+Queue ``q`` is the SQS queue ``<prefix>q``, its dead letters ``<prefix>q-dlq``.
+A task is a message: the body is the base64 of the payload (SQS bodies must be
+XML-legal text), the task id is the ``gatorapp.id`` attribute, the receipt
+handle is the lease token, and the heartbeat renews leases with
+``ChangeMessageVisibilityBatch``. SQS delays at most 900 s, so longer delays
 travel in hops: the due time rides in ``gatorapp.due`` and a message received
-early is sent again with the rest of its delay. docs/sqs.md has the
-guarantees and what SQS cannot do.
+early is sent again with the rest of its delay.
 """
 
 from __future__ import annotations
@@ -32,10 +23,8 @@ import math
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import boto3
 from botocore.config import Config
@@ -43,51 +32,17 @@ from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
 
 from ..errors import BackendError, ConfigurationError, PayloadTooLarge
 from .base import Backend, DeadLetter, Message, QueueStats, Reservation, truncate
+from .sqs_config import ID_ALLOWANCE, SQS_MAX_SIZE, SQSConfig
 
 log = logging.getLogger("gatorapp.sqs")
 
-ID, DUE, REASON, ERROR, FAILED = (
-    "gatorapp.id",
-    "gatorapp.due",
-    "gatorapp.reason",
-    "gatorapp.error",
-    "gatorapp.failed_at",
-)
-DLQ_SUFFIX = "-dlq"
-SQS_MAX_SIZE = 1024 * 1024
+ID, DUE, REASON, ERROR, FAILED = (f"gatorapp.{n}" for n in "id due reason error failed_at".split())
 MAX_VISIBILITY = 43200  # SQS caps a visibility timeout at 12 hours
-SCAN_VISIBILITY = 30  # messages hidden while a scan looks at them
-ID_ALLOWANCE = 200  # bytes check_size() keeps for the id and due attributes
+SCAN_VISIBILITY = 30  # seconds a scan hides the messages it looks at
+SCAN_MAX = 10_000  # messages one scan looks at, at most
 _MISSING = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
-_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # Characters SQS accepts in bodies and attribute values (the XML 1.0 set).
 _ILLEGAL = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
-# option -> (default, parser); checked for range in _options
-_OPTIONS: dict[str, Any] = {
-    "endpoint_url": None,
-    "prefix": "gatorapp-",
-    "create": "true",
-    "wait": "1",
-    "max_message_size": str(SQS_MAX_SIZE),
-    "max_delay": "900",
-    "retention": str(14 * 86400),
-    "scan_wait": "1",
-    "retry_mode": "standard",
-    "max_attempts": "5",
-    "profile": None,
-}
-
-
-def _int(options: dict[str, Any], name: str, low: int, high: int) -> int:
-    try:
-        value = int(options[name])
-    except (TypeError, ValueError):
-        value = low - 1
-    if not low <= value <= high:
-        raise ConfigurationError(
-            f"sqs URL option {name}={options[name]!r} must be a whole number from {low} to {high}"
-        )
-    return value
 
 
 def _entries(items: Sequence[Any], size: Callable[[Any], int], budget: int) -> Iterable[list[Any]]:
@@ -103,6 +58,20 @@ def _entries(items: Sequence[Any], size: Callable[[Any], int], budget: int) -> I
         total += n
     if chunk:
         yield chunk
+
+
+def _grouped(keys: Sequence[Any], run: Callable[[Any, list[int]], list[bool]]) -> list[bool]:
+    """Call ``run(key, indexes)`` once per distinct key (None: skipped, False) and
+    scatter its per-item results back into one list."""
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+    ok = [False] * len(keys)
+    for key, idx in groups.items():
+        for i, good in zip(idx, run(key, idx)):
+            ok[i] = good
+    return ok
 
 
 def legal(text: str) -> str:
@@ -122,7 +91,7 @@ def _message_size(body: str, attrs: dict[str, dict[str, str]]) -> int:
 
 
 def _decode_body(msg: dict[str, Any]) -> bytes:
-    body = msg.get("Body", "")
+    body = str(msg.get("Body", ""))
     if ID in msg.get("MessageAttributes", {}):
         try:
             return base64.b64decode(body, validate=True)
@@ -155,75 +124,21 @@ class SQSBackend(Backend):
         if kwargs:
             raise ConfigurationError(f"unknown SQS backend option(s): {', '.join(kwargs)}")
         super().__init__(url)
-        self._parse(url)
+        self.config = config = SQSConfig.parse(url)
         # Raw payload bytes that fit once base64 and the attributes are added.
-        fit = (self.max_message_size - ID_ALLOWANCE) // 4 * 3
+        fit = (config.max_message_size - ID_ALLOWANCE) // 4 * 3
         self.max_payload = min(fit, max_payload) if max_payload else fit
         self._lock = threading.Lock()
         self._client: Any = None
         self._urls: dict[str, str] = {}  # SQS queue name -> queue URL
         self._limits: dict[str, int] = {}  # queue URL -> MaximumMessageSize
         self._stash: dict[str, list[Reservation]] = {}  # received by wait(), not yet reserved
-        self._finished: set[str] = set()  # tokens this process acked, retried, buried, released
-        self._finished_order: deque[str] = deque()
+        # Tokens this process acked, retried, buried or released (oldest first).
+        self._finished: dict[str, None] = {}
         self._empty_at: dict[str, float] = {}
         self._lease_hint = 30.0
         self._limit_hint = 10
         self._turn = 0
-
-    # -- configuration --------------------------------------------------------------
-    def _parse(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "sqs" or parts.path not in ("", "/") or parts.fragment:
-            raise ConfigurationError(f"bad sqs URL {url!r}: expected sqs://REGION/?option=value")
-        if "@" in parts.netloc:
-            raise ConfigurationError(
-                "sqs URLs take no credentials: boto3 finds them (environment, ~/.aws, roles)"
-            )
-        if parts.netloc and not re.fullmatch(r"[a-z]{2}(-[a-z0-9]+)+", parts.netloc):
-            raise ConfigurationError(f"bad AWS region {parts.netloc!r} in {url!r}")
-        self.region = parts.netloc or None
-        query = parse_qs(parts.query, keep_blank_values=True)
-        unknown = sorted(set(query) - set(_OPTIONS))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown sqs URL option(s) {', '.join(unknown)}; known: {', '.join(_OPTIONS)}"
-            )
-        opts = {k: query[k][-1] if k in query else v for k, v in _OPTIONS.items()}
-        self.endpoint_url = opts["endpoint_url"]
-        if self.endpoint_url is not None and not re.match(r"https?://[^/]", self.endpoint_url):
-            raise ConfigurationError(f"endpoint_url must be http(s)://host[:port], not {url!r}")
-        self.prefix = opts["prefix"]
-        if self.prefix and (not _NAME.fullmatch(self.prefix) or len(self.prefix) > 40):
-            raise ConfigurationError(f"sqs prefix {self.prefix!r}: use A-Z a-z 0-9 _ -, <= 40")
-        if opts["create"].lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ConfigurationError(f"sqs URL option create={opts['create']!r}: true or false")
-        self.create = opts["create"].lower() in ("true", "1", "yes")
-        self.wait_time = _int(opts, "wait", 1, 20)
-        self.max_message_size = _int(opts, "max_message_size", 1024 + ID_ALLOWANCE, SQS_MAX_SIZE)
-        self.max_delay = _int(opts, "max_delay", 1, 900)
-        self.retention = _int(opts, "retention", 60, 14 * 86400)
-        self.scan_wait = _int(opts, "scan_wait", 0, 20)
-        self.max_attempts = _int(opts, "max_attempts", 1, 20)
-        self.retry_mode = opts["retry_mode"]
-        if self.retry_mode not in ("standard", "adaptive"):
-            raise ConfigurationError("sqs URL option retry_mode must be standard or adaptive")
-        self.profile = opts["profile"]
-
-    def sqs_name(self, queue: str, dead: bool = False) -> str:
-        """The SQS queue name of a gatorapp queue (or of its dead letters)."""
-        if not _NAME.fullmatch(queue) or queue.endswith(DLQ_SUFFIX):
-            raise ConfigurationError(
-                f"queue name {queue!r} cannot be an SQS queue: use only A-Z a-z 0-9 _ - "
-                f"and do not end it with {DLQ_SUFFIX!r} (that names the dead letters)"
-            )
-        name = self.prefix + queue + (DLQ_SUFFIX if dead else "")
-        if len(self.prefix + queue + DLQ_SUFFIX) > 80:
-            raise ConfigurationError(
-                f"queue name {queue!r} is too long for SQS: prefix, name and {DLQ_SUFFIX!r} "
-                f"must fit in 80 characters"
-            )
-        return name
 
     # -- the client -------------------------------------------------------------------
     @property
@@ -231,24 +146,23 @@ class SQSBackend(Backend):
         """The boto3 SQS client, built on first use (there is no I/O before that)."""
         with self._lock:
             if self._client is None:
-                config = Config(
-                    retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts},
-                    connect_timeout=10,
-                    read_timeout=max(60, self.wait_time + 20, self.scan_wait + 20),
-                    max_pool_connections=20,
-                )
+                retries = {
+                    "mode": self.config.retry_mode,
+                    "total_max_attempts": self.config.max_attempts,
+                }
+                # The read timeout must outlast a long poll.
+                timeout = max(60, self.config.wait + 20, self.config.scan_wait + 20)
+                config = Config(retries=retries, connect_timeout=10, read_timeout=timeout)
                 try:
-                    session = boto3.session.Session(profile_name=self.profile)
-                    self._client = session.client(
+                    self._client = boto3.session.Session(profile_name=self.config.profile).client(
                         "sqs",
-                        region_name=self.region,
-                        endpoint_url=self.endpoint_url,
+                        region_name=self.config.region,
+                        endpoint_url=self.config.endpoint_url,
                         config=config,
                     )
                 except NoRegionError:
                     raise ConfigurationError(
-                        "no AWS region: write it in the URL (sqs://us-east-1/) or set "
-                        "AWS_DEFAULT_REGION"
+                        "no AWS region: put it in the URL (sqs://us-east-1/) or AWS_DEFAULT_REGION"
                     ) from None
                 except BotoCoreError as exc:
                     raise ConfigurationError(f"cannot set up the SQS client: {exc}") from exc
@@ -275,7 +189,7 @@ class SQSBackend(Backend):
 
     def _url(self, queue: str, dead: bool = False, need: bool = True) -> str | None:
         """URL of a queue, created when missing and ``need``; None when missing otherwise."""
-        name = self.sqs_name(queue, dead)
+        name = self.config.sqs_name(queue, dead)
         url = self._urls.get(name)
         if url is not None:
             return url
@@ -284,12 +198,15 @@ class SQSBackend(Backend):
         except _Missing:
             if not need:
                 return None
-            if not self.create:
+            if not self.config.create:
                 raise BackendError(
                     f"SQS queue {name!r} does not exist and the URL says create=false"
                 ) from None
-            size = SQS_MAX_SIZE if dead else self.max_message_size
-            attrs = {"MaximumMessageSize": str(size), "MessageRetentionPeriod": str(self.retention)}
+            size = SQS_MAX_SIZE if dead else self.config.max_message_size
+            attrs = {
+                "MaximumMessageSize": str(size),
+                "MessageRetentionPeriod": str(self.config.retention),
+            }
             url = str(self._call("create_queue", QueueName=name, Attributes=attrs)["QueueUrl"])
             self._limits[url] = size
         with self._lock:
@@ -312,7 +229,7 @@ class SQSBackend(Backend):
             raise PayloadTooLarge(
                 f"encoded task is {len(data)} bytes ({encoded} in SQS after base64 and "
                 f"attributes); this backend takes at most {self.max_payload} (SQS "
-                f"max_message_size={self.max_message_size}, App(max_payload=...))"
+                f"max_message_size={self.config.max_message_size}, App(max_payload=...))"
             )
 
     def _entry(self, task_id: str, data: bytes, run_at: float | None) -> dict[str, Any]:
@@ -322,7 +239,7 @@ class SQSBackend(Backend):
         delay = 0
         now = time.time()
         if run_at is not None and run_at > now:
-            delay = min(self.max_delay, math.ceil(run_at - now))
+            delay = min(self.config.max_delay, math.ceil(run_at - now))
             attrs[DUE] = _attr(repr(float(run_at)), "Number")
         body = base64.b64encode(data).decode()
         return {"MessageBody": body, "MessageAttributes": attrs, "DelaySeconds": delay}
@@ -459,7 +376,7 @@ class SQSBackend(Backend):
         self._turn += 1
         url = self._url(queue)
         assert url is not None
-        seconds = max(1, min(self.wait_time, math.ceil(timeout)))
+        seconds = max(1, min(self.config.wait, math.ceil(timeout)))
         got = self._visible(queue, url, self._limit_hint, self._lease_hint, seconds)
         if got:
             with self._lock:
@@ -467,28 +384,36 @@ class SQSBackend(Backend):
                 self._empty_at.pop(url, None)
 
     # -- ending leases ----------------------------------------------------------------
-    def _batch(self, op: str, url: str, handles: Sequence[str], **extra: Any) -> list[bool]:
+    def _batch(
+        self, op: str, url: str, handles: Sequence[str], timeouts: Sequence[int] | None = None
+    ) -> list[bool]:
         """A delete or visibility batch by receipt handle; True per handle that worked."""
         ok = [False] * len(handles)
         for start in range(0, len(handles), 10):
-            entries = [
-                {"Id": str(i), "ReceiptHandle": handles[i], **extra}
-                for i in range(start, min(start + 10, len(handles)))
-            ]
+            entries: list[dict[str, Any]] = []
+            for i in range(start, min(start + 10, len(handles))):
+                entries.append({"Id": str(i), "ReceiptHandle": handles[i]})
+                if timeouts is not None:
+                    entries[-1]["VisibilityTimeout"] = timeouts[i]
             for item in self._call(op, QueueUrl=url, Entries=entries).get("Successful", []):
                 ok[int(item["Id"])] = True
         return ok
 
-    def _each(self, rs: Sequence[Reservation], op: str, finish: bool, **extra: Any) -> list[bool]:
-        """Run a receipt-handle batch per queue; refuse leases this process already ended."""
-        ok = [False] * len(rs)
-        by_url: dict[str, list[int]] = {}
-        for i, r in enumerate(rs):
-            if r.token not in self._finished:
-                by_url.setdefault(self._url_of(r), []).append(i)
-        for url, idx in by_url.items():
-            for i, good in zip(idx, self._batch(op, url, [rs[i].token for i in idx], **extra)):
-                ok[i] = good
+    def _each(
+        self,
+        rs: Sequence[Reservation],
+        op: str,
+        finish: bool,
+        timeout: Callable[[Reservation], int] | None = None,
+    ) -> list[bool]:
+        """A receipt-handle batch per queue; leases this process already ended are refused."""
+        keys = [None if r.token in self._finished else self._url_of(r) for r in rs]
+
+        def run(url: str, idx: list[int]) -> list[bool]:
+            timeouts = None if timeout is None else [timeout(rs[i]) for i in idx]
+            return self._batch(op, url, [rs[i].token for i in idx], timeouts)
+
+        ok = _grouped(keys, run)
         if finish:
             self._finish(r.token for r, good in zip(rs, ok) if good)
         return ok
@@ -499,35 +424,20 @@ class SQSBackend(Backend):
 
     def _finish(self, tokens: Iterable[str]) -> None:
         with self._lock:
-            for token in tokens:
-                self._finished.add(token)
-                self._finished_order.append(token)
-            while len(self._finished_order) > 100_000:
-                self._finished.discard(self._finished_order.popleft())
+            self._finished.update(dict.fromkeys(tokens))
+            while len(self._finished) > 100_000:
+                del self._finished[next(iter(self._finished))]
 
     def _ack(self, reservations: Sequence[Reservation]) -> list[bool]:
         return self._each(reservations, "delete_message_batch", True)
 
     def _release(self, reservations: Sequence[Reservation]) -> list[bool]:
-        return self._each(
-            reservations, "change_message_visibility_batch", True, VisibilityTimeout=0
-        )
+        return self._each(reservations, "change_message_visibility_batch", True, lambda r: 0)
 
     def _extend(self, reservations: Sequence[Reservation]) -> list[bool]:
-        out = [False] * len(reservations)
-        by_lease: dict[int, list[int]] = {}
-        for i, r in enumerate(reservations):
-            by_lease.setdefault(self._seconds(r.lease), []).append(i)
-        for seconds, idx in by_lease.items():
-            got = self._each(
-                [reservations[i] for i in idx],
-                "change_message_visibility_batch",
-                False,
-                VisibilityTimeout=seconds,
-            )
-            for i, ok in zip(idx, got):
-                out[i] = ok
-        return out
+        # Renews from now; SQS refuses to keep a message hidden past 12 h after its receive.
+        seconds = lambda r: self._seconds(r.lease)  # noqa: E731
+        return self._each(reservations, "change_message_visibility_batch", False, seconds)
 
     def _replace(self, moves: Sequence[tuple[Reservation, str, dict[str, Any]]]) -> list[bool]:
         """Send each new message, then delete the reserved one it replaces.
@@ -536,14 +446,8 @@ class SQSBackend(Backend):
         never none. The lease is checked (and renewed) before anything is sent.
         """
         held = self._extend([r for r, _, _ in moves])
-        ok = [False] * len(moves)
-        by_target: dict[str, list[int]] = {}
-        for i, h in enumerate(held):
-            if h:
-                by_target.setdefault(moves[i][1], []).append(i)
-        for target, idx in by_target.items():
-            for i, sent in zip(idx, self._send(target, [moves[i][2] for i in idx])):
-                ok[i] = sent
+        keys = [target if h else None for (_, target, _), h in zip(moves, held)]
+        ok = _grouped(keys, lambda target, idx: self._send(target, [moves[i][2] for i in idx]))
         self._ack([r for (r, _, _), sent in zip(moves, ok) if sent])
         return ok
 
@@ -574,25 +478,30 @@ class SQSBackend(Backend):
 
     # -- scanning (take, dead letters) ----------------------------------------------
     def _scan(
-        self, url: str, found: Callable[[dict[str, Any]], bool] | None = None
+        self, url: str, found: Callable[[dict[str, Any]], bool] | None = None, most: int = SCAN_MAX
     ) -> list[dict[str, Any]]:
         """Receive the visible messages of a queue, hiding each for SCAN_VISIBILITY
-        seconds, until the queue looks empty or ``found`` matches one. The caller
-        deletes or releases every message returned."""
+        seconds, until the queue looks empty, ``found`` matches one, or ``most``
+        were seen. The caller deletes or releases every message returned."""
         seen: dict[str, dict[str, Any]] = {}
-        while True:
+        while len(seen) < most:
             msgs = self._receive(url, 10, SCAN_VISIBILITY) or (
-                self._receive(url, 10, SCAN_VISIBILITY, self.scan_wait) if self.scan_wait else []
+                self._receive(url, 10, SCAN_VISIBILITY, self.config.scan_wait)
+                if self.config.scan_wait
+                else []
             )
+            new = [m for m in msgs if m["MessageId"] not in seen]
             for m in msgs:
                 seen[m["MessageId"]] = m  # a duplicate delivery: keep the newest handle
-            if not msgs or (found is not None and any(found(m) for m in msgs)):
-                return list(seen.values())
+            # Only messages seen before: the first ones' visibility ran out; stop.
+            if not new or (found is not None and any(found(m) for m in msgs)):
+                break
+        return list(seen.values())
 
     def _unhide(self, url: str, msgs: Iterable[dict[str, Any]]) -> None:
         handles = [m["ReceiptHandle"] for m in msgs]
         if handles:
-            self._batch("change_message_visibility_batch", url, handles, VisibilityTimeout=0)
+            self._batch("change_message_visibility_batch", url, handles, [0] * len(handles))
 
     def _take(self, queue: str, task_id: str) -> bytes | None:
         # Only visible messages can be found: delayed and running ones are not scanned.
@@ -628,7 +537,7 @@ class SQSBackend(Backend):
         url = self._url(queue, dead=True, need=False)
         if url is None:
             return []
-        msgs = self._scan(url)
+        msgs = self._scan(url, most=min(limit, SCAN_MAX))
         self._unhide(url, msgs)
         letters = sorted((self._letter(queue, m) for m in msgs), key=lambda d: d.failed_at)
         return letters[:limit]
@@ -685,28 +594,24 @@ class SQSBackend(Backend):
         """SQS's approximate counts (they lag by up to a minute on AWS)."""
         main = self._counts(self._url(queue, need=False))
         dead = self._counts(self._url(queue, dead=True, need=False))
+        n = "ApproximateNumberOfMessages"
         return QueueStats(
-            main.get("ApproximateNumberOfMessages", 0),
-            main.get("ApproximateNumberOfMessagesDelayed", 0),
-            main.get("ApproximateNumberOfMessagesNotVisible", 0),
-            sum(
-                dead.get(k, 0)
-                for k in ("ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible")
-            ),
+            main.get(n, 0),
+            main.get(n + "Delayed", 0),
+            main.get(n + "NotVisible", 0),
+            dead.get(n, 0) + dead.get(n + "NotVisible", 0),
         )
 
     def known_queues(self) -> list[str]:
-        names: set[str] = set()
-        kwargs: dict[str, Any] = {"QueueNamePrefix": self.prefix, "MaxResults": 1000}
+        names: set[str | None] = set()
+        kwargs: dict[str, Any] = {"QueueNamePrefix": self.config.prefix, "MaxResults": 1000}
         while True:
             got = self._call("list_queues", **kwargs)
-            for url in got.get("QueueUrls", []):
-                name = url.rsplit("/", 1)[-1][len(self.prefix) :]
-                name = name.removesuffix(DLQ_SUFFIX)
-                if _NAME.fullmatch(name):
-                    names.add(name)
+            names.update(
+                self.config.queue_of(u.rsplit("/", 1)[-1]) for u in got.get("QueueUrls", [])
+            )
             if not got.get("NextToken"):
-                return sorted(names)
+                return sorted(n for n in names if n)
             kwargs["NextToken"] = got["NextToken"]
 
     def drop_all(self, queue_name: str) -> None:
