@@ -290,9 +290,12 @@ def test_idle_worker_picks_up_new_and_delayed_tasks_quickly(redis_url: str) -> N
         f"max {max(ms):.1f} ms; delayed task run late by median "
         f"{statistics.median(late):.1f} ms, max {max(late):.1f} ms, min {min(late):.1f} ms"
     )
-    assert statistics.median(ms) < 50 and max(ms) < 150
+    assert statistics.median(ms) < 50
     assert min(late) >= -5  # never early (one clock here)
-    assert statistics.median(late) < 100 and max(late) < 200
+    assert statistics.median(late) < 100
+    # A missed wake-up would show as the worker's 0.5 s wait timeout; a busy
+    # machine can stretch any one sample, so the bound on the worst is loose.
+    assert max(ms) < 450 and max(late) < 450
 
 
 def test_idle_worker_survives_its_listener_being_cut_off(redis_url: str, redis_server) -> None:
