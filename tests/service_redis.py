@@ -25,11 +25,19 @@ HINT = "apt-get install redis-server"
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *, appendonly: bool = False, port: int | None = None):
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        appendonly: bool = False,
+        port: int | None = None,
+        unixsocket: bool = False,
+    ) -> None:
         self.binary = conftest.require_binary("redis-server", HINT)
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
+        self.socket = self.dir / "redis.sock" if unixsocket else None
         self.port = port or conftest.free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -48,6 +56,8 @@ class RedisServer:
             "--protected-mode", "yes",
             "--logfile", str(self.dir / "redis.log"),
         ]  # fmt: skip
+        if self.socket is not None:
+            args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         if self.appendonly:
             # fsync every write, so a SIGKILLed server comes back with all of it
             args += ["--appendonly", "yes", "--appendfsync", "always"]

@@ -43,6 +43,7 @@ def _queue() -> str:
         "redis://127.0.0.1/0?prefix=has{brace}",
         "redis://127.0.0.1/0?prefix=",
         "unix://",
+        "unix:///tmp/redis.sock?socket_keepalive=yes",
     ],
 )
 def test_bad_urls_fail_at_once(url: str) -> None:
@@ -60,6 +61,18 @@ def test_url_forms_and_options_build_without_io() -> None:
     unix = load_backend("unix:///tmp/nothing-here.sock?db=2")
     assert unix.client.connection_pool.connection_kwargs["path"] == "/tmp/nothing-here.sock"
     assert RedisBackend("redis://127.0.0.1:1/0", prefix="other").prefix == "other"
+
+
+def test_unix_socket_url(tmp_path) -> None:
+    server = RedisServer(tmp_path / "r", unixsocket=True).start()
+    try:
+        b = load_backend(f"unix://{server.socket}?db=2&prefix=sock")
+        b.enqueue([Message("q", "a", b"1")])
+        assert [r.task_id for r in b.reserve(["q"], 5, 30, "w")] == ["a"]
+        assert redis.Redis(port=server.port, db=2).exists("{sock:q}:data")
+        b.close()
+    finally:
+        server.close()
 
 
 def test_unreachable_server_raises_backend_error_promptly() -> None:

@@ -104,6 +104,26 @@ def test_sigkill_five_times_while_draining_5000_tasks_loses_nothing(redis_url, t
     app.close()
 
 
+def test_two_workers_on_one_queue_never_run_a_task_twice(redis_url, tmp_path):
+    ledger = tmp_path / "ledger.txt"
+    app, record = _producer(redis_url)
+    n = 1000
+    ids = [h.id for h in record.starmap([()] * n)]
+    env = env_for(redis_url, ledger, lease=30.0)
+    procs = [start_worker(env, "-c", "2", "--burst", *QUIET, app=APP) for _ in range(2)]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, out
+    lost, dup_done, dup_starts = _outcome(ids, ledger)
+    pids = collections.Counter(pid for ev, _, _, pid in _ledger(ledger) if ev == "done")
+    report(
+        f"Redis two workers, {n} tasks: tasks per worker={sorted(pids.values())} "
+        f"lost={len(lost)} duplicates={dup_starts}"
+    )
+    assert not lost and dup_starts == 0 and dup_done == 0
+    app.close()
+
+
 def test_task_of_four_leases_runs_once_while_every_slot_is_busy(redis_url, tmp_path):
     # Lease 1 s; two tasks of 4 s fill both slots of a -c 2 worker (one
     # sleeps, one spins holding the GIL), a third waits prefetched just as

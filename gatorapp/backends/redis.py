@@ -111,17 +111,19 @@ def _load_scripts() -> dict[str, str]:
 _SCRIPTS = _load_scripts()
 
 
-def _default_options() -> dict[str, Any]:
+def _default_options(scheme: str) -> dict[str, Any]:
     # redis-py retries ConnectionError/TimeoutError 10 times by default, which
     # keeps a call hanging for seconds while Redis is down. A few quick tries
     # ride out a dropped connection; after that the error reaches the worker,
     # which logs once and backs off (tenacity) instead of blocking here.
-    return {
+    options: dict[str, Any] = {
         "socket_connect_timeout": 5.0,
         "socket_timeout": 10.0,
-        "socket_keepalive": True,
         "retry": Retry(ExponentialWithJitterBackoff(cap=0.25, base=0.02), 3),
     }
+    if scheme != "unix":
+        options["socket_keepalive"] = True  # notice a peer that vanished
+    return options
 
 
 def parse_redis_url(url: str, options: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -165,7 +167,9 @@ def parse_redis_url(url: str, options: dict[str, Any]) -> tuple[str, str, dict[s
         redis_parse_url(client_url)
     except ValueError as exc:
         raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
-    return prefix, client_url, {**_default_options(), **options}
+    if parts.scheme == "unix" and any(n.startswith("socket_keepalive") for n, _ in query):
+        raise ConfigurationError(f"socket_keepalive is for TCP, not unix:// sockets: {url!r}")
+    return prefix, client_url, {**_default_options(parts.scheme), **options}
 
 
 def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
