@@ -273,7 +273,7 @@ class SQSBackend(Backend):
                 ]
                 for f in failed:
                     log.warning("SQS refused a message: %s: %s", f.get("Code"), f.get("Message"))
-                if not batch:
+                if not batch or attempt == 2:
                     break
                 time.sleep(0.1 * 2**attempt)
         with self._lock:
