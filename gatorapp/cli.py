@@ -181,6 +181,9 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
     print(f"{'queue':<{width}}  {'ready':>7}  {'delayed':>7}  {'running':>7}  {'dead':>7}")
     for q, s in rows:
         print(f"{q:<{width}}  {s.ready:>7}  {s.delayed:>7}  {s.running:>7}  {s.dead:>7}")
+    why = app.backend.unsupported.get("exact_stats")
+    if why:
+        print(f"(approximate counts: {why})")
     return 0
 
 
