@@ -167,7 +167,9 @@ class Options:
         return None
 
     def task(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TaskHandle[Any]:
-        return self.app._submit(self.app._tdef_for(fn), args, kwargs, self.opts)
+        # Options bound to fn itself (add.options(queue="x")) are more specific: they win.
+        bound: dict[str, Any] = fn._opts if isinstance(fn, BoundTask) else {}
+        return self.app._submit(self.app._tdef_for(fn), args, kwargs, {**self.opts, **bound})
 
 
 class App:
@@ -223,6 +225,9 @@ class App:
             raise ConfigurationError("task_class must be a subclass of gatorapp.Task")
         if lease <= 0:
             raise ConfigurationError(f"lease must be > 0 seconds, not {lease!r}")
+        for name, value in (("max_attempts", max_attempts), ("max_deliveries", max_deliveries)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")
         self.default_queue = default_queue
         self.task_class = task_class
         self.backend_class = backend_class
@@ -490,7 +495,9 @@ class App:
         """One attempt of ``task`` with its hooks."""
         return run_attempt(task, tdef, self.hooks_for(task, tdef), self.max_attempts)
 
-    def _run_eager(self, data: bytes) -> Task:
+    def _run_eager(
+        self, data: bytes, on_dead: Callable[[Task, Outcome], None] | None = None
+    ) -> Task:
         # Round-trip through the task class, so eager mode fails exactly where a
         # worker would. Retries run at once: eager mode never sleeps a backoff.
         task, tdef = self.decode(data)
@@ -500,6 +507,8 @@ class App:
                 return task
             if outcome.kind == "dead":
                 assert outcome.exc is not None
+                if on_dead is not None:
+                    on_dead(task, outcome)
                 raise outcome.exc
             task = self.task_class.deserialize(task.serialize())
 
@@ -517,15 +526,20 @@ class App:
     def get(self, task_id: str, queue: str | None = None) -> Task | None:
         """Take a waiting task off its queue and run it now, here (as ``is_async=False``).
 
-        Returns the finished Task, or None for an unknown id. A payload that
-        cannot run goes to the dead letters and raises :class:`Rejected`.
+        Returns the finished Task, or None for an unknown id. A task whose last
+        attempt fails goes to the dead letters, then its exception is raised; a
+        payload that cannot run goes there too and raises :class:`Rejected`.
         """
         found = self._find(task_id, queue)
         if found is None:
             return None
         q, data = found
+
+        def bury(task: Task, outcome: Outcome) -> None:
+            self.backend.dead_add(q, task_id, data, outcome.reason, outcome.error)
+
         try:
-            return self._run_eager(data)
+            return self._run_eager(data, on_dead=bury)
         except Rejected as exc:
             self.backend.dead_add(q, task_id, data, exc.reason, exc.error)
             raise
@@ -556,8 +570,10 @@ class App:
             # task's default; attempts count afresh so max_attempts does not
             # cut the restored budget short.
             budget = task.options.get("retries")
-            valid = type(budget) is int and 0 <= budget < self.max_attempts
-            task.retries = budget if valid else tdef.retries
+            if isinstance(budget, int) and not isinstance(budget, bool):
+                task.retries = budget if 0 <= budget < self.max_attempts else tdef.retries
+            else:
+                task.retries = tdef.retries
             task.attempt = 0
             data = task.serialize()
         except (Rejected, DecodeError):

@@ -141,6 +141,10 @@ class Worker:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 restore[sig] = signal.signal(sig, self._on_signal)
         backend = self.app.backend
+        if not backend.supports_leases:
+            # pop() removes a task for good: hold none ahead of a free thread,
+            # so a killed worker loses at most the tasks it was running.
+            self.prefetch = 0
         heartbeat = None
         if backend.supports_leases and backend.thread_safe:
             heartbeat = threading.Thread(

@@ -415,3 +415,42 @@ def test_no_lease_lost_warnings_for_acknowledged_tasks(caplog: pytest.LogCapture
         assert [r.getMessage() for r in caplog.records if "lost" in r.getMessage()] == []
     finally:
         app.close()
+
+
+def test_five_method_client_worker_holds_nothing_ahead(tmp_path):
+    # pop() is final for such a client, so a worker never prefetches from it.
+    from gatorapp import App, Worker
+    from gatorapp.backends.memory import MemoryBackend
+
+    class Client:
+        def __init__(self, conn_string):
+            self.store = MemoryBackend()
+
+        def len(self, queue_name):
+            return self.store.len(queue_name)
+
+        def drop_all(self, queue_name):
+            self.store.drop_all(queue_name)
+
+        def push(self, queue_name, task_id, data, delay_until=None):
+            return self.store.push(queue_name, task_id, data, delay_until)
+
+        def pop(self, queue_name):
+            return self.store.pop(queue_name)
+
+        def get(self, queue_name, task_id):
+            return self.store.get(queue_name, task_id)
+
+    app = App("custom://", backend_class=Client)
+    seen = []
+
+    @app.task
+    def probe(i):
+        seen.append((i, app.backend.len("default")))
+
+    for i in range(3):
+        probe.delay(i)
+    worker = Worker(app, burst=True, concurrency=1)
+    worker.run_forever()
+    assert worker.prefetch == 0
+    assert seen == [(0, 2), (1, 1), (2, 0)]
