@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from service_redis import RedisServer
-from worker_proc import env_for, output, report, start_worker, stop, wait_for
+from worker_proc import env_for, ledger_lines, output, report, start_worker, stop, wait_for
 
 from gatorapp import App
 
@@ -43,7 +43,7 @@ def _ledger(path: Path) -> list[tuple[str, str, int, int]]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in ledger_lines(path):
         event, task_id, attempt, pid = line.split()
         rows.append((event, task_id, int(attempt), int(pid)))
     return rows

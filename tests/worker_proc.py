@@ -47,11 +47,17 @@ def output(proc: subprocess.Popen) -> str:
     return out.read()
 
 
+def ledger_lines(path: Path) -> list[str]:
+    """Complete lines of a ledger file. A reader can catch a writer mid-append,
+    so a last line with no newline yet is left for the next read."""
+    return path.read_text().split("\n")[:-1]
+
+
 def read_ledger(ledger: Path) -> list[tuple[str, str, int]]:
     if not ledger.exists():
         return []
     rows = []
-    for line in ledger.read_text().splitlines():
+    for line in ledger_lines(ledger):
         event, key, pid = line.split()
         rows.append((event, key, int(pid)))
     return rows
