@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from .backends import Backend, Message, load_backend
+from .backends.base import check_queue_name
 from .errors import ConfigurationError, DecodeError, GatorError, UnknownTaskError
 from .execution import DEFAULT_BACKOFF, Outcome, TaskDef, run_attempt
 from .options import as_bool, check_option_names, check_retries, run_at
@@ -211,14 +212,10 @@ class App:
         own_backend = backend_class is None or (
             isinstance(backend_class, type) and issubclass(backend_class, Backend)
         )
-        if (
-            own_backend
-            and self.url.startswith("sqlite:///")
-            and not self.url.startswith("sqlite:////")
-        ):
+        scheme, _, rest = self.url.partition("://")
+        if own_backend and scheme.lower() == "sqlite" and rest[:1] == "/" and rest[:2] != "//":
             # Pin a relative path now, so a later chdir cannot move the queue.
-            rel = self.url[len("sqlite:///") :]
-            path, _, query = rel.partition("?")
+            path, _, query = rest[1:].partition("?")
             if path and path != ":memory:":
                 self.url = "sqlite:///" + os.path.abspath(path) + (f"?{query}" if query else "")
         if not isinstance(task_class, type) or not issubclass(task_class, Task):
@@ -228,7 +225,7 @@ class App:
         for name, value in (("max_attempts", max_attempts), ("max_deliveries", max_deliveries)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigurationError(f"{name} must be an integer >= 1, not {value!r}")
-        self.default_queue = default_queue
+        self.default_queue = check_queue_name(default_queue)
         self.task_class = task_class
         self.backend_class = backend_class
         self.lease = float(lease)
@@ -333,7 +330,7 @@ class App:
         tdef = TaskDef(
             name=name,
             fn=fn,
-            queue=queue or self.default_queue,
+            queue=self.default_queue if queue is None else check_queue_name(queue),
             retries=check_retries(retries, self.max_attempts),
             on_start=on_start,
             on_success=on_success,
@@ -404,7 +401,7 @@ class App:
     def _build(
         self, tdef: TaskDef, args: Sequence[Any], kwargs: dict[str, Any], opts: dict[str, Any]
     ) -> tuple[Task, bytes, float | None, bool]:
-        queue = opts.get("queue") or tdef.queue
+        queue = tdef.queue if opts.get("queue") is None else check_queue_name(opts["queue"])
         retries = tdef.retries if opts.get("retries") is None else opts["retries"]
         task_id = opts.get("task_id")
         if task_id is not None and not isinstance(task_id, str):

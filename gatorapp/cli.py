@@ -17,12 +17,14 @@ import datetime as dt
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .app import App, Rejected
-from .errors import GatorError
+from .errors import BackendError, GatorError
 from .task import Task
 from .worker import Worker
 
@@ -127,7 +129,7 @@ def import_object(path: str, default_attr: str | None, what: str) -> Any:
             # -A myproj.app: no module myproj.app, so it names attribute app of myproj
             head, _, tail = module_name.rpartition(".")
             return import_object(f"{head}:{tail}", None, what)
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise UsageError(
                 f"cannot import {what} module {module_name!r}: no such module"
             ) from None
@@ -157,7 +159,7 @@ def _queue_list(app: App, chosen: list[str] | None) -> list[str]:
     return list(dict.fromkeys(app.queues() + app.backend.known_queues()))
 
 
-def cmd_worker(app: App, args: argparse.Namespace) -> int:
+def cmd_worker(app: App, args: argparse.Namespace, early: _EarlySignals | None = None) -> int:
     cls: type[Worker] = Worker
     if args.worker_class:
         cls = import_object(args.worker_class, None, "worker class")
@@ -171,6 +173,8 @@ def cmd_worker(app: App, args: argparse.Namespace) -> int:
         burst=args.burst,
         prefetch=args.prefetch,
     )
+    if early is not None:
+        early.forward(worker._on_signal)
     return worker.run_forever()
 
 
@@ -267,28 +271,71 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+class _EarlySignals:
+    """Until the worker's own handlers are in place (importing the app can take
+    a while), remember SIGINT/SIGTERM instead of dying with the default action."""
+
+    def __init__(self) -> None:
+        self.got: list[int] = []
+        self._target: Callable[[int, Any], None] | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _EarlySignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, frame: Any) -> None:
+        if self._target is not None:
+            self._target(signum, frame)
+        else:
+            self.got.append(signum)
+
+    def forward(self, target: Callable[[int, Any], None]) -> None:
+        """From now on hand signals to ``target``, first those that came already."""
+        self._target = target
+        for signum in self.got:
+            target(signum, None)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    early = _EarlySignals()
     try:
-        args = parser.parse_args(argv)
-        app_path = getattr(args, "app", None) or os.environ.get("GATORAPP_APP")
-        if not app_path:
-            raise UsageError("-A/--app is required (or set GATORAPP_APP)")
-        logging.basicConfig(
-            level=args.loglevel,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
-        app = load_app(app_path)
-        command = {"worker": cmd_worker, "status": cmd_status, "dead": cmd_dead}[args.command]
-        return command(app, args)
+        with early:
+            return _main(parser, argv, early)
     except UsageError as exc:
         print(f"gatorapp: error: {exc}", file=sys.stderr)
         return 2
+    except BackendError as exc:  # the backend failed: not a usage error
+        print(f"gatorapp: error: {exc}", file=sys.stderr)
+        return 1
     except (GatorError, Rejected) as exc:
         print(f"gatorapp: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # argparse --help
         return int(exc.code or 0)
+
+
+def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: _EarlySignals) -> int:
+    args = parser.parse_args(argv)
+    app_path = getattr(args, "app", None) or os.environ.get("GATORAPP_APP")
+    if not app_path:
+        raise UsageError("-A/--app is required (or set GATORAPP_APP)")
+    logging.basicConfig(
+        level=args.loglevel,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = load_app(app_path)
+    if args.command == "worker":
+        return cmd_worker(app, args, early)
+    command = {"status": cmd_status, "dead": cmd_dead}[args.command]
+    return command(app, args)
 
 
 def run() -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import tenacity
 
 from .backends import Reservation
-from .errors import BackendError
+from .errors import BackendError, ConfigurationError
 from .execution import Outcome, backoff_seconds, format_error
 from .task import Task
 
@@ -93,6 +93,8 @@ class Worker:
         self._retries: list[tuple[Reservation, bytes, float]] = []
         self._buries: list[tuple[Reservation, str, str]] = []
         self._backend_down = False
+        self._hb_stop = threading.Event()
+        self._hb_wake = threading.Event()  # set when a held lease got shorter
 
     # -- overridable hooks (Alligator's Worker API) ----------------------------
     @property
@@ -152,8 +154,7 @@ class Worker:
             )
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="gatorapp-task")
         self.starting()
-        hb_stop = threading.Event()
-        self._hb_stop = hb_stop
+        hb_stop = self._hb_stop
         if heartbeat is not None:
             heartbeat.start()
         try:
@@ -161,6 +162,7 @@ class Worker:
             self._shutdown()
         finally:
             hb_stop.set()
+            self._hb_wake.set()
             pool.shutdown(wait=not self._cold_signal)
             for sig, handler in restore.items():
                 signal.signal(sig, handler)
@@ -248,6 +250,10 @@ class Worker:
                 continue
             if not r.task_id:
                 r.task_id = task.task_id
+            if tdef.lease and tdef.lease < r.lease:
+                # Renew at once with the task's shorter lease, so a crash now
+                # frees it after that lease, not the app's longer one.
+                self._hb_wake.set()
             r.lease = tdef.lease or app.lease
             self._running += 1
             self._started += 1
@@ -313,6 +319,8 @@ class Worker:
         """Send pending acks, retries and dead letters. False if the backend failed
         (they stay pending and are sent again)."""
         backend = self.app.backend
+        if not (self._acks or self._retries or self._buries):
+            return True  # no call made: says nothing about the backend
         try:
             if self._acks:
                 self._report("ack", self._acks, backend.ack(self._acks))
@@ -349,6 +357,12 @@ class Worker:
 
     # -- failures and shutdown -----------------------------------------------
     def _backend_error(self, what: str, exc: Exception) -> None:
+        if isinstance(exc, ConfigurationError):
+            raise exc  # a bad URL or path does not heal by waiting
+        if self.burst and not self._running:
+            # A burst run is a script's step: fail it rather than wait for a backend.
+            log.error("%s: backend %s failed: %s", self.ident(), what, exc)
+            raise exc
         if not self._backend_down:
             log.error("%s: backend %s failed, retrying with backoff: %s", self.ident(), what, exc)
             self._backend_down = True
@@ -428,7 +442,9 @@ class Worker:
             with self._lock:
                 held = list(self._held.values())
             shortest = min((r.lease for r in held), default=self.app.lease)
-            if self._hb_stop.wait(max(0.05, min(10.0, shortest / 3))):
+            self._hb_wake.wait(max(0.05, min(10.0, shortest / 3)))
+            self._hb_wake.clear()
+            if self._hb_stop.is_set():
                 return
             with self._lock:
                 held = list(self._held.values())

@@ -16,6 +16,7 @@ passed and it has no live lease.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sqlite3
@@ -24,11 +25,12 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import ConfigurationError
+from ..errors import BackendError, ConfigurationError
 from .base import Backend, DeadLetter, Message, QueueStats, Reservation, truncate
 
 _SCHEMA = """
@@ -59,6 +61,9 @@ CREATE TABLE IF NOT EXISTS gatorapp_dead (
 _AVAILABLE = "queue = ? AND run_at <= ? AND (token IS NULL OR lease_until <= ?)"
 
 
+_R = TypeVar("_R")
+
+
 class _Conflict(Exception):
     pass
 
@@ -78,11 +83,29 @@ def sqlite_path(url: str) -> str | None:
     return path
 
 
+def _translating(name: str, method: Callable[..., _R]) -> Callable[..., _R]:
+    @functools.wraps(method)
+    def call(self: SQLiteBackend, *args: Any, **kwargs: Any) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            # One error type for callers (the worker backs off on it, the CLI
+            # prints it in one line), naming the file at fault.
+            raise BackendError(f"SQLite {name} failed on {self._target}: {exc}") from exc
+
+    return call
+
+
 class SQLiteBackend(Backend):
     def __init__(self, url: str = "sqlite:///gatorapp.db", **kwargs: object) -> None:
         super().__init__(url, **kwargs)  # type: ignore[arg-type]
         path = sqlite_path(url)
         query = parse_qs(urlsplit(url).query)
+        unknown = sorted(set(query) - {"timeout"})
+        if unknown:
+            raise ConfigurationError(
+                f"unknown option(s) {', '.join(unknown)} in {url!r}; known: timeout (seconds)"
+            )
         try:
             self.busy_timeout = float(query.get("timeout", ["30"])[0])
         except ValueError:
@@ -365,3 +388,26 @@ class SQLiteBackend(Backend):
     def drop_all(self, queue_name: str) -> None:
         with self._tx() as conn:
             conn.execute("DELETE FROM gatorapp_tasks WHERE queue = ?", (queue_name,))
+
+
+# Every entry point that touches the database reports sqlite3 errors as BackendError.
+for _name in (
+    "_enqueue",
+    "_reserve",
+    "_ack",
+    "_retry",
+    "_release",
+    "_extend",
+    "_bury",
+    "_take",
+    "wait",
+    "dead_add",
+    "dead_list",
+    "dead_get",
+    "dead_requeue",
+    "dead_purge",
+    "stats",
+    "known_queues",
+    "drop_all",
+):
+    setattr(SQLiteBackend, _name, _translating(_name.lstrip("_"), getattr(SQLiteBackend, _name)))
