@@ -202,11 +202,9 @@ class App:
         max_deliveries: int = 5,
         eager: bool = False,
     ) -> None:
+        if url is not None and not isinstance(url, str):
+            raise ConfigurationError(f"backend URL must be a string, not {type(url).__name__}")
         self.url = url or default_url()
-        if backend_class is None:
-            from .backends import check_url
-
-            check_url(self.url)  # a bad URL fails here, not at first use
         # A five-method client gets the URL exactly as given: it parses it its own
         # way (the seed's SQLite client reads sqlite:///tmp/q.db as /tmp/q.db).
         own_backend = backend_class is None or (
@@ -239,6 +237,12 @@ class App:
         self._by_fn: dict[Any, TaskDef] = {}
         self._hooks: dict[str, Callable[..., Any]] = {}
         self._hook_names: dict[Any, str] = {}
+        if backend_class is None:
+            # Build (never connect) a built-in backend now, so a bad URL or option
+            # or a missing driver fails here rather than at the first .delay().
+            # A client class given as backend_class is built on first use, in the
+            # thread that first uses it (Alligator's clients are thread-bound).
+            self.backend  # noqa: B018
 
     def __repr__(self) -> str:
         return f"<gatorapp.App {self.url} tasks={len(self._tasks)}>"
@@ -246,7 +250,8 @@ class App:
     # -- backend -------------------------------------------------------------
     @property
     def backend(self) -> Backend:
-        """The backend, built (not connected) on first use."""
+        """The backend: built (not connected) with the App, or on first use for a
+        client class given as ``backend_class``."""
         backend = self._backend
         if backend is None:
             # Threads of a web server may enqueue at once on a fresh app: build

@@ -113,10 +113,9 @@ class SQLiteBackend(Backend):
         if path is None:
             # A private file rather than a shared-cache memory database: shared
             # cache answers concurrent threads with "database table is locked"
-            # (SQLITE_LOCKED), which the busy timeout does not wait out.
-            folder = tempfile.mkdtemp(prefix="gatorapp-sqlite-")
-            weakref.finalize(self, shutil.rmtree, folder, True)
-            self._target = os.path.join(folder, "queue.db")
+            # (SQLITE_LOCKED), which the busy timeout does not wait out. Its
+            # folder is made on first use, not here: building does no I/O.
+            self._target = ""
         else:
             self._target = os.path.abspath(path)
         self.path = path
@@ -154,6 +153,10 @@ class SQLiteBackend(Backend):
         return conn
 
     def _setup(self) -> None:
+        if not self._target:
+            folder = tempfile.mkdtemp(prefix="gatorapp-sqlite-")
+            weakref.finalize(self, shutil.rmtree, folder, True)
+            self._target = os.path.join(folder, "queue.db")
         conn = self._connect()
         # WAL persists in the file; switching needs no other writer, so retry briefly.
         for _ in range(50):
