@@ -7,6 +7,7 @@ latency of an idle worker, reconnecting after a server restart, and the CLI.
 
 from __future__ import annotations
 
+import re
 import socket
 import statistics
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 from service_redis import RedisServer
-from worker_proc import env_for, report
+from worker_proc import env_for, report, wait_for
 
 from gatorapp import App, Worker
 from gatorapp.backends import Message, load_backend
@@ -33,22 +34,56 @@ def _queue() -> str:
 
 
 # -- URLs and configuration ----------------------------------------------------
-@pytest.mark.parametrize(
-    "url",
-    [
-        "redis://127.0.0.1:6379/0?bogus=1",
-        "redis://127.0.0.1:6379/zero",
-        "redis://127.0.0.1:6379/0?socket_timeout=soon",
-        "redis://127.0.0.1:notaport/0",
-        "redis://127.0.0.1/0?prefix=has{brace}",
-        "redis://127.0.0.1/0?prefix=",
-        "unix://",
-        "unix:///tmp/redis.sock?socket_keepalive=yes",
-    ],
-)
-def test_bad_urls_fail_at_once(url: str) -> None:
-    with pytest.raises(ConfigurationError):
-        load_backend(url)
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail any attempt to resolve or connect, from here to the test's end."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("network I/O while building a backend")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+BAD_URLS = [
+    ("redis://127.0.0.1:6379/0?bogus=1", "unknown option 'bogus'"),
+    ("redis://127.0.0.1:6379/zero", "database number"),
+    ("redis://127.0.0.1:6379/0?socket_timeout=soon", "socket_timeout"),
+    ("redis://127.0.0.1:notaport/0", "port"),
+    ("redis://127.0.0.1/0?prefix=has{brace}", "prefix"),
+    ("redis://127.0.0.1/0?prefix=", "prefix"),
+    ("unix://", "no socket"),
+    ("unix:///tmp/redis.sock?socket_keepalive=yes", "socket_keepalive"),
+    ("redis://127.0.0.1:6379/0?socket_timeout=-1", "socket_timeout must be > 0"),
+    ("redis://127.0.0.1:6379/0?socket_timeout=0", "socket_timeout must be > 0"),
+    ("redis://127.0.0.1:6379/0?socket_connect_timeout=0", "socket_connect_timeout must be > 0"),
+    ("redis://127.0.0.1:6379/0?max_connections=0", "max_connections must be > 0"),
+    ("unix:///tmp/redis.sock?db=-1", "db must be >= 0"),
+    ("redis://127.0.0.1:6379/0?protocol=9", "protocol"),
+    ("rediss://127.0.0.1:6379/0?ssl_cert_reqs=bogus", "bogus"),
+    ("redis://127.0.0.1:6379/0?ssl_cert_reqs=none", "rediss://"),
+    ("redis://127.0.0.1:6379/0?db=3", "two databases"),
+    ("redis://[::1:16392/0", "IPv6"),
+]
+
+
+@pytest.mark.parametrize(("url", "says"), BAD_URLS)
+def test_bad_urls_fail_at_once_without_network_io(url: str, says: str, no_network) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(says)):
+        RedisBackend(url)
+    # An App builds its backend when created, so it refuses the URL there.
+    # (Only a URL urlsplit itself refuses is caught before the backend.)
+    if "[" not in url:
+        with pytest.raises(ConfigurationError, match=re.escape(says)):
+            App(url)
+
+
+def test_scheme_is_case_insensitive_and_same_db_twice_is_fine(no_network) -> None:
+    b = load_backend("REDIS://127.0.0.1:1/3?db=3")
+    assert b.client.connection_pool.connection_kwargs["db"] == 3
+    tls = RedisBackend("Rediss://127.0.0.1:1/0?ssl_cert_reqs=none")
+    assert tls.client.connection_pool.connection_class is redis.SSLConnection
 
 
 def test_url_forms_and_options_build_without_io() -> None:
@@ -81,6 +116,16 @@ def test_unreachable_server_raises_backend_error_promptly() -> None:
     with pytest.raises(BackendError):
         b.stats("default")
     assert time.monotonic() - start < 3
+
+
+def test_tls_url_against_a_plain_text_server_hints_at_tls(redis_server) -> None:
+    # The handshake runs on the socket timeout: keep both short.
+    b = load_backend(
+        f"rediss://127.0.0.1:{redis_server.port}/0?socket_timeout=0.2&socket_connect_timeout=0.2"
+    )
+    with pytest.raises(BackendError, match="rediss:// speaks TLS"):
+        b.stats("q")
+    b.close()
 
 
 def _closed_port() -> int:
@@ -262,6 +307,68 @@ def test_lost_reply_to_take_still_returns_the_payload(dropper) -> None:
     assert b.len(q) == 0
 
 
+@pytest.mark.parametrize("op", ["ack", "retry", "release", "bury"])
+def test_lost_reply_to_a_lease_call_is_not_taken_for_a_takeover(dropper, op: str) -> None:
+    # The repeat finds the token gone; it must report what the first run did.
+    proxy, b = dropper
+    q = _queue()
+    b.enqueue([Message(q, "warm", b"w"), Message(q, "a", b"x")])
+    got = {r.task_id: r for r in b.reserve([q], 2, 30, "w")}
+    call = {
+        "ack": lambda r: b.ack([r]),
+        "retry": lambda r: b.retry([(r, b"again", time.time())]),
+        "release": lambda r: b.release([r]),
+        "bury": lambda r: b.bury([(r, "boom", "err")]),
+    }[op]
+    assert call(got["warm"]) == [True]  # the script is loaded: EVALSHA goes through
+    proxy.armed.set()
+    assert call(got["a"]) == [True]
+    assert proxy.dropped == 1
+    s = b.stats(q)
+    assert (s.ready, s.running, s.dead) == {"ack": (0, 0, 0), "bury": (0, 0, 2)}.get(op, (2, 0, 0))
+    # A call from a lease that really was taken over is still refused.
+    again = b.reserve([q], 2, 30, "w2")
+    assert call(got["a"]) == [False] and b.ack(again) == [True] * len(again)
+
+
+# -- records of calls do not outlive the calls --------------------------------------
+def test_no_keys_are_left_behind_after_a_drain_or_get_and_cancel(redis_server) -> None:
+    # A database of its own, so dbsize counts only this test's keys.
+    url = f"redis://127.0.0.1:{redis_server.port}/9?prefix=left"
+    admin = redis.Redis(port=redis_server.port, db=9)
+    admin.flushdb()
+    app = App(url, lease=3600)
+
+    @app.task
+    def noop(i: int) -> None: ...
+
+    noop.map(range(1000))
+    worker = Worker(app, queues=["default"], concurrency=4)
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    try:
+        settled = wait_for(lambda: app.backend.len("default") == 0, 20)
+        # Left: the queue registry and the enqueue counter. The worker's
+        # next reserve deletes the records of its last calls.
+        drained = wait_for(lambda: admin.dbsize() == 2, 3)
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert settled and drained, sorted(admin.keys("*"))[:10]
+    got, cancelled = noop.delay(1), noop.delay(2)
+    assert app.get(got.id) is not None and app.cancel(cancelled.id) is not None
+    assert admin.dbsize() == 2, sorted(admin.keys("*"))
+    # A record nobody deletes (its process stopped) lasts the retry window of
+    # one call, not a lease.
+    noop.delay(3)
+    app.backend.reserve(["default"], 1, 3600, "w")
+    (record,) = admin.keys("*:rec:*")
+    assert 0 < admin.pttl(record) <= app.backend.record_ttl * 1000 < 60_000
+    app.close()
+    admin.flushdb()
+    admin.close()
+
+
 # -- an idle worker wakes at once ---------------------------------------------------
 def test_idle_worker_picks_up_new_and_delayed_tasks_quickly(redis_url: str) -> None:
     app = App(redis_url, lease=5)
@@ -355,6 +462,22 @@ def test_backend_recovers_after_a_restart_with_an_empty_script_cache(tmp_path) -
         assert sorted(r.task_id for r in b.reserve(["q"], 5, 30, "w")) == ["a", "b"]
         report(f"Redis down: a call failed after {failed_in * 1000:.0f} ms, then recovered")
         assert failed_in < 3
+        b.close()
+    finally:
+        server.close()
+
+
+def test_queue_is_registered_again_after_redis_restarts_empty(tmp_path) -> None:
+    server = RedisServer(tmp_path / "r").start()  # no persistence
+    try:
+        b = RedisBackend(server.url)
+        b.enqueue([Message("q", "a", b"1")])
+        b.dead_add("dq", "d", b"1", "decode_error", "bad")
+        server.restart()
+        # redis-py reconnects on its own: no error tells the backend of it.
+        b.enqueue([Message("q", "b", b"2")])
+        b.dead_add("dq", "e", b"1", "decode_error", "bad")
+        assert b.known_queues() == ["dq", "q"]
         b.close()
     finally:
         server.close()

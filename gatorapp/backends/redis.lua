@@ -19,14 +19,17 @@
 --  10 ddata  hash  task id -> payload of a dead letter
 --  11 dwhy   hash  task id -> reason .. "\n" .. error
 --  12 wake   a pub/sub channel name (not a key): idle workers listen on it
---  13 extra  reserve: the batch record of a lease token; take: the result
---            record of one call (both make a retried call return the same)
+--  13 rec    the record of this call (reserve, take, ack, retry, release,
+--            bury): what it did, kept for redis-py's retry window, so the
+--            same call sent again after a lost reply returns the same
+--  14...     records of earlier calls whose replies have arrived: deleted
+-- Calls with a record get the record's time to live (ms) as ARGV[1].
 -- Times are epoch seconds from Redis TIME, so worker clocks do not matter.
 
 -- @@ common
 local K_DATA, K_WAIT, K_LEASE, K_TOK, K_DLV, K_POS, K_DUE, K_CTR =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_DEAD, K_DDATA, K_DWHY, K_WAKE, K_EXTRA = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local K_DEAD, K_DDATA, K_DWHY, K_WAKE, K_REC = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
 
 local function now()
   local t = redis.call('TIME')
@@ -78,6 +81,32 @@ local function forget(id)
   redis.call('HDEL', K_DUE, id)
 end
 
+-- Records of earlier calls (KEYS[14...]): their replies came, so no retry
+-- of them can come any more.
+local function drop_spent()
+  if #KEYS > 13 then redis.call('DEL', unpack(KEYS, 14)) end
+end
+
+-- A token-checked call (ack, retry, release, bury) sent again: its stored
+-- outcome, one 0 or 1 per task. Without it the repeat would find its tokens
+-- gone and report every lease as taken over.
+local function replay()
+  drop_spent()
+  local done = redis.call('GET', K_REC)
+  if not done then return nil end
+  local out = {}
+  for i = 1, #done do out[i] = tonumber(string.sub(done, i, i)) end
+  return out
+end
+
+-- Keep the outcome of a token-checked call for a repeat; a call that changed
+-- nothing would do the same again, so needs no record.
+local function remember(out)
+  local s = table.concat(out)
+  if string.find(s, '1', 1, true) then redis.call('SET', K_REC, s, 'PX', ARGV[1]) end
+  return out
+end
+
 -- A lease is held while the task still carries its token: after expiry the
 -- holder may still finish until another worker re-reserves the task.
 local function held(id, token)
@@ -105,10 +134,11 @@ end
 return added
 
 -- @@ reserve
--- ARGV: limit, lease seconds, token. Returns id, data, deliveries repeated.
-local limit, lease, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+-- ARGV: ttl, limit, lease seconds, token. Returns id, data, deliveries repeated.
+local limit, lease, token = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local out = {}
-local earlier = redis.call('LRANGE', K_EXTRA, 0, -1)
+drop_spent()
+local earlier = redis.call('LRANGE', K_REC, 0, -1)
 if #earlier > 0 then
   -- The same call again (its reply was lost): hand out the same batch.
   for _, id in ipairs(earlier) do
@@ -131,20 +161,20 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', K_WAIT, '-inf', fmt(t), 'LIMIT', 
   redis.call('ZREM', K_WAIT, m)
   redis.call('ZADD', K_LEASE, until_, id)
   redis.call('HSET', K_TOK, id, token)
-  redis.call('RPUSH', K_EXTRA, id)
+  redis.call('RPUSH', K_REC, id)
   out[#out + 1] = id
   out[#out + 1] = redis.call('HGET', K_DATA, id)
   out[#out + 1] = redis.call('HINCRBY', K_DLV, id, 1)
 end
-if #out > 0 then
-  redis.call('PEXPIRE', K_EXTRA, math.max(1000, math.ceil(lease * 1000)))
-end
+if #out > 0 then redis.call('PEXPIRE', K_REC, ARGV[1]) end
 return out
 
 -- @@ ack
--- ARGV: id, token repeated. Returns 1 or 0 per task.
-local out = {}
-for i = 1, #ARGV, 2 do
+-- ARGV: ttl, then id, token repeated. Returns 1 or 0 per task.
+local out = replay()
+if out then return out end
+out = {}
+for i = 2, #ARGV, 2 do
   if held(ARGV[i], ARGV[i + 1]) then
     forget(ARGV[i])
     out[#out + 1] = 1
@@ -152,16 +182,18 @@ for i = 1, #ARGV, 2 do
     out[#out + 1] = 0
   end
 end
-return out
+return remember(out)
 
 -- @@ retry
--- ARGV: id, token, data, due repeated. New payload and due time; the
--- task keeps its place among equal due times and its deliveries restart.
+-- ARGV: ttl, then id, token, data, due repeated. New payload and due time;
+-- the task keeps its place among equal due times and its deliveries restart.
+local out = replay()
+if out then return out end
+out = {}
 local t = now()
 local head = head_due()
 local woke = false
-local out = {}
-for i = 1, #ARGV, 4 do
+for i = 2, #ARGV, 4 do
   local id = ARGV[i]
   if held(id, ARGV[i + 1]) then
     local due = tonumber(ARGV[i + 3])
@@ -177,13 +209,15 @@ for i = 1, #ARGV, 4 do
     out[#out + 1] = 0
   end
 end
-return out
+return remember(out)
 
 -- @@ release
--- ARGV: id, token repeated. Back in place; the delivery is not counted.
-local out = {}
+-- ARGV: ttl, then id, token repeated. Back in place; the delivery is not counted.
+local out = replay()
+if out then return out end
+out = {}
 local woke = false
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local id = ARGV[i]
   if held(id, ARGV[i + 1]) then
     local d = tonumber(redis.call('HGET', K_DLV, id) or '0')
@@ -199,7 +233,7 @@ for i = 1, #ARGV, 2 do
     out[#out + 1] = 0
   end
 end
-return out
+return remember(out)
 
 -- @@ extend
 -- ARGV: id, token, lease seconds repeated.
@@ -221,10 +255,12 @@ end
 return out
 
 -- @@ bury
--- ARGV: id, token, reason, error repeated.
+-- ARGV: ttl, then id, token, reason, error repeated.
+local out = replay()
+if out then return out end
+out = {}
 local t = now()
-local out = {}
-for i = 1, #ARGV, 4 do
+for i = 2, #ARGV, 4 do
   local id = ARGV[i]
   if held(id, ARGV[i + 1]) then
     local data = redis.call('HGET', K_DATA, id)
@@ -237,19 +273,20 @@ for i = 1, #ARGV, 4 do
     out[#out + 1] = 0
   end
 end
-return out
+return remember(out)
 
 -- @@ take
--- ARGV: id. Removes a task nobody holds a live lease on; returns its data.
-local done = redis.call('GET', K_EXTRA)
+-- ARGV: ttl, id. Removes a task nobody holds a live lease on; returns its data.
+drop_spent()
+local done = redis.call('GET', K_REC)
 if done then return done end  -- the same call again (its reply was lost)
-local id = ARGV[1]
+local id = ARGV[2]
 local data = redis.call('HGET', K_DATA, id)
 if not data then return false end
 local until_ = redis.call('ZSCORE', K_LEASE, id)
 if until_ and tonumber(until_) > now() then return false end
 forget(id)
-redis.call('SET', K_EXTRA, data, 'PX', 30000)
+redis.call('SET', K_REC, data, 'PX', ARGV[1])
 return data
 
 -- @@ dead_add

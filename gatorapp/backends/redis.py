@@ -14,10 +14,10 @@ can share one Redis. Nothing connects until the first call.
 Delivery is at-least-once. Every state change of a task is one Lua script
 (see ``redis.lua``), so a client or server crash between two commands cannot
 lose or duplicate a task. Scripts are idempotent where redis-py's automatic
-retry could run them twice after a lost reply: enqueue adds an id only once,
-a repeated reserve returns the batch it leased before, a repeated take
-returns the payload it removed. Due times and lease expiries come from Redis
-``TIME``, so worker clocks do not matter.
+retry could run them twice after a lost reply: enqueue adds an id only once;
+reserve, take, ack, retry, release and bury keep a short-lived record of
+what each call did, so the call sent again returns the same. Due times and
+lease expiries come from Redis ``TIME``, so worker clocks do not matter.
 
 All keys of one queue share the hash tag ``{prefix:queue}``, so each script
 touches one slot; see docs/redis.md for what Redis Cluster needs.
@@ -31,6 +31,7 @@ do too, but Redis enforces blocking-command timeouts only on its ``hz`` tick,
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -45,8 +46,9 @@ import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import PubSub
 from redis.commands.core import Script
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS
+from redis.connection import URL_QUERY_ARGUMENT_PARSERS, ConnectionPool
 from redis.connection import parse_url as redis_parse_url
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from ..errors import BackendError, ConfigurationError
@@ -97,6 +99,16 @@ _WAKE = _SUFFIXES.index("wake")
 # caller that retries after a failure part-way is safe.
 _CHUNK = 500
 
+# Records of calls whose replies came, kept per queue until the next call on
+# that queue deletes them; more than this are left to their time to live.
+_MAX_SPENT = 200
+
+# Numbers redis-py takes as given and fails on only when it uses them (a
+# zero socket timeout makes every call fail, a negative one raises at the
+# first call).
+_POSITIVE = {"socket_timeout", "socket_connect_timeout", "socket_read_size", "max_connections"}
+_NONNEGATIVE = {"health_check_interval", "db"}
+
 _T = TypeVar("_T")
 
 
@@ -137,7 +149,8 @@ def parse_redis_url(url: str, options: dict[str, Any]) -> tuple[str, str, dict[s
         parts.port  # noqa: B018 -- raises ValueError for a bad port
     except ValueError as exc:
         raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
-    if parts.scheme not in ("redis", "rediss", "unix"):
+    scheme = parts.scheme.lower()  # redis-py takes only lower case
+    if scheme not in ("redis", "rediss", "unix"):
         raise ConfigurationError(f"not a Redis URL: {url!r}")
     prefix = DEFAULT_PREFIX
     query = []
@@ -157,19 +170,53 @@ def parse_redis_url(url: str, options: dict[str, Any]) -> tuple[str, str, dict[s
             f"bad Redis key prefix {prefix!r}: use 1-100 letters, digits, '_', '.' or '-'"
         )
     db = parts.path.strip("/")
-    if parts.scheme != "unix" and db and not db.isdigit():
+    if scheme != "unix" and db and not db.isdigit():
         raise ConfigurationError(f"bad database number {db!r} in Redis URL {url!r}")
-    if parts.scheme == "unix" and not parts.path:
+    if scheme != "unix" and db and any(n == "db" and v != db for n, v in query):
+        raise ConfigurationError(f"Redis URL {url!r} names two databases, in path and ?db=")
+    if scheme == "unix" and not parts.path:
         raise ConfigurationError(f"Redis URL {url!r} names no socket: unix:///path/to.sock")
-    # (urlunsplit would turn unix:///path into unix:/path)
-    client_url = url.partition("?")[0] + (f"?{urlencode(query)}" if query else "")
-    try:
-        redis_parse_url(client_url)
-    except ValueError as exc:
-        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
-    if parts.scheme == "unix" and any(n.startswith("socket_keepalive") for n, _ in query):
+    if scheme == "unix" and any(n.startswith("socket_keepalive") for n, _ in query):
         raise ConfigurationError(f"socket_keepalive is for TCP, not unix:// sockets: {url!r}")
-    return prefix, client_url, {**_default_options(parts.scheme), **options}
+    if scheme != "rediss" and any(n.startswith("ssl_") for n, _ in query):
+        raise ConfigurationError(f"ssl_* options need a rediss:// URL: {url!r}")
+    # (urlunsplit would turn unix:///path into unix:/path)
+    rest = url.partition("://")[2].partition("?")[0]
+    client_url = f"{scheme}://{rest}" + (f"?{urlencode(query)}" if query else "")
+    options = {**_default_options(scheme), **options}
+    _check_client(url, client_url, options)
+    return prefix, client_url, options
+
+
+def _check_client(url: str, client_url: str, options: dict[str, Any]) -> None:
+    """Build, but never connect, what redis-py would build at the first call,
+    so values it only checks then (a bad ``protocol`` or ``ssl_cert_reqs``,
+    an unknown keyword) fail now; and check the numbers it takes as given."""
+    try:
+        given = {**options, **redis_parse_url(client_url)}  # (URL options win)
+        for name in sorted(_POSITIVE | _NONNEGATIVE):
+            value, zero_ok = given.get(name), name in _NONNEGATIVE
+            # (written so that NaN fails too)
+            if value is not None and not (value >= 0 if zero_ok else value > 0):
+                raise ValueError(f"{name} must be {'>= 0' if zero_ok else '> 0'}, not {value!r}")
+        pool = ConnectionPool.from_url(client_url, **options)
+        pool.connection_class(**pool.connection_kwargs)  # no I/O until its first use
+    except (TypeError, ValueError, redis.RedisError) as exc:
+        raise ConfigurationError(f"bad Redis URL or option {url!r}: {exc}") from None
+
+
+def _record_ttl(options: dict[str, Any]) -> float:
+    """Seconds the record of a call must last: redis-py's retry window for it.
+
+    A lost reply shows after up to ``socket_timeout``; each retry then waits
+    its backoff (allowed 1 s) and up to ``socket_connect_timeout`` for a new
+    connection before the call is sent again. A timeout of None counts 60 s.
+    """
+    retry = options.get("retry")
+    retries = retry.get_retries() if isinstance(retry, Retry) else 0
+    read = options.get("socket_timeout") or 60.0
+    per_try = read + (options.get("socket_connect_timeout") or read) + 1.0
+    return 1.0 + retries * per_try
 
 
 def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
@@ -209,11 +256,16 @@ class RedisBackend(Backend):
         if prefix is not None:
             client_options["prefix"] = prefix
         self.prefix, self._client_url, self._client_options = parse_redis_url(url, client_options)
+        self._tls = self._client_url.startswith("rediss:")
+        given = {**self._client_options, **redis_parse_url(self._client_url)}
+        self.record_ttl = _record_ttl(given)  #: seconds a call's record lasts (docs/redis.md)
+        self._record_ms = math.ceil(self.record_ttl * 1000)
+        self._registry = f"{{{self.prefix}}}:queues"
         self._client: redis.Redis | None = None
         self._scripts: dict[str, Script] = {}
         self._lock = threading.Lock()
         self._keys_of: dict[str, list[str]] = {}
-        self._registered: set[str] = set()  # queues known to be in the registry set
+        self._spent: dict[str, list[str]] = {}  # queue -> records no retry needs any more
         self._local = threading.local()  # each thread's pub/sub listener for wait()
         self._listeners: list[PubSub] = []
 
@@ -255,10 +307,15 @@ class RedisBackend(Backend):
         try:
             yield
         except redis.RedisError as exc:
-            if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-                # The server may have restarted empty: register queues again.
-                self._registered.clear()
-            raise BackendError(f"Redis {what} failed: {exc}") from exc
+            hint = ""
+            # A plain-text server never answers the TLS handshake: all redis-py
+            # says is that connecting timed out (or, from a server that
+            # replied in plain text, that the TLS record was not one).
+            text = str(exc).lower()
+            handshake = isinstance(exc, redis.TimeoutError) and "connecting" in text
+            if self._tls and (handshake or "wrong version number" in text):
+                hint = " (rediss:// speaks TLS: is the port a TLS one? redis:// if not)"
+            raise BackendError(f"Redis {what} failed: {exc}{hint}") from exc
 
     def _tag(self, queue: str) -> str:
         return "{" + f"{self.prefix}:{queue}" + "}"
@@ -269,22 +326,63 @@ class RedisBackend(Backend):
             keys = self._keys_of[queue] = [f"{self._tag(queue)}:{s}" for s in _SUFFIXES]
         return keys
 
-    def _run(self, name: str, queue: str, args: Sequence[Any], extra: str | None = None) -> Any:
+    def _run(self, name: str, queue: str, args: Sequence[Any], extra: Sequence[str] = ()) -> Any:
         keys = self._keys(queue)
-        if extra is not None:
-            keys = [*keys, self._tag(queue) + ":" + extra]
         client = self.client
         with self._io(name):
-            return self._scripts[name](keys=keys, args=args, client=client)
+            return self._scripts[name](keys=[*keys, *extra], args=args, client=client)
 
-    def _register(self, queue: str) -> None:
-        # The registry of queue names lives outside every queue's slot, so it
-        # is written separately, before the tasks: a crash in between leaves a
-        # known, empty queue, never an unknown one.
-        if queue not in self._registered:
-            with self._io("register"):
-                self.client.sadd(f"{{{self.prefix}}}:queues", queue)
-            self._registered.add(queue)
+    def _recorded(self, name: str, queue: str, args: Sequence[Any]) -> Any:
+        """Run a script that keeps a record of what it did, so that redis-py's
+        retry of this call after a lost reply returns the same (see redis.lua).
+
+        The record lasts ``record_ttl``; sooner, the next recorded call on the
+        queue deletes it, since a call whose reply came is never sent again.
+        """
+        record = f"{self._tag(queue)}:rec:{uuid.uuid4().hex}"
+        with self._lock:
+            spent = self._spent.pop(queue, [])
+        try:
+            result = self._run(name, queue, [self._record_ms, *args], [record, *spent])
+        except BackendError:
+            self._spend(queue, [*spent, record])  # perhaps not deleted yet
+            raise
+        self._spend(queue, [record])
+        return result
+
+    def _spend(self, queue: str, records: list[str]) -> None:
+        with self._lock:
+            spent = self._spent.setdefault(queue, [])
+            spent += records
+            del spent[:-_MAX_SPENT]
+
+    def _registered_run(self, name: str, queue: str, args: Sequence[Any]) -> Any:
+        """Run a script that adds tasks, registering the queue in the same
+        round trip: a registration cached in this process would miss a Redis
+        that restarted empty, since redis-py reconnects without telling us.
+
+        The registry is outside the queue's slot, so it cannot be in the
+        script; SADD goes first, so a crash in between leaves a known, empty
+        queue, never an unknown one. Both commands are idempotent, so sending
+        both again (redis-py's retry, or after NOSCRIPT) is safe.
+        """
+        client = self.client  # (first: building it loads the scripts)
+        script, keys = self._scripts[name], self._keys(queue)
+
+        def send() -> Any:
+            pipe = client.pipeline(transaction=False)
+            pipe.sadd(self._registry, queue)
+            # EVALSHA itself: a Script object in a pipeline costs a SCRIPT
+            # EXISTS round trip on every call.
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            return pipe.execute()[1]
+
+        with self._io(name):
+            try:
+                return send()
+            except NoScriptError:
+                client.script_load(script.script)  # a restarted server forgot it
+                return send()
 
     # -- primitives ----------------------------------------------------------
     def _enqueue(self, messages: Sequence[Message]) -> None:
@@ -292,18 +390,17 @@ class RedisBackend(Backend):
         for m in messages:
             by_queue.setdefault(m.queue, []).append(m)
         for queue, msgs in by_queue.items():
-            self._register(queue)
             for chunk in _chunks(msgs):
                 args: list[Any] = []
                 for m in chunk:
                     args += [m.task_id, m.data, f"{m.run_at:.6f}" if m.run_at else ""]
-                self._run("enqueue", queue, args)
+                self._registered_run("enqueue", queue, args)
 
     def _reserve(self, queue: str, limit: int, lease: float, worker_id: str) -> list[Reservation]:
         token = uuid.uuid4().hex
-        # The batch record under the token lets redis-py's retry of this very
-        # call return the same tasks instead of leasing a second batch.
-        flat = self._run("reserve", queue, [limit, f"{lease:.6f}", token], extra=f"rsv:{token}")
+        # The call's record lets redis-py's retry of this very call return the
+        # same tasks instead of leasing a second batch.
+        flat = self._recorded("reserve", queue, [limit, f"{lease:.6f}", token])
         return [
             Reservation(queue, _text(flat[i]), bytes(flat[i + 1]), token, int(flat[i + 2]), lease)
             for i in range(0, len(flat), 3)
@@ -324,7 +421,9 @@ class RedisBackend(Backend):
         for queue, indexes in by_queue.items():
             for chunk in _chunks(indexes):
                 flat = [a for i in chunk for a in args(items[i])]
-                for i, ok in zip(chunk, self._run(name, queue, flat)):
+                # An extension is harmless to repeat; the others keep a record.
+                run = self._run if name == "extend" else self._recorded
+                for i, ok in zip(chunk, run(name, queue, flat)):
                     out[i] = bool(ok)
         return out
 
@@ -359,9 +458,19 @@ class RedisBackend(Backend):
         )
 
     def _take(self, queue: str, task_id: str) -> bytes | None:
-        nonce = uuid.uuid4().hex
-        data = self._run("take", queue, [task_id], extra=f"take:{nonce}")
-        return None if data is None else bytes(data)
+        data = self._recorded("take", queue, [task_id])
+        if data is None:
+            return None
+        # get() and cancel() are seldom followed by another call on the queue
+        # from this process: delete the record now. Best effort: the task is
+        # out of Redis already and must reach the caller; the record expires.
+        with self._lock:
+            spent = self._spent.pop(queue, [])
+        try:
+            self.client.delete(*spent)
+        except redis.RedisError:
+            pass
+        return bytes(data)
 
     # -- waiting -------------------------------------------------------------
     def wait(self, queues: Sequence[str], timeout: float) -> None:
@@ -447,8 +556,7 @@ class RedisBackend(Backend):
 
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
-        self._register(queue)
-        self._run("dead_add", queue, [task_id, data, reason, truncate(error)])
+        self._registered_run("dead_add", queue, [task_id, data, reason, truncate(error)])
 
     def _dead_read(self, queue: str, args: list[Any]) -> list[DeadLetter]:
         flat = self._run("dead_read", queue, args)
@@ -481,7 +589,7 @@ class RedisBackend(Backend):
     def known_queues(self) -> list[str]:
         client = self.client
         with self._io("known_queues"):
-            names = sorted(_text(n) for n in client.smembers(f"{{{self.prefix}}}:queues"))
+            names = sorted(_text(n) for n in client.smembers(self._registry))
             if not names:
                 return []
             # A queue stays in the registry after it empties; list only those
