@@ -243,6 +243,7 @@ class App:
             # A client class given as backend_class is built on first use, in the
             # thread that first uses it (Alligator's clients are thread-bound).
             self.backend  # noqa: B018
+            self.default_queue = self._queue_name(default_queue)
 
     def __repr__(self) -> str:
         return f"<gatorapp.App {self.url} tasks={len(self._tasks)}>"
@@ -264,6 +265,11 @@ class App:
                         opts["max_payload"] = self.max_payload
                     backend = self._backend = load_backend(self.url, self.backend_class, **opts)
         return backend
+
+    def _queue_name(self, queue: str) -> str:
+        # The backend's own rules once it exists (a client class is built late).
+        backend = self._backend
+        return check_queue_name(queue) if backend is None else backend.check_queue(queue)
 
     def close(self) -> None:
         if self._backend is not None:
@@ -335,7 +341,7 @@ class App:
         tdef = TaskDef(
             name=name,
             fn=fn,
-            queue=self.default_queue if queue is None else check_queue_name(queue),
+            queue=self.default_queue if queue is None else self._queue_name(queue),
             retries=check_retries(retries, self.max_attempts),
             on_start=on_start,
             on_success=on_success,
@@ -406,7 +412,7 @@ class App:
     def _build(
         self, tdef: TaskDef, args: Sequence[Any], kwargs: dict[str, Any], opts: dict[str, Any]
     ) -> tuple[Task, bytes, float | None, bool]:
-        queue = tdef.queue if opts.get("queue") is None else check_queue_name(opts["queue"])
+        queue = tdef.queue if opts.get("queue") is None else self._queue_name(opts["queue"])
         retries = tdef.retries if opts.get("retries") is None else opts["retries"]
         task_id = opts.get("task_id")
         if task_id is not None and not isinstance(task_id, str):
@@ -523,6 +529,9 @@ class App:
             data = self.backend.take(q, task_id)
             if data is not None:
                 return q, data
+        why = self.backend.unsupported.get("take")
+        if why:  # "not found" may only mean "not findable here": say so
+            log.warning("task %s not found; note that %s", task_id, why)
         return None
 
     def get(self, task_id: str, queue: str | None = None) -> Task | None:

@@ -331,6 +331,10 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: _E
         level=args.loglevel,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Drivers' INFO chatter ("Found credentials in environment variables") is
+    # not the worker's news; their warnings still show.
+    for name in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(args.loglevel)))
     app = load_app(app_path)
     if args.command == "worker":
         return cmd_worker(app, args, early)

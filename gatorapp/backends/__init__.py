@@ -36,7 +36,10 @@ def scheme_of(url: str) -> str:
             f"bad backend URL {url!r}: expected scheme://..., one of "
             + ", ".join(f"{s}://" for s in _SCHEMES)
         )
-    return urlsplit(url).scheme.lower()
+    try:
+        return urlsplit(url).scheme.lower()
+    except ValueError as exc:  # e.g. an unclosed [ in an IPv6 host
+        raise ConfigurationError(f"bad backend URL {url!r}: {exc}") from None
 
 
 def check_url(url: str) -> str:

@@ -122,6 +122,15 @@ class Backend(ABC):
         self.max_payload = max_payload
 
     # -- producer side -------------------------------------------------------
+    def check_queue(self, queue: str) -> str:
+        """Refuse a queue name this backend cannot use (ConfigurationError).
+
+        The app calls it when a task or an enqueue names a queue, so a bad name
+        fails at decoration or ``.delay()``, not in a worker. Backends with
+        stricter naming rules (SQS) override it.
+        """
+        return check_queue_name(queue)
+
     def check_size(self, data: bytes) -> None:
         """Raise PayloadTooLarge when ``data`` would not fit; called before any I/O."""
         if len(data) > self.max_payload:
