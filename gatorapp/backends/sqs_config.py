@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigurationError
+from .sqs_messages import ID_ALLOWANCE
 
 DLQ_SUFFIX = "-dlq"
 SQS_MAX_SIZE = 1024 * 1024  # the largest MaximumMessageSize SQS allows (and its default)
-ID_ALLOWANCE = 200  # bytes the size check keeps for the id and due attributes
 NAME = re.compile(r"[A-Za-z0-9_-]+")  # what SQS allows in a (standard) queue name
 
 # URL option -> (default, lowest, highest); a range only for whole numbers.
@@ -32,6 +32,7 @@ OPTIONS: dict[str, tuple[str | None, int, int]] = {
     "max_delay": ("900", 1, 900),  # longest single SQS delay: the hop length
     "retention": (str(14 * 86400), 60, 14 * 86400),  # of queues gatorapp creates
     "scan_wait": ("1", 0, 20),  # long poll that ends a scan (AWS short polls sample)
+    "max_receives": ("0", 0, 1000),  # maxReceiveCount of a redrive policy; 0: none
 }
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -63,6 +64,7 @@ class SQSConfig:
     max_delay: int
     retention: int
     scan_wait: int
+    max_receives: int
 
     @classmethod
     def parse(cls, url: str) -> SQSConfig:
@@ -108,6 +110,11 @@ class SQSConfig:
         Names SQS cannot hold are refused, not mapped: a mapping could make
         two gatorapp queues share one SQS queue.
         """
+        if queue.endswith(".fifo"):
+            raise ConfigurationError(
+                f"queue name {queue!r}: SQS FIFO queues are not supported (they refuse the "
+                f"per-message delays gatorapp's delays and retries use); drop the '.fifo'"
+            )
         if not NAME.fullmatch(queue) or queue.endswith(DLQ_SUFFIX):
             raise ConfigurationError(
                 f"queue name {queue!r} cannot be an SQS queue: use only A-Z a-z 0-9 _ - "
