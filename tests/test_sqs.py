@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import collections
 import copy
+import json
+import logging
 import os
 import random
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -25,10 +28,11 @@ import pytest
 import sqs_app
 from worker_proc import report, stop, wait_for
 
-from gatorapp import App
+from gatorapp import App, Worker
 from gatorapp.backends import Message, load_backend
 from gatorapp.backends.sqs import SQSBackend
-from gatorapp.errors import ConfigurationError, PayloadTooLarge
+from gatorapp.backends.sqs_messages import GROWTH
+from gatorapp.errors import BackendError, ConfigurationError, PayloadTooLarge
 from gatorapp.task import Task
 
 TESTS = Path(__file__).parent
@@ -152,7 +156,7 @@ def test_url_options_and_no_io_before_first_use() -> None:
     c = b.config
     assert (c.region, c.prefix, c.create, c.wait) == ("eu-west-1", "p_", False, 5)
     assert (c.max_message_size, c.max_delay) == (262144, 60)
-    assert b._client is None
+    assert b.sqs._client is None
     assert b.client.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 7}
     assert c.sqs_name("emails") == "p_emails" and c.sqs_name("emails", dead=True) == "p_emails-dlq"
     assert (c.queue_of("p_emails-dlq"), c.queue_of("other")) == ("emails", None)
@@ -222,8 +226,9 @@ def test_size_limit_comes_from_the_queues_maximum_message_size(
     )
     b = load_backend(sqs_url)  # the URL says nothing: the default (1 MiB) is assumed
     calls = capture(b)
-    # SQS counts the base64 body plus attribute names, types and values.
-    overhead = len("gatorapp.id") + len("String") + len("t1")
+    # SQS counts the base64 body plus attribute names, types and values; the
+    # check keeps room for what a retry or a dead letter adds.
+    overhead = len("gatorapp.id") + len("String") + len("t1") + GROWTH
     fit = (262144 - overhead) // 4 * 3
     with pytest.raises(PayloadTooLarge, match="MaximumMessageSize"):
         b.enqueue([Message("small", "t0", b"ok"), Message("small", "t1", b"\x00" * (fit + 3))])
@@ -232,6 +237,48 @@ def test_size_limit_comes_from_the_queues_maximum_message_size(
     b.enqueue([Message("small", "t1", b"\x00" * fit)])
     (r,) = b.reserve(["small"], 10, 30, "w")
     assert r.data == b"\x00" * fit
+    b.close()
+
+
+def test_a_task_sqs_took_is_not_refused_on_its_retry_or_as_a_dead_letter(
+    sqs_url: str, sqs_server: str, sqs_prefix: str
+) -> None:
+    raw = raw_client(sqs_server)
+    for name in ("edge", "edge-dlq"):  # older 256 KiB queues, the dead letters' too
+        raw.create_queue(QueueName=sqs_prefix + name, Attributes={"MaximumMessageSize": "262144"})
+    b = load_backend(sqs_url)
+    overhead = len("gatorapp.id") + len("String") + len("t1")
+    # Within 36 bytes of the limit: SQS would take it, but not its retry (gatorapp.due).
+    snug = (262144 - overhead - 30) // 4 * 3
+    with pytest.raises(PayloadTooLarge, match="retry"):
+        b.enqueue([Message("edge", "t1", b"\x00" * snug)])
+    largest = (262144 - overhead - GROWTH) // 4 * 3
+    b.enqueue([Message("edge", "t1", b"\x01" * largest), Message("edge", "t2", b"\x02" * largest)])
+    r1, r2 = sorted(b.reserve(["edge"], 10, 30, "w"), key=lambda r: r.task_id)
+    assert b.retry([(r1, r1.data, time.time() + 60)]) == [True]
+    assert b.bury([(r2, "retries_exhausted", "Traceback \u00e9" * 10_000)]) == [True]
+    letter = b.dead_get("edge", "t2")
+    assert letter is not None and letter.data == r2.data and letter.error.startswith("Traceback")
+    assert b.stats("edge").delayed == 1  # the retry, waiting for its due time
+    b.close()
+
+
+def test_a_send_sqs_refuses_on_retry_keeps_the_task(
+    sqs_url: str, sqs_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    b = load_backend(sqs_url)
+    b.enqueue([Message("shrunk", "t1", b"\x00" * 3000)])
+    (r,) = b.reserve(["shrunk"], 10, 1, "w")
+    # The queue's limit was lowered after .delay() (this process still knows the old one).
+    raw_client(sqs_server).set_queue_attributes(
+        QueueUrl=b.sqs.url("shrunk"), Attributes={"MaximumMessageSize": "1024"}
+    )
+    with caplog.at_level(logging.WARNING, "gatorapp.sqs"):
+        assert b.retry([(r, r.data + b"!", time.time())]) == [True]  # this worker is done
+    assert "SQS refused the retry message of task t1" in caplog.text
+    time.sleep(1.2)  # the lease (1 s) runs out: the task comes back as it was
+    (again,) = b.reserve(["shrunk"], 10, 30, "w")
+    assert (again.task_id, again.data) == ("t1", r.data)
     b.close()
 
 
@@ -305,6 +352,186 @@ def test_wait_long_polls_and_hands_over_what_arrived(sqs_url: str) -> None:
     other.close()
 
 
+def test_what_an_idle_poll_received_is_never_handed_out_stale(sqs_url: str) -> None:
+    # The worker's calls: idle, it long-polls "emails"; its next reserve could fill
+    # up from "default" first. What the poll received must not wait past its lease.
+    b, other = load_backend(sqs_url), load_backend(sqs_url)
+    queues = ["default", "emails"]
+    assert b.reserve(queues, 1, 1, "w") == []  # creates the queues; 1 s leases, one task
+    other.enqueue([Message("emails", "e", b"x")])
+    b.wait(["emails"], 0.5)
+    other.enqueue([Message("default", f"d{i}", b"x") for i in range(3)])
+    time.sleep(0.3)  # empty receives are spaced out: let "default" be asked again
+    handed = b.reserve(queues, 1, 1, "w")
+    assert b.ack(handed) == [True]
+    time.sleep(1.3)  # past the lease of anything received before
+    taken = other.reserve(["emails"], 10, 30, "o")
+    assert all(other.ack(taken))
+    handed += b.reserve(queues, 10, 1, "w")
+    ids = [r.task_id for r in handed + taken]
+    assert ids.count("e") == 1, ids
+    b.close()
+    other.close()
+
+
+def test_a_received_task_no_reserve_takes_is_handed_back_before_its_lease_ends(
+    sqs_url: str,
+) -> None:
+    b, other = load_backend(sqs_url), load_backend(sqs_url)
+    assert b.reserve(["idle"], 10, 3, "w") == []  # 3 s leases from now on
+    other.enqueue([Message("idle", "t", b"x")])
+    b.wait(["idle"], 0.5)  # received and kept for a reserve that does not come
+    time.sleep(2.2)  # within its lease: only a hand-back makes it visible now
+    (r,) = other.reserve(["idle"], 10, 30, "o")
+    assert r.task_id == "t" and other.ack([r]) == [True]
+    assert b.reserve(["idle"], 10, 3, "w") == []  # and no stale copy is left behind
+    b.close()
+    other.close()
+
+
+def test_a_kept_lease_is_renewed_before_it_is_handed_out(sqs_url: str) -> None:
+    b, other = load_backend(sqs_url), load_backend(sqs_url)
+    assert b.reserve(["kept"], 10, 3, "w") == []
+    other.enqueue([Message("kept", "t", b"x")])
+    b.wait(["kept"], 0.5)
+    time.sleep(1.3)  # over a third of its 3 s lease gone: too old to hand out as it is
+    (r,) = b.reserve(["kept"], 10, 3, "w")
+    time.sleep(2.0)  # the lease from the receive has run out; a renewed one has not
+    assert other.reserve(["kept"], 10, 30, "o") == []
+    assert b.ack([r]) == [True]
+    b.close()
+    other.close()
+
+
+def test_scans_by_get_and_cancel_never_bury_waiting_tasks(sqs_url: str) -> None:
+    app = App(sqs_url, lease=5)
+    ran: list[int] = []
+
+    @app.task
+    def note(i: int) -> None:
+        ran.append(i)
+
+    for i in range(3):
+        note.delay(i)
+    for _ in range(6):  # each scan is a receive of every waiting message
+        assert app.cancel("no-such-task") is None
+    Worker(app, burst=True).run_forever()
+    assert sorted(ran) == [0, 1, 2]
+    assert app.backend.dead_list("default") == []
+
+
+def test_max_receives_sets_an_sqs_redrive_policy(sqs_url: str, sqs_server: str) -> None:
+    b = load_backend(sqs_url + "&max_receives=2")
+    b.enqueue([Message("poison", "p", b"x")])
+    url = b.sqs.url("poison")
+    got = raw_client(sqs_server).get_queue_attributes(QueueUrl=url, AttributeNames=["All"])
+    policy = json.loads(got["Attributes"]["RedrivePolicy"])
+    assert policy["deadLetterTargetArn"].endswith("poison-dlq")
+    assert int(policy["maxReceiveCount"]) == 2
+    for _ in range(2):  # two workers that died holding it
+        (r,) = b.reserve(["poison"], 10, 1, "w")
+        assert r.deliveries == 1
+        time.sleep(1.1)
+    assert b.reserve(["poison"], 10, 1, "w") == []  # SQS moved it to the dead letters
+    (letter,) = b.dead_list("poison")
+    assert (letter.task_id, letter.data, letter.reason) == ("p", b"x", "max_receives")
+    assert "redrive" in letter.error
+    b.close()
+
+
+def test_foreign_messages_never_break_a_reserve(sqs_url: str, sqs_server: str) -> None:
+    app = App(sqs_url, lease=5)
+    ran: list[int] = []
+
+    @app.task
+    def note(i: int) -> None:
+        ran.append(i)
+
+    raw, url = raw_client(sqs_server), app.backend.sqs.url("default")
+    later = {"DataType": "Number", "StringValue": repr(time.time() + 3600)}
+    no_id = raw.send_message(
+        QueueUrl=url, MessageBody="due, no id", MessageAttributes={"gatorapp.due": later}
+    )["MessageId"]
+    raw.send_message(
+        QueueUrl=url,
+        MessageBody="bad due",
+        MessageAttributes={
+            "gatorapp.id": {"DataType": "String", "StringValue": "x1"},
+            "gatorapp.due": {"DataType": "String", "StringValue": "soon"},
+        },
+    )
+    note.delay(1)
+    Worker(app, burst=True).run_forever()
+    assert ran == [1]
+    dead = {d.task_id: d.reason for d in app.backend.dead_list("default")}
+    assert dead == {no_id: "decode_error", "x1": "decode_error"}  # no id: the SQS message id
+
+
+def test_release_ends_the_lease_before_a_heartbeat_can_renew_it(sqs_url: str) -> None:
+    # A heartbeat's extend that starts while release is on its way must not hide
+    # the task again (for a whole lease) after release made it visible.
+    b, other = load_backend(sqs_url), load_backend(sqs_url)
+    b.enqueue([Message("race", "t", b"x")])
+    (r,) = b.reserve(["race"], 10, 30, "w")
+    released, renewing = threading.Event(), threading.Event()
+    results: list[list[bool]] = []
+    heartbeat = threading.Thread(target=lambda: results.append(b.extend([r])))
+
+    def hook(params: dict[str, Any], **_: Any) -> None:
+        if params["Entries"][0]["VisibilityTimeout"] == 0:  # the release, about to be sent
+            heartbeat.start()
+            deadline = time.monotonic() + 2
+            while heartbeat.is_alive() and not renewing.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        else:  # the heartbeat's renewal: it lands after the release
+            renewing.set()
+            released.wait(5)
+
+    b.client.meta.events.register("provide-client-params.sqs.ChangeMessageVisibilityBatch", hook)
+    assert b.release([r]) == [True]
+    released.set()
+    heartbeat.join(5)
+    assert results == [[False]]  # the lease had ended
+    (again,) = other.reserve(["race"], 10, 30, "o")
+    assert again.task_id == "t"
+    b.close()
+    other.close()
+
+
+def test_a_deleted_queue_is_a_clear_error_not_a_takeover(sqs_url: str, sqs_server: str) -> None:
+    b = load_backend(sqs_url)
+    b.enqueue([Message("gone", "a", b"x"), Message("gone", "b", b"y")])
+    ra, rb = sorted(b.reserve(["gone"], 10, 30, "w"), key=lambda r: r.task_id)
+    raw_client(sqs_server).delete_queue(QueueUrl=b.sqs.url("gone"))  # a server restarted empty
+    with pytest.raises(BackendError, match=r"'\S*gone' does not exist .* creates it again"):
+        b.extend([ra, rb])  # the heartbeat finds out first
+    assert b.reserve(["gone"], 10, 30, "w") == []  # created again
+    assert b.ack([ra]) == [True]  # its message went with the queue: nobody took it over
+    assert b.retry([(rb, b"y2", time.time())]) == [True]  # the task goes on in the new queue
+    (r,) = b.reserve(["gone"], 10, 30, "w")
+    assert (r.task_id, r.data) == ("b", b"y2")
+    b.close()
+    strict = load_backend(sqs_url + "&create=false")
+    raw_client(sqs_server).delete_queue(QueueUrl=strict.sqs.url("gone"))
+    with pytest.raises(BackendError, match="create=false"):
+        strict.ack([r])
+    strict.close()
+
+
+@pytest.mark.parametrize(
+    "queue, match", [("a.b", "A-Z a-z"), ("jobs.fifo", "FIFO"), ("q" * 70, "80 characters")]
+)
+def test_queue_names_sqs_cannot_hold_fail_at_decoration(queue: str, match: str) -> None:
+    app = App("sqs://us-east-1/?endpoint_url=http://127.0.0.1:9")  # never reached
+    with pytest.raises(ConfigurationError, match=match):
+
+        @app.task(queue=queue)
+        def f() -> None: ...
+
+    with pytest.raises(ConfigurationError, match=match):
+        App("sqs://us-east-1/?endpoint_url=http://127.0.0.1:9", default_queue=queue)
+
+
 # -- take, stats, queues -----------------------------------------------------------------------
 
 
@@ -337,7 +564,7 @@ def test_dead_letters_listed_and_requeued_with_gatorapp_dead(
     app.backend.enqueue([Message("default", unknown.task_id, unknown.serialize())])
     # A message gatorapp did not write (not base64, no attributes): undecodable.
     raw_client(sqs_server).send_message(
-        QueueUrl=app.backend._url("default"), MessageBody="<not a task/>"
+        QueueUrl=app.backend.sqs.url("default"), MessageBody="<not a task/>"
     )
     work.delay("ok")
     env = worker_env(sqs_url, ledger)
