@@ -436,7 +436,8 @@ class App:
         data = task.serialize()
         if not isinstance(data, bytes):
             raise ConfigurationError(f"{type(task).__name__}.serialize() must return bytes")
-        self.backend.check_size(data)
+        # The size is checked once, before any I/O: by backend.enqueue, or by
+        # decode in eager mode.
         return task, data, due, eager
 
     def _submit(
@@ -465,7 +466,10 @@ class App:
     ) -> list[TaskHandle[Any]]:
         """Enqueue many runs of one task in one backend call: one args tuple each."""
         check_option_names(opts)
-        return self._submit_many(self._tdef_for(task), [(tuple(a), {}) for a in args_list], opts)
+        # Options bound to the task (add.options(queue="x")) win, as in Options.task.
+        bound: dict[str, Any] = task._opts if isinstance(task, BoundTask) else {}
+        calls: list[tuple[Sequence[Any], dict[str, Any]]] = [(tuple(a), {}) for a in args_list]
+        return self._submit_many(self._tdef_for(task), calls, {**opts, **bound})
 
     # -- running -------------------------------------------------------------
     def decode(self, data: bytes) -> tuple[Task, TaskDef]:

@@ -213,6 +213,10 @@ def _when(ts: float) -> str:
 def cmd_dead(app: App, args: argparse.Namespace) -> int:
     backend = app.backend
     queues = _queue_list(app, args.queues)
+    if args.action in ("ls", "purge") and (args.task_id or args.all):
+        raise UsageError(f"dead {args.action} takes no task id or --all (it acts on whole queues)")
+    if args.action == "show" and args.all:
+        raise UsageError("dead show takes one task id, not --all")
     if args.action in ("show", "requeue") and not args.all and not args.task_id:
         raise UsageError(
             f"dead {args.action} needs a task id"
@@ -299,8 +303,14 @@ class _EarlySignals:
             target(signum, None)
 
     def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    def restore(self) -> int | None:
+        """Put the previous handlers back; the first signal that came, if any."""
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+        self._old.clear()
+        return self.got[0] if self.got else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -320,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exc:  # argparse --help
         return int(exc.code or 0)
+    except KeyboardInterrupt:  # Ctrl-C during status or dead
+        return 128 + signal.SIGINT
 
 
 def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: _EarlySignals) -> int:
@@ -338,6 +350,10 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: _E
     app = load_app(app_path)
     if args.command == "worker":
         return cmd_worker(app, args, early)
+    # Only a worker stops gracefully; other commands stop at a signal as usual.
+    got = early.restore()
+    if got is not None:
+        return 128 + got
     command = {"status": cmd_status, "dead": cmd_dead}[args.command]
     return command(app, args)
 

@@ -113,21 +113,22 @@ def run_attempt(
         retryable = (
             isinstance(exc, Retry) or tdef.retry_on is None or isinstance(exc, tdef.retry_on)
         )
-        error = format_error(exc)
+        # (The traceback is formatted only for a dead letter: retries log the
+        # exception itself, and formatting is costly on a hot retry path.)
         if not retryable:
-            return Outcome("dead", reason="not_retryable", error=error, exc=exc)
+            return Outcome("dead", reason="not_retryable", error=format_error(exc), exc=exc)
         if task.retries <= 0:
-            return Outcome("dead", reason="retries_exhausted", error=error, exc=exc)
+            return Outcome("dead", reason="retries_exhausted", error=format_error(exc), exc=exc)
         if task.attempt >= max_attempts:
             # on_error may grant retries; this cap keeps that from looping forever.
-            return Outcome("dead", reason="attempt_limit", error=error, exc=exc)
+            return Outcome("dead", reason="attempt_limit", error=format_error(exc), exc=exc)
         task.retries -= 1
         task.status = RETRYING
         if isinstance(exc, Retry) and exc.delay is not None:
             delay = max(0.0, float(exc.delay))
         else:
             delay = backoff_seconds(tdef.backoff, task.attempt, exc)
-        return Outcome("retry", delay=delay, error=error, exc=exc)
+        return Outcome("retry", delay=delay, exc=exc)
     task.status = SUCCESS
     task.result = result
     _call_hook("on_success", hooks.get("on_success"), task, result)

@@ -45,6 +45,7 @@ def _no_ext(code: int, data: bytes) -> Any:
 
 
 MAX_DEPTH = 64  # nesting allowed in a payload; deeper is refused on both sides
+_SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
 
 
 def _check_plain(value: Any, depth: int = 0) -> None:
@@ -55,19 +56,25 @@ def _check_plain(value: Any, depth: int = 0) -> None:
     On encode, :func:`pack` runs the same walk so that nothing is enqueued that
     a worker would refuse (a map with int keys, nesting past the limit).
     """
+    # Exact type checks first: this runs on every .delay(), and most values
+    # are scalars (subclasses such as enum.IntEnum take the slower path).
+    if type(value) in _SCALARS:
+        return
     if isinstance(value, (str, int, float, bool, bytes, bytearray, memoryview)) or value is None:
         return
     if depth > MAX_DEPTH:
         raise DecodeError(f"payload nests deeper than {MAX_DEPTH} levels")
     if isinstance(value, (list, tuple)):
         for item in value:
-            _check_plain(item, depth + 1)
+            if type(item) not in _SCALARS:
+                _check_plain(item, depth + 1)
     elif isinstance(value, dict):
         for key, item in value.items():
-            if not isinstance(key, (str, bytes)):
+            if type(key) is not str and not isinstance(key, (str, bytes)):
                 # the decoder's strict_map_key refuses any other key type
                 raise DecodeError(f"map keys must be str or bytes, not {type(key).__name__}")
-            _check_plain(item, depth + 1)
+            if type(item) not in _SCALARS:
+                _check_plain(item, depth + 1)
     else:
         raise DecodeError(f"payload holds a {type(value).__name__}, not plain data")
 

@@ -43,6 +43,10 @@ log = logging.getLogger("gatorapp.worker")
 
 _Done = tuple[Reservation, Task, Outcome]
 
+#: Seconds a stopping worker keeps trying to send its last acknowledgements to
+#: an unreachable backend before it exits (the leases then expire instead).
+SHUTDOWN_FLUSH_DEADLINE = 30.0
+
 RECONNECT_BACKOFF = tenacity.wait_exponential(multiplier=0.1, max=5) + tenacity.wait_random(0, 0.1)
 
 
@@ -93,6 +97,8 @@ class Worker:
         self._retries: list[tuple[Reservation, bytes, float]] = []
         self._buries: list[tuple[Reservation, str, str]] = []
         self._backend_down = False
+        self._down_since = 0.0
+        self._attempts = 0  # consecutive backend failures, for the backoff
         self._hb_stop = threading.Event()
         self._hb_wake = threading.Event()  # set when a held lease got shorter
 
@@ -142,28 +148,30 @@ class Worker:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 restore[sig] = signal.signal(sig, self._on_signal)
-        backend = self.app.backend
-        if not backend.supports_leases:
-            # pop() removes a task for good: hold none ahead of a free thread,
-            # so a killed worker loses at most the tasks it was running.
-            self.prefetch = 0
-        heartbeat = None
-        if backend.supports_leases and backend.thread_safe:
-            heartbeat = threading.Thread(
-                target=self._heartbeat, name="gatorapp-heartbeat", daemon=True
-            )
-        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="gatorapp-task")
-        self.starting()
-        hb_stop = self._hb_stop
-        if heartbeat is not None:
-            heartbeat.start()
+        heartbeat: threading.Thread | None = None
+        pool: ThreadPoolExecutor | None = None
         try:
+            backend = self.app.backend
+            if not backend.supports_leases:
+                # pop() removes a task for good: hold none ahead of a free thread,
+                # so a killed worker loses at most the tasks it was running.
+                self.prefetch = 0
+            pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="gatorapp-task")
+            self.starting()
+            if backend.supports_leases and backend.thread_safe:
+                heartbeat = threading.Thread(
+                    target=self._heartbeat, name="gatorapp-heartbeat", daemon=True
+                )
+                heartbeat.start()
             self._loop(pool)
             self._shutdown()
         finally:
-            hb_stop.set()
+            self._hb_stop.set()
             self._hb_wake.set()
-            pool.shutdown(wait=not self._cold_signal)
+            if pool is not None:
+                pool.shutdown(wait=not self._cold_signal)
+            if heartbeat is not None:
+                heartbeat.join(timeout=30)  # it may be mid-call on the backend
             for sig, handler in restore.items():
                 signal.signal(sig, handler)
         self.stopping()
@@ -181,11 +189,11 @@ class Worker:
         while True:
             self._check_cold()
             self._collect(block=False)
-            if not self._flush():
+            if not self._flush() and not self._stop.is_set():
                 self._pause()
                 continue
             if self._stop.is_set():
-                return
+                return  # _shutdown flushes what is left, with a deadline
             if self.max_tasks is not None and self._started >= self.max_tasks:
                 if self._running == 0:
                     return
@@ -250,11 +258,12 @@ class Worker:
                 continue
             if not r.task_id:
                 r.task_id = task.task_id
-            if tdef.lease and tdef.lease < r.lease:
+            shorter = tdef.lease is not None and tdef.lease < r.lease
+            r.lease = tdef.lease or app.lease
+            if shorter:
                 # Renew at once with the task's shorter lease, so a crash now
                 # frees it after that lease, not the app's longer one.
                 self._hb_wake.set()
-            r.lease = tdef.lease or app.lease
             self._running += 1
             self._started += 1
             pool.submit(self._execute, r, task, tdef)
@@ -381,18 +390,25 @@ class Worker:
     def _pause(self) -> None:
         # Reconnect backoff from tenacity (exponential with jitter, capped at
         # 5 s), cut short by a stop request.
-        self._attempts = getattr(self, "_attempts", 0) + 1
+        self._attempts += 1
         self._collect(block=False)
         self._stop.wait(backoff_seconds(RECONNECT_BACKOFF, self._attempts, BackendError()))
-        if self._stop.is_set() and self._backend_down and self._running == 0:
-            # Stopping while the backend is down: leases will expire and the
-            # tasks come back; nothing more to do here.
-            self._check_cold()
 
     def _check_cold(self) -> None:
         if not self._cold_signal:
             return
-        held = list(self._held.values())
+        # Outcomes first: a task that already finished must not be handed back
+        # to run again. Then hand back only what has no outcome.
+        self._collect(block=False)
+        try:
+            self._flush()
+        except Exception:
+            pass
+        pending = {id(r) for r in self._acks}
+        pending |= {id(item[0]) for item in self._retries}
+        pending |= {id(item[0]) for item in self._buries}
+        with self._lock:
+            held = [r for key, r in self._held.items() if key not in pending]
         try:
             self.app.backend.release(held)
         except Exception:
@@ -426,7 +442,7 @@ class Worker:
             self._collect(block=bool(self._running), timeout=0.1)
             if not self._flush():
                 if deadline is None:
-                    deadline = time.monotonic() + 30
+                    deadline = time.monotonic() + SHUTDOWN_FLUSH_DEADLINE
                 if time.monotonic() > deadline and not self._running:
                     log.error(
                         "backend unreachable at shutdown; unacknowledged tasks will run "
@@ -437,7 +453,6 @@ class Worker:
 
     def _heartbeat(self) -> None:
         backend = self.app.backend
-        warned: set[int] = set()
         while True:
             with self._lock:
                 held = list(self._held.values())
@@ -460,6 +475,6 @@ class Worker:
                 # only one still held has really lost its lease.
                 lost = [r for r, ok in zip(held, oks) if not ok and id(r) in self._held]
             for r in lost:
-                if id(r) not in warned:
-                    warned.add(id(r))
+                if not r.extra.get("lost"):
+                    r.extra["lost"] = True
                     log.warning("lease of task %s on %s lost to another worker", r.task_id, r.queue)

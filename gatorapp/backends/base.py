@@ -143,7 +143,7 @@ class Backend(ABC):
         """Store tasks. Idempotent by (queue, task_id): a second enqueue of an
         id still in the queue changes nothing."""
         for msg in messages:
-            check_queue_name(msg.queue)
+            self.check_queue(msg.queue)
             self.check_size(msg.data)
         if messages:
             self._enqueue(messages)

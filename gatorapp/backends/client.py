@@ -59,14 +59,20 @@ class ClientBackend(Backend):
     def _ack(self, reservations: Sequence[Reservation]) -> list[bool]:
         return [True] * len(reservations)  # pop already removed them
 
+    # The worker sends a failed batch again; each item remembers it was pushed,
+    # so a push that failed part-way through a batch never duplicates the rest.
     def _retry(self, items: Sequence[tuple[Reservation, bytes, float]]) -> list[bool]:
         for r, data, run_at in items:
-            self.client.push(r.queue, r.task_id, data, delay_until=run_at)
+            if not r.extra.get("pushed"):
+                self.client.push(r.queue, r.task_id, data, delay_until=run_at)
+                r.extra["pushed"] = True
         return [True] * len(items)
 
     def _release(self, reservations: Sequence[Reservation]) -> list[bool]:
         for r in reservations:
-            self.client.push(r.queue, r.task_id or uuid.uuid4().hex, r.data, delay_until=None)
+            if not r.extra.get("pushed"):
+                self.client.push(r.queue, r.task_id or uuid.uuid4().hex, r.data, delay_until=None)
+                r.extra["pushed"] = True
         return [True] * len(reservations)
 
     def _extend(self, reservations: Sequence[Reservation]) -> list[bool]:
@@ -74,7 +80,9 @@ class ClientBackend(Backend):
 
     def _bury(self, items: Sequence[tuple[Reservation, str, str]]) -> list[bool]:
         for r, reason, error in items:
-            self.dead_add(r.queue, r.task_id or uuid.uuid4().hex, r.data, reason, error)
+            if not r.extra.get("pushed"):
+                self.dead_add(r.queue, r.task_id or uuid.uuid4().hex, r.data, reason, error)
+                r.extra["pushed"] = True
         return [True] * len(items)
 
     def _take(self, queue: str, task_id: str) -> bytes | None:
@@ -97,23 +105,31 @@ class ClientBackend(Backend):
 
     @staticmethod
     def _letter(queue: str, task_id: str, raw: Any) -> DeadLetter:
-        rec = msgpack.unpackb(_as_bytes(raw), raw=False)
-        return DeadLetter(
-            queue, rec.get("id", task_id), rec["data"], rec["reason"], rec["error"], rec["at"]
-        )
+        """Parse a dead-letter record; one written by something else is shown as is."""
+        try:
+            rec = msgpack.unpackb(_as_bytes(raw), raw=False)
+            return DeadLetter(
+                queue, rec.get("id", task_id), rec["data"], rec["reason"], rec["error"], rec["at"]
+            )
+        except Exception as exc:
+            return DeadLetter(queue, task_id, _as_bytes(raw), "unreadable", str(exc), 0.0)
 
     def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]:
         # The five methods cannot list without removing: pop everything, then
         # push it all back in the same order.
         raws: list[Any] = []
-        while len(raws) < limit:
-            raw = self.client.pop(queue + DEAD_SUFFIX)
-            if raw is None:
-                break
-            raws.append(raw)
-        letters = [self._letter(queue, "", raw) for raw in raws]
-        for letter, raw in zip(letters, raws):
-            self.client.push(queue + DEAD_SUFFIX, letter.task_id, raw, delay_until=None)
+        letters: list[DeadLetter] = []
+        try:
+            while len(raws) < limit:
+                raw = self.client.pop(queue + DEAD_SUFFIX)
+                if raw is None:
+                    break
+                raws.append(raw)
+            letters = [self._letter(queue, "", raw) for raw in raws]
+        finally:  # whatever happened, every record popped goes back
+            ids = [letter.task_id for letter in letters] or [""] * len(raws)
+            for task_id, raw in zip(ids, raws):
+                self.client.push(queue + DEAD_SUFFIX, task_id or uuid.uuid4().hex, raw)
         return letters
 
     def dead_get(self, queue: str, task_id: str) -> DeadLetter | None:
@@ -128,9 +144,13 @@ class ClientBackend(Backend):
         if raw is None:
             return False
         letter = self._letter(queue, task_id, raw)
-        self.client.push(
-            queue, task_id, data if data is not None else letter.data, delay_until=None
-        )
+        try:
+            self.client.push(
+                queue, task_id, data if data is not None else letter.data, delay_until=None
+            )
+        except BaseException:
+            self.client.push(queue + DEAD_SUFFIX, task_id, raw, delay_until=None)  # keep it
+            raise
         return True
 
     def dead_purge(self, queue: str) -> int:

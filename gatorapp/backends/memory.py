@@ -52,6 +52,10 @@ class MemoryBackend(Backend):
         self._queues: dict[str, _Queue] = {}
         self._cond = threading.Condition()
         self._seq = itertools.count()
+        # Lease tokens only need to be unique within this store: a counter is
+        # enough, and far cheaper than a uuid per task.
+        self._tokens = itertools.count(1)
+        self._token_prefix = uuid.uuid4().hex[:8] + "-"
 
     def _q(self, name: str) -> _Queue:
         q = self._queues.get(name)
@@ -103,7 +107,7 @@ class MemoryBackend(Backend):
                 if run_at > now:
                     break
                 heapq.heappop(q.heap)
-                entry.token = uuid.uuid4().hex
+                entry.token = f"{self._token_prefix}{next(self._tokens)}"
                 entry.lease_until = now + lease
                 entry.deliveries += 1
                 q.leased.add(task_id)

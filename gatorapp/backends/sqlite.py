@@ -17,6 +17,7 @@ passed and it has no live lease.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import shutil
 import sqlite3
@@ -62,6 +63,25 @@ _AVAILABLE = "queue = ? AND run_at <= ? AND (token IS NULL OR lease_until <= ?)"
 
 
 _R = TypeVar("_R")
+log = logging.getLogger("gatorapp.sqlite")
+
+
+class _Holder:
+    """One thread's connection; closed when the thread's locals are dropped."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class _Conflict(Exception):
@@ -122,7 +142,7 @@ class SQLiteBackend(Backend):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._ready = False
-        self._conns: list[sqlite3.Connection] = []
+        self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
 
     # -- connections -----------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -142,15 +162,17 @@ class SQLiteBackend(Backend):
 
     @property
     def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
+        holder: _Holder | None = getattr(self._local, "holder", None)
+        if holder is None:
             with self._lock:
                 if not self._ready:
                     self._setup()
-                conn = self._connect()
-                self._conns.append(conn)
-            self._local.conn = conn
-        return conn
+                holder = _Holder(self._connect())
+                self._holders.add(holder)
+            # Only the thread keeps it: when the thread ends, the connection is
+            # closed (a thread-per-request web server must not leak them).
+            self._local.holder = holder
+        return holder.conn
 
     def _setup(self) -> None:
         if not self._target:
@@ -158,15 +180,25 @@ class SQLiteBackend(Backend):
             weakref.finalize(self, shutil.rmtree, folder, True)
             self._target = os.path.join(folder, "queue.db")
         conn = self._connect()
-        # WAL persists in the file; switching needs no other writer, so retry briefly.
-        for _ in range(50):
-            try:
-                conn.execute("PRAGMA journal_mode=WAL")
-                break
-            except sqlite3.OperationalError:
-                time.sleep(0.1)
-        conn.executescript(_SCHEMA)
-        conn.close()
+        try:
+            # WAL persists in the file; switching needs no other writer, so retry briefly.
+            mode = ""
+            for _ in range(50):
+                try:
+                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                    break
+                except sqlite3.OperationalError:
+                    time.sleep(0.1)
+            if str(mode).lower() != "wal":
+                log.warning(
+                    "%s could not switch to WAL mode (journal mode %r): readers will block "
+                    "writers; is it on a network filesystem?",
+                    self._target,
+                    mode,
+                )
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
         self._ready = True
 
     @contextmanager
@@ -175,20 +207,19 @@ class SQLiteBackend(Backend):
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
             conn.execute("COMMIT")
+        except BaseException:
+            # Also after a failed COMMIT: a connection left inside a transaction
+            # would hold its lock and refuse every later BEGIN.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._conns:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-            self._conns.clear()
+            for holder in list(self._holders):
+                holder.close()
+            self._holders.clear()
             self._ready = False
         self._local = threading.local()
 

@@ -1,0 +1,206 @@
+"""Failure paths: stopping during an outage, second signals with outcomes
+pending, SQLite transactions, connections per thread, five-method clients
+failing part-way, and CLI edges."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from worker_proc import APPS
+
+from gatorapp import App, BackendError, Worker, cli
+from gatorapp.backends.base import Reservation
+from gatorapp.backends.client import ClientBackend
+from gatorapp.backends.memory import MemoryBackend
+
+
+class AckFails(MemoryBackend):
+    def ack(self, reservations):
+        raise BackendError("backend is down")
+
+
+def test_a_stop_request_ends_the_worker_while_acks_keep_failing(monkeypatch):
+    import gatorapp.worker as worker_mod
+
+    app = App("x://", backend_class=AckFails)
+
+    @app.task
+    def job(): ...
+
+    job.delay()
+    worker = Worker(app)
+    monkeypatch.setattr(worker_mod, "SHUTDOWN_FLUSH_DEADLINE", 1.0)
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while worker.tasks_complete < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.stop()
+    thread.join(15)
+    assert not thread.is_alive()
+
+
+def test_a_second_signal_does_not_hand_back_a_finished_task():
+    app = App("memory://")
+
+    @app.task
+    def job(): ...
+
+    job.delay()
+    worker = Worker(app)
+    (r,) = app.backend.reserve(["default"], 1, 30, "w")
+    worker._held[id(r)] = r
+    worker._acks.append(r)  # finished; its ack not sent yet
+    worker._cold_signal = signal.SIGTERM
+    exits = []
+    import gatorapp.worker as worker_mod
+
+    real_exit = worker_mod.os._exit
+    worker_mod.os._exit = exits.append
+    try:
+        worker._check_cold()
+    finally:
+        worker_mod.os._exit = real_exit
+    assert exits == [128 + signal.SIGTERM]
+    stats = app.backend.stats("default")
+    assert (stats.ready, stats.running) == (0, 0)  # acked, not handed back
+
+
+def test_a_failed_commit_leaves_no_open_transaction(tmp_path):
+    app = App(f"sqlite:///{tmp_path}/q.db")
+    backend = app.backend
+    backend.stats("default")
+    conn = backend._conn
+    with pytest.raises(sqlite3.Error):
+        with backend._tx() as c:
+            c.execute("INSERT INTO gatorapp_dead VALUES ('q', 't', x'00', 'r', 'e', 0)")
+            c.execute("INSERT INTO gatorapp_dead VALUES ('q', 't', x'00', 'r', 'e', 0)")
+    assert not conn.in_transaction
+    backend.dead_add("q", "t2", b"x", "r", "e")  # the connection still works
+
+
+def test_threads_do_not_leak_sqlite_connections(tmp_path):
+    import gc
+    import os
+
+    app = App(f"sqlite:///{tmp_path}/q.db")
+
+    @app.task
+    def job(): ...
+
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(100):
+        t = threading.Thread(target=job.delay)
+        t.start()
+        t.join()
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) - before < 10
+    assert app.backend.len("default") == 100
+
+
+class FailingPushClient:
+    """A five-method client whose push fails once, on the second call."""
+
+    def __init__(self, conn_string):
+        self.pushed: list[tuple[str, str]] = []
+        self.calls = 0
+
+    def push(self, queue_name, task_id, data, delay_until=None):
+        self.calls += 1
+        if self.calls == 2:
+            raise OSError("store unavailable")
+        self.pushed.append((queue_name, task_id))
+        return task_id
+
+    def pop(self, queue_name):
+        return None
+
+    def get(self, queue_name, task_id):
+        return None
+
+    def len(self, queue_name):
+        return 0
+
+    def drop_all(self, queue_name): ...
+
+
+def test_a_five_method_client_failing_part_way_never_pushes_twice():
+    backend = ClientBackend(FailingPushClient("x://"), "x://")
+    items = [(Reservation("q", f"t{i}", b"d", ""), b"d", 0.0) for i in range(3)]
+    with pytest.raises(OSError):
+        backend.retry(items)
+    backend.retry(items)  # the worker sends the batch again
+    assert backend.client.pushed == [("q", "t0"), ("q", "t1"), ("q", "t2")]
+
+
+class RecordsClient(FailingPushClient):
+    def __init__(self, conn_string):
+        super().__init__(conn_string)
+        self.store: dict[str, list[tuple[str, bytes]]] = {}
+
+    def push(self, queue_name, task_id, data, delay_until=None):
+        self.store.setdefault(queue_name, []).append((task_id, data))
+        return task_id
+
+    def pop(self, queue_name):
+        items = self.store.get(queue_name)
+        return items.pop(0)[1] if items else None
+
+    def len(self, queue_name):
+        return len(self.store.get(queue_name, []))
+
+
+def test_an_unreadable_dead_letter_record_loses_no_others():
+    backend = ClientBackend(RecordsClient("x://"), "x://")
+    backend.dead_add("q", "good", b"payload", "reason", "error")
+    backend.client.push("q.dead", "junk", b"\xc1 not msgpack")
+    letters = backend.dead_list("q")
+    assert [(d.task_id, d.reason) for d in letters] == [("good", "reason"), ("", "unreadable")]
+    assert backend.client.len("q.dead") == 2  # both records are back
+
+
+def test_enqueue_many_keeps_options_bound_to_the_task():
+    app = App("memory://")
+
+    @app.task
+    def add(a, b):
+        return a + b
+
+    app.enqueue_many(add.options(queue="urgent"), [(1, 2), (3, 4)])
+    assert app.backend.len("urgent") == 2
+
+
+def test_dead_purge_with_a_task_id_is_refused(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("GATORAPP_TEST_URL", f"sqlite:///{tmp_path}/q.db")
+    monkeypatch.syspath_prepend(str(APPS))
+    sys.modules.pop("cli_app", None)
+    try:
+        assert cli.main(["dead", "-A", "cli_app", "purge", "some-id"]) == 2
+        assert cli.main(["dead", "-A", "cli_app", "show", "--all"]) == 2
+    finally:
+        sys.modules.pop("cli_app", None)
+    assert "takes no task id" in capsys.readouterr().err
+
+
+def test_ctrl_c_interrupts_status():
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(APPS)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gatorapp", "status", "-A", "slow_status_app"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
