@@ -236,8 +236,11 @@ class SQSBackend(Backend):
         assert url is not None
         # At most a third of the lease: a message that arrives late in the poll is
         # leased from then, but counted from the poll's start (see _fresh).
+        # The URL's wait wins over the caller's timeout: SQS long polls come in
+        # whole seconds, and a user who set a longer wait chose fewer requests
+        # over a faster reaction to a stop signal (docs/sqs.md).
         third = self._seconds(self._lease_hint) // 3
-        seconds = max(1, min(self.config.wait, math.ceil(timeout), third))
+        seconds = max(1, min(self.config.wait, third))
         got = self._visible(queue, url, self._limit_hint, self._lease_hint, seconds)
         if got:
             with self._lock:
