@@ -39,6 +39,14 @@ def require_binary(name: str, hint: str) -> str:
     return path
 
 
+@pytest.fixture(params=["memory", "sqlite"])
+def url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """The embedded backends, for App-level tests: the App contract does not
+    depend on the backend, and the server backends run the shared contract
+    suite (test_contract.py) instead."""
+    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/queue.db"
+
+
 @pytest.fixture(params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest, tmp_path) -> str:
     kind = request.param

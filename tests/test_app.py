@@ -9,7 +9,6 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +25,6 @@ from gatorapp import (
 )
 from gatorapp.backends.memory import MemoryBackend
 
-EMBEDDED = ["memory", "sqlite"]
 CALLS: list[tuple[str, object]] = []
 
 
@@ -35,13 +33,6 @@ def _clear_calls() -> Iterator[None]:
     CALLS.clear()
     yield
     CALLS.clear()
-
-
-@pytest.fixture(params=EMBEDDED)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The embedded backends: the App contract does not depend on the backend, and the
-    server backends run the shared contract suite (test_contract.py) instead."""
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/queue.db"
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from gatorapp.backends import Reservation
 from gatorapp.backends.client import ClientBackend
 from gatorapp.backends.memory import MemoryBackend
 
-EMBEDDED = ["memory", "sqlite"]
 RAN: list[Any] = []
 
 
@@ -27,11 +26,6 @@ def _clear() -> Iterator[None]:
     RAN.clear()
     yield
     RAN.clear()
-
-
-@pytest.fixture(params=EMBEDDED)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/queue.db"
 
 
 # -- the seed's custom SQLite client, with its bugs fixed ---------------------------------------

@@ -10,7 +10,6 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -21,7 +20,6 @@ from hypothesis import strategies as st
 from gatorapp import App, DecodeError, PayloadTooLarge, Rejected, Task
 from gatorapp.task import ENVELOPE_VERSION, unpack
 
-EMBEDDED = ["memory", "sqlite"]
 RAN: list[Any] = []
 REASONS = {"decode_error", "unknown_task", "unknown_hook", "too_large"}
 
@@ -31,11 +29,6 @@ def _clear() -> Iterator[None]:
     RAN.clear()
     yield
     RAN.clear()
-
-
-@pytest.fixture(params=EMBEDDED)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/queue.db"
 
 
 def make_app(url: str, **kwargs: Any) -> App:

@@ -15,7 +15,6 @@ import tenacity
 
 from gatorapp import App, ConfigurationError, Retry, Task, Worker
 
-EMBEDDED = ["memory", "sqlite"]
 NOW = tenacity.wait_fixed(0)
 EVENTS: list[tuple[object, ...]] = []
 
@@ -25,11 +24,6 @@ def _clear_events() -> Iterator[None]:
     EVENTS.clear()
     yield
     EVENTS.clear()
-
-
-@pytest.fixture(params=EMBEDDED)
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/queue.db"
 
 
 @pytest.fixture
