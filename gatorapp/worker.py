@@ -78,7 +78,8 @@ class Worker:
         if max_tasks is not None and max_tasks < 1:
             raise ValueError("max_tasks must be >= 1")
         self.app = app
-        self.queues: list[str] = list(queues or app.queues())
+        # Named queues are checked by the backend's rules now, not on first fetch.
+        self.queues: list[str] = [app._queue_name(q) for q in (queues or app.queues())]
         self.max_tasks = max_tasks
         self.concurrency = concurrency
         self.burst = burst

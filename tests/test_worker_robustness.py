@@ -179,3 +179,11 @@ def test_a_missing_dependency_of_the_app_is_named(tmp_path, monkeypatch, capsys)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert cli.main(["status", "-A", "myproj_dep"]) == 2
     assert "myp_not_installed" in capsys.readouterr().err
+
+
+def test_a_worker_refuses_a_queue_name_at_once(capsys):
+    app = App("memory://")
+    with pytest.raises(ConfigurationError):
+        Worker(app, queues=["ok", ""])
+    with pytest.raises(ConfigurationError):
+        Worker(app, queues=["x" * 201])
