@@ -533,8 +533,11 @@ class App:
             data = self.backend.take(q, task_id)
             if data is not None:
                 return q, data
-        why = self.backend.unsupported.get("take")
-        if why:  # "not found" may only mean "not findable here": say so
+        # "Not found" may only mean "not findable here": say so.
+        why = self.backend.unsupported.get("take") or (
+            None if queue else self.backend.unsupported.get("known_queues")
+        )
+        if why:
             log.warning("task %s not found; note that %s", task_id, why)
         return None
 

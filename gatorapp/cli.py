@@ -66,7 +66,7 @@ def _level(text: str) -> str:
 
 
 def _queues(text: str) -> list[str]:
-    queues = [q.strip() for q in text.split(",") if q.strip()]
+    queues = list(dict.fromkeys(q.strip() for q in text.split(",") if q.strip()))
     if not queues:
         raise argparse.ArgumentTypeError("expected queue names separated by commas")
     return queues
@@ -182,11 +182,16 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
     rows = [(q, app.backend.stats(q)) for q in _queue_list(app, args.queues)]
     width = max([5, *(len(q) for q, _ in rows)])
     print(f"{'queue':<{width}}  {'ready':>7}  {'delayed':>7}  {'running':>7}  {'dead':>7}")
+    unknown = app.backend.unsupported.get("stats_detail")
     for q, s in rows:
-        print(f"{q:<{width}}  {s.ready:>7}  {s.delayed:>7}  {s.running:>7}  {s.dead:>7}")
+        # A count the backend cannot know is shown as "-", never as a false 0.
+        delayed, running = ("-", "-") if unknown else (s.delayed, s.running)
+        print(f"{q:<{width}}  {s.ready:>7}  {delayed:>7}  {running:>7}  {s.dead:>7}")
     why = app.backend.unsupported.get("exact_stats")
     if why:
         print(f"(approximate counts: {why})")
+    if unknown:
+        print(f"(ready counts delayed tasks too; {unknown})")
     return 0
 
 
@@ -217,6 +222,8 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
         raise UsageError(f"dead {args.action} takes no task id or --all (it acts on whole queues)")
     if args.action == "show" and args.all:
         raise UsageError("dead show takes one task id, not --all")
+    if args.action == "requeue" and args.all and args.task_id:
+        raise UsageError("dead requeue takes a task id or --all, not both")
     if args.action in ("show", "requeue") and not args.all and not args.task_id:
         raise UsageError(
             f"dead {args.action} needs a task id"

@@ -26,6 +26,8 @@ OPTION_NAMES = frozenset(
     }
 )
 
+MAX_DELAY = 100 * 365.25 * 86400  # beyond this a delay is a mistake, not a plan
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -88,8 +90,11 @@ def run_at(opts: dict[str, Any], now: float) -> float | None:
             raise ConfigurationError(
                 f"delay_by must be seconds or a timedelta, not {type(delay_by).__name__}"
             )
-        if not math.isfinite(seconds) or seconds < 0:
-            raise ConfigurationError(f"delay_by must be >= 0 seconds, not {delay_by!r}")
+        if not math.isfinite(seconds) or not 0 <= seconds <= MAX_DELAY:
+            raise ConfigurationError(
+                f"delay_by must be a finite number of seconds from 0 to {MAX_DELAY:.0f} "
+                f"(100 years), not {delay_by!r}"
+            )
         return now + seconds if seconds > 0 else None
     if delay_until is not None:
         ts = to_timestamp(delay_until)

@@ -204,3 +204,57 @@ def test_ctrl_c_interrupts_status():
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
+
+
+def test_dead_requeue_refuses_an_id_with_all(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("GATORAPP_TEST_URL", f"sqlite:///{tmp_path}/q.db")
+    monkeypatch.syspath_prepend(str(APPS))
+    sys.modules.pop("cli_app", None)
+    try:
+        assert cli.main(["dead", "-A", "cli_app", "requeue", "some-id", "--all"]) == 2
+    finally:
+        sys.modules.pop("cli_app", None)
+    assert "not both" in capsys.readouterr().err
+
+
+def test_five_method_clients_refuse_dead_letter_queue_names_and_say_what_they_cannot_find(
+    caplog,
+):
+    from gatorapp import ConfigurationError
+
+    app = App("x://", backend_class=RecordsClient)
+
+    @app.task
+    def job(): ...
+
+    with pytest.raises(ConfigurationError, match="dead letters"):
+        job.options(queue="emails.dead").delay()
+    with caplog.at_level("WARNING", logger="gatorapp"):
+        assert app.cancel("nope") is None
+    assert "pass queue=" in caplog.text
+
+
+def test_status_shows_unknown_counts_as_dashes(capsys):
+    from gatorapp.cli import cmd_status
+
+    app = App("x://", backend_class=RecordsClient)
+
+    class Args:
+        queues = ["default"]
+
+    cmd_status(app, Args())
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["default", "0", "-", "-", "0"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 10**30, -1])
+def test_delay_by_out_of_range(bad):
+    from gatorapp import ConfigurationError
+
+    app = App("memory://")
+
+    @app.task
+    def job(): ...
+
+    with pytest.raises(ConfigurationError, match="finite number of seconds"):
+        job.options(delay_by=bad).delay()

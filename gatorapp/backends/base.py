@@ -111,7 +111,8 @@ class Backend(ABC):
     #: (remove a waiting task by id), ``exact_stats`` (stats and len are exact
     #: at once), ``delivery_count`` (``Reservation.deliveries`` is exact),
     #: ``exclusive_reserve`` (concurrent reserves never hand out one task twice
-    #: while its lease lives) and ``known_queues``. The shared contract tests
+    #: while its lease lives), ``known_queues`` and ``stats_detail`` (stats tell
+    #: delayed and running tasks apart from ready ones). The shared contract tests
     #: skip what is listed here.
     unsupported: ClassVar[dict[str, str]] = {}
     #: how long an idle worker waits in :meth:`wait` before polling again

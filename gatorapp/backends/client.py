@@ -22,6 +22,7 @@ from typing import Any
 
 import msgpack
 
+from ..errors import ConfigurationError
 from .base import Backend, DeadLetter, Message, QueueStats, Reservation, truncate
 
 DEAD_SUFFIX = ".dead"
@@ -36,6 +37,20 @@ def _as_bytes(data: Any) -> bytes:
 class ClientBackend(Backend):
     supports_leases = False
     thread_safe = False
+    unsupported = {
+        "known_queues": "a five-method client cannot list its queues: pass queue= to "
+        "app.get/app.cancel and -Q to gatorapp status/dead for queues no task names",
+        "stats_detail": "len() cannot tell ready from delayed, and running tasks are invisible",
+    }
+
+    def check_queue(self, queue: str) -> str:
+        queue = super().check_queue(queue)
+        if queue.endswith(DEAD_SUFFIX):
+            raise ConfigurationError(
+                f"queue name {queue!r}: names ending in {DEAD_SUFFIX!r} hold another queue's "
+                "dead letters on a five-method client"
+            )
+        return queue
 
     def __init__(self, client: Any, url: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
