@@ -1,6 +1,6 @@
 """gatorapp: a task queue. ``@app.task``, ``.delay()``, and a worker that loses nothing."""
 
-from .app import App, BoundTask, Options, Rejected, TaskFunction, TaskHandle
+from .app import App
 from .errors import (
     BackendError,
     ConfigurationError,
@@ -9,11 +9,13 @@ from .errors import (
     LeaseLost,
     MissingDependencyError,
     PayloadTooLarge,
+    Rejected,
     Retry,
     SerializationError,
     UnknownTaskError,
 )
 from .task import Task
+from .taskfn import BoundTask, Options, TaskFunction, TaskHandle
 from .worker import Worker
 
 __version__ = "0.1.0"

@@ -1,7 +1,8 @@
-"""The App: a task registry bound to one backend URL.
+"""The App: a task registry bound to one backend.
 
-``App()`` does no I/O. The backend is built on first use, so an app can be
-defined at import time in a web process and in a worker alike.
+``App()`` does no I/O: it builds its backend object (checking the URL) but
+connects to nothing, so an app can be defined at import time in a web process
+and in a worker alike. What ``@app.task`` returns lives in :mod:`.taskfn`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from .backends import Backend, Message, load_backend
 from .backends.base import check_queue_name
-from .errors import ConfigurationError, DecodeError, GatorError, UnknownTaskError
+from .errors import ConfigurationError, DecodeError, GatorError, Rejected, UnknownTaskError
 from .execution import DEFAULT_BACKOFF, Outcome, TaskDef, run_attempt
 from .options import as_bool, check_option_names, check_retries, run_at
 from .task import CANCELED, HOOK_NAMES, Task
+from .taskfn import BoundTask, Options, TaskFunction, TaskHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,113 +66,6 @@ def _check_resolvable(fn: Any, what: str) -> None:
             f"{what} {qual!r} is a lambda or nested function; a worker can only find "
             f"module-level functions by name. Define it at module level."
         )
-
-
-class Rejected(GatorError):
-    """A reserved payload that cannot run: goes to the dead letters with ``reason``."""
-
-    def __init__(self, reason: str, error: str) -> None:
-        super().__init__(error)
-        self.reason = reason
-        self.error = error
-
-
-class TaskHandle(Generic[R]):
-    """What ``.delay()`` returns. ``id`` is the task id; in eager mode
-    ``result`` holds the return value and ``task`` the finished Task."""
-
-    __slots__ = ("id", "name", "queue", "run_at", "task")
-
-    def __init__(self, task: Task, run_at: float | None, eager: bool) -> None:
-        self.id: str = task.task_id
-        self.name = task.name
-        self.queue = task.queue
-        self.run_at = run_at
-        self.task: Task | None = task if eager else None
-
-    @property
-    def result(self) -> R | None:
-        """The return value of an eager run; None for a queued task (gatorapp keeps no results)."""
-        return None if self.task is None else self.task.result
-
-    def __repr__(self) -> str:
-        return f"<TaskHandle {self.name} id={self.id} queue={self.queue}>"
-
-
-class BoundTask(Generic[P, R]):
-    """A task with enqueue options applied: ``add.options(queue="urgent").delay(2, 3)``."""
-
-    def __init__(self, tfn: TaskFunction[P, R], opts: dict[str, Any]) -> None:
-        self._tfn = tfn
-        self._opts = opts
-
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
-        return self._tfn.app._submit(self._tfn.tdef, args, kwargs, self._opts)
-
-    def options(self, **opts: Any) -> BoundTask[P, R]:
-        return self._tfn.options(**{**self._opts, **opts})
-
-
-class TaskFunction(Generic[P, R]):
-    """A registered task. Calling it runs the function here; ``.delay()`` enqueues."""
-
-    def __init__(self, app: App, tdef: TaskDef) -> None:
-        self.app = app
-        self.tdef = tdef
-        self.name = tdef.name
-        self.__wrapped__ = tdef.fn
-        self.__doc__ = tdef.fn.__doc__
-        self.__name__ = getattr(tdef.fn, "__name__", tdef.name)
-        self.__qualname__ = getattr(tdef.fn, "__qualname__", tdef.name)
-        self.__module__ = getattr(tdef.fn, "__module__", __name__)
-
-    @property
-    def queue(self) -> str:
-        return self.tdef.queue
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self.tdef.fn(*args, **kwargs)  # type: ignore[no-any-return]
-
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
-        """Enqueue one run with the task's default options."""
-        return self.app._submit(self.tdef, args, kwargs, {})
-
-    def options(self, **opts: Any) -> BoundTask[P, R]:
-        """Options for one enqueue: queue, retries, delay_by, delay_until,
-        on_start, on_success, on_error, is_async, task_id."""
-        check_option_names(opts)
-        return BoundTask(self, opts)
-
-    def map(self, items: Iterable[Any]) -> list[TaskHandle[R]]:
-        """Enqueue one run per item, each item as the single argument, in one backend call."""
-        return self.app._submit_many(self.tdef, [((item,), {}) for item in items], {})
-
-    def starmap(self, items: Iterable[Sequence[Any]]) -> list[TaskHandle[R]]:
-        """Enqueue one run per argument tuple, in one backend call."""
-        return self.app._submit_many(self.tdef, [(tuple(a), {}) for a in items], {})
-
-    def __repr__(self) -> str:
-        return f"<task {self.name} queue={self.queue}>"
-
-
-class Options:
-    """``with app.options(retries=2) as opts: opts.task(add, 2, 3)`` (Alligator's form)."""
-
-    def __init__(self, app: App, opts: dict[str, Any]) -> None:
-        check_option_names(opts)
-        self.app = app
-        self.opts = opts
-
-    def __enter__(self) -> Options:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def task(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TaskHandle[Any]:
-        # Options bound to fn itself (add.options(queue="x")) are more specific: they win.
-        bound: dict[str, Any] = fn._opts if isinstance(fn, BoundTask) else {}
-        return self.app._submit(self.app._tdef_for(fn), args, kwargs, {**self.opts, **bound})
 
 
 class App:

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .app import App, Rejected
+from .app import App
 from .errors import BackendError, GatorError
 from .task import Task
 from .worker import Worker
@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BackendError as exc:  # the backend failed: not a usage error
         print(f"gatorapp: error: {exc}", file=sys.stderr)
         return 1
-    except (GatorError, Rejected) as exc:
+    except GatorError as exc:  # Rejected included
         print(f"gatorapp: error: {exc}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # argparse --help

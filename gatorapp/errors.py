@@ -45,6 +45,16 @@ class LeaseLost(GatorError):
     """The task's lease expired and another worker took it over."""
 
 
+class Rejected(GatorError):
+    """A payload that cannot run (undecodable, unknown task or hook, too large):
+    it goes to the dead letters with ``reason``."""
+
+    def __init__(self, reason: str, error: str) -> None:
+        super().__init__(error)
+        self.reason = reason
+        self.error = error
+
+
 class Retry(GatorError):
     """Raise from a task to ask for another attempt.
 
