@@ -240,6 +240,12 @@ class Worker:
             if self.max_tasks is not None and self._started >= self.max_tasks:
                 return
             r = self._buffer.popleft()
+            if r.extra.get("lost"):
+                # The heartbeat saw another worker take it over while it waited
+                # here: running it too would only make a duplicate.
+                self._forget([r])
+                log.info("skipping task %s on %s: its lease was taken over", r.task_id, r.queue)
+                continue
             if r.deliveries > app.max_deliveries:
                 self._buries.append(
                     (
@@ -284,6 +290,7 @@ class Worker:
             except queue_mod.Empty:
                 return
             block = False
+            r.extra["outcome"] = outcome.kind  # its ack may race a heartbeat: no false alarm
             self._running -= 1
             self.tasks_complete += 1
             if outcome.kind == "success":
@@ -345,6 +352,10 @@ class Worker:
                 self._forget([i[0] for i in self._buries])
                 self._buries = []
         except Exception as exc:
+            # A call whose reply was lost may have been carried out: what is sent
+            # again and refused may be our own earlier success (see _report).
+            for r in [*self._acks, *(i[0] for i in self._retries), *(i[0] for i in self._buries)]:
+                r.extra["resent"] = True
             self._backend_error("acknowledge", exc)
             return False
         self._backend_ok()
@@ -352,7 +363,17 @@ class Worker:
 
     def _report(self, what: str, rs: Sequence[Reservation], oks: Sequence[bool]) -> None:
         for r, ok in zip(rs, oks):
-            if not ok:
+            if ok:
+                continue
+            if r.extra.get("resent"):
+                log.info(
+                    "%s of task %s on %s not confirmed: it was done before the backend "
+                    "connection broke, or the lease was taken over meanwhile",
+                    what,
+                    r.task_id,
+                    r.queue,
+                )
+            else:
                 log.warning(
                     "%s of task %s on %s refused: its lease was taken over by another worker",
                     what,
@@ -474,7 +495,11 @@ class Worker:
             with self._lock:
                 # A task acknowledged since the snapshot above is refused too;
                 # only one still held has really lost its lease.
-                lost = [r for r, ok in zip(held, oks) if not ok and id(r) in self._held]
+                lost = [
+                    r
+                    for r, ok in zip(held, oks)
+                    if not ok and id(r) in self._held and "outcome" not in r.extra
+                ]
             for r in lost:
                 if not r.extra.get("lost"):
                     r.extra["lost"] = True

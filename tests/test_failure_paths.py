@@ -258,3 +258,38 @@ def test_delay_by_out_of_range(bad):
 
     with pytest.raises(ConfigurationError, match="finite number of seconds"):
         job.options(delay_by=bad).delay()
+
+
+def test_a_resent_ack_that_is_refused_is_not_called_a_takeover(caplog):
+    app = App("memory://")
+    worker = Worker(app)
+    r = Reservation("default", "t1", b"", "tok")
+    with caplog.at_level("INFO", logger="gatorapp.worker"):
+        worker._report("ack", [r], [False])
+        r.extra["resent"] = True
+        worker._report("ack", [r], [False])
+    first, second = caplog.records
+    assert first.levelname == "WARNING" and "taken over by another worker" in first.getMessage()
+    assert second.levelname == "INFO" and "not confirmed" in second.getMessage()
+
+
+def test_a_prefetched_task_whose_lease_was_taken_over_is_not_run():
+    app = App("memory://")
+    ran = []
+
+    @app.task
+    def job(i):
+        ran.append(i)
+
+    job.delay(1)
+    job.delay(2)
+    worker = Worker(app, burst=True)
+    first, second = app.backend.reserve(["default"], 2, 30, "w")
+    second.extra["lost"] = True  # as the heartbeat marks it
+    worker._buffer.extend([first, second])
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        worker._start_buffered(pool)
+    worker._collect(block=True, timeout=5)
+    assert ran == [1]

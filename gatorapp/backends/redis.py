@@ -199,6 +199,8 @@ def _check_client(url: str, client_url: str, options: dict[str, Any]) -> None:
             # (written so that NaN fails too)
             if value is not None and not (value >= 0 if zero_ok else value > 0):
                 raise ValueError(f"{name} must be {'>= 0' if zero_ok else '> 0'}, not {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, not {value!r}")
         pool = ConnectionPool.from_url(client_url, **options)
         pool.connection_class(**pool.connection_kwargs)  # no I/O until its first use
     except (TypeError, ValueError, redis.RedisError) as exc:
