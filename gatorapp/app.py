@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
-from .backends import Backend, Message, load_backend
+from .backends import Backend, DeadLetter, Message, load_backend
 from .backends.base import check_queue_name
 from .errors import ConfigurationError, DecodeError, GatorError, Rejected, UnknownTaskError
 from .execution import DEFAULT_BACKOFF, Outcome, TaskDef, run_attempt
@@ -474,8 +474,10 @@ class App:
     def requeue_dead(self, queue: str, task_id: str) -> bool:
         """Move a dead letter back to its queue with its retry budget restored."""
         letter = self.backend.dead_get(queue, task_id)
-        if letter is None:
-            return False
+        return False if letter is None else self.requeue_letter(letter)
+
+    def requeue_letter(self, letter: DeadLetter) -> bool:
+        """:meth:`requeue_dead` for a letter already read (e.g. from ``dead_list``)."""
         data: bytes | None = None
         try:
             task, tdef = self.decode(letter.data)
@@ -491,7 +493,7 @@ class App:
             data = task.serialize()
         except (Rejected, DecodeError):
             pass  # requeue as it was: a later deploy may know how to run it
-        return self.backend.dead_requeue(queue, task_id, data)
+        return self.backend.dead_requeue(letter.queue, letter.task_id, data)
 
     # -- testing -------------------------------------------------------------
     def drain(self, queues: Sequence[str] | None = None, *, max_tasks: int | None = None) -> int:

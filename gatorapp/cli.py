@@ -263,20 +263,21 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
         print(f"gatorapp: no dead letter {args.task_id!r} in {', '.join(queues)}", file=sys.stderr)
         return 1
     if args.action == "requeue":
-        ids: list[tuple[str, str]] = []
+        # The letters are read once and requeued as read (no second lookup by id).
         if args.all:
-            ids = [(q, letter.task_id) for q in queues for letter in backend.dead_list(q, 10**9)]
+            letters = [letter for q in queues for letter in backend.dead_list(q, 10**9)]
         else:
-            ids = [(q, args.task_id) for q in queues if backend.dead_get(q, args.task_id)]
-            if not ids:
+            looked = (backend.dead_get(q, args.task_id) for q in queues)
+            letters = [letter for letter in looked if letter is not None]
+            if not letters:
                 print(
                     f"gatorapp: no dead letter {args.task_id!r} in {', '.join(queues)}",
                     file=sys.stderr,
                 )
                 return 1
-        done = sum(1 for q, task_id in ids if app.requeue_dead(q, task_id))
+        done = sum(1 for letter in letters if app.requeue_letter(letter))
         print(f"requeued {done} task(s)")
-        return 0 if done == len(ids) else 1
+        return 0 if done == len(letters) else 1
     purged = sum(backend.dead_purge(q) for q in queues)
     print(f"purged {purged} dead letter(s)")
     return 0
@@ -339,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     except KeyboardInterrupt:  # Ctrl-C during status or dead
         return 128 + signal.SIGINT
+    except BrokenPipeError:  # `gatorapp dead ls | head`: the reader has gone
+        sys.stderr.close()
+        return 0
 
 
 def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: _EarlySignals) -> int:

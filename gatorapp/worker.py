@@ -433,6 +433,7 @@ class Worker:
             held = [r for key, r in self._held.items() if key not in pending]
         try:
             self.app.backend.release(held)
+            self.app.backend.stop_waiting()
         except Exception:
             pass  # their leases expire instead
         log.warning(
@@ -446,6 +447,10 @@ class Worker:
 
     def _shutdown(self) -> None:
         backend = self.app.backend
+        try:
+            backend.stop_waiting()  # what an idle poll received goes back now
+        except Exception as exc:
+            log.warning("could not hand back tasks received while idle (%s)", exc)
         if self._buffer:
             unstarted = list(self._buffer)
             self._buffer.clear()
@@ -475,6 +480,7 @@ class Worker:
 
     def _heartbeat(self) -> None:
         backend = self.app.backend
+        failing = False
         while True:
             with self._lock:
                 held = list(self._held.values())
@@ -490,8 +496,11 @@ class Worker:
             try:
                 oks = backend.extend(held)
             except Exception as exc:
-                log.debug("heartbeat failed: %s", exc)
+                if not failing:  # once per outage, not once per beat
+                    log.warning("heartbeat could not renew %d lease(s): %s", len(held), exc)
+                failing = True
                 continue
+            failing = False
             with self._lock:
                 # A task acknowledged since the snapshot above is refused too;
                 # only one still held has really lost its lease.

@@ -293,3 +293,15 @@ def test_a_prefetched_task_whose_lease_was_taken_over_is_not_run():
         worker._start_buffered(pool)
     worker._collect(block=True, timeout=5)
     assert ran == [1]
+
+
+def test_a_stopping_worker_asks_the_backend_to_hand_back_what_it_waited_for():
+    calls = []
+
+    class Recording(MemoryBackend):
+        def stop_waiting(self):
+            calls.append("stop_waiting")
+
+    app = App("x://", backend_class=Recording)
+    Worker(app, burst=True).run_forever()
+    assert calls == ["stop_waiting"]

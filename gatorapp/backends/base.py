@@ -173,6 +173,10 @@ class Backend(ABC):
         """
         time.sleep(min(timeout, self.poll_interval))
 
+    def stop_waiting(self) -> None:
+        """A worker is stopping: hand back anything :meth:`wait` received for
+        it that no reserve took (backends whose wait only watches keep nothing)."""
+
     def ack(self, reservations: Sequence[Reservation]) -> list[bool]:
         """Delete finished tasks. False where the lease was lost."""
         return self._ack(reservations) if reservations else []

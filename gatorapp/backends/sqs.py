@@ -590,11 +590,14 @@ class SQSBackend(Backend):
             if "PurgeQueueInProgress" not in str(exc):
                 raise
 
-    def close(self) -> None:
+    def stop_waiting(self) -> None:
         with self._lock:
             stash, self._stash = self._stash, []
             sweeper, self._sweeper = self._sweeper, None
         if sweeper is not None:
             sweeper.cancel()
         self._hand_back(stash)
+
+    def close(self) -> None:
+        self.stop_waiting()
         self.sqs.close()
