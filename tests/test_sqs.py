@@ -389,6 +389,20 @@ def test_a_received_task_no_reserve_takes_is_handed_back_before_its_lease_ends(
     other.close()
 
 
+def test_stop_waiting_hands_back_what_an_idle_poll_received(sqs_url: str) -> None:
+    # A worker stopping after its last idle poll must not leave that poll's
+    # task hidden for a whole lease (the worker calls stop_waiting at shutdown).
+    b, other = load_backend(sqs_url), load_backend(sqs_url)
+    assert b.reserve(["bye"], 10, 30, "w") == []  # 30 s leases from now on
+    other.enqueue([Message("bye", "t", b"x")])
+    b.wait(["bye"], 0.5)  # received and kept for a reserve that will not come
+    b.stop_waiting()
+    (r,) = other.reserve(["bye"], 10, 30, "o")  # visible again at once
+    assert r.task_id == "t" and other.ack([r]) == [True]
+    b.close()
+    other.close()
+
+
 def test_a_kept_lease_is_renewed_before_it_is_handed_out(sqs_url: str) -> None:
     b, other = load_backend(sqs_url), load_backend(sqs_url)
     assert b.reserve(["kept"], 10, 3, "w") == []
