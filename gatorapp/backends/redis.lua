@@ -113,6 +113,25 @@ local function held(id, token)
   return redis.call('HGET', K_TOK, id) == token
 end
 
+-- The token-checked batch calls (ack, retry, release, bury): ARGV is the
+-- record ttl, then items of `stride` values starting with id and token.
+-- Runs act(i) for each item whose lease is still held; 1 or 0 per item,
+-- remembered so that the same call sent again returns the same answer.
+local function each_held(stride, act)
+  local out = replay()
+  if out then return out end
+  out = {}
+  for i = 2, #ARGV, stride do
+    if held(ARGV[i], ARGV[i + 1]) then
+      act(i)
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
+  end
+  return remember(out)
+end
+
 -- @@ enqueue
 -- ARGV: id, data, due ('' = now) repeated. Idempotent by id: a task id
 -- already in the queue is left alone, so a retried call adds nothing.
@@ -171,69 +190,40 @@ return out
 
 -- @@ ack
 -- ARGV: ttl, then id, token repeated. Returns 1 or 0 per task.
-local out = replay()
-if out then return out end
-out = {}
-for i = 2, #ARGV, 2 do
-  if held(ARGV[i], ARGV[i + 1]) then
-    forget(ARGV[i])
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-return remember(out)
+return each_held(2, function(i) forget(ARGV[i]) end)
 
 -- @@ retry
 -- ARGV: ttl, then id, token, data, due repeated. New payload and due time;
 -- the task keeps its place among equal due times and its deliveries restart.
-local out = replay()
-if out then return out end
-out = {}
 local t = now()
 local head = head_due()
 local woke = false
-for i = 2, #ARGV, 4 do
+return each_held(4, function(i)
   local id = ARGV[i]
-  if held(id, ARGV[i + 1]) then
-    local due = tonumber(ARGV[i + 3])
-    redis.call('HSET', K_DATA, id, ARGV[i + 2])
-    redis.call('HSET', K_DUE, id, fmt(due))
-    redis.call('HSET', K_DLV, id, 0)
-    redis.call('HDEL', K_TOK, id)
-    unlease(id)
-    if not woke then woke = wake_if(due, t, head) end
-    if head == nil or due < head then head = due end
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-return remember(out)
+  local due = tonumber(ARGV[i + 3])
+  redis.call('HSET', K_DATA, id, ARGV[i + 2])
+  redis.call('HSET', K_DUE, id, fmt(due))
+  redis.call('HSET', K_DLV, id, 0)
+  redis.call('HDEL', K_TOK, id)
+  unlease(id)
+  if not woke then woke = wake_if(due, t, head) end
+  if head == nil or due < head then head = due end
+end)
 
 -- @@ release
 -- ARGV: ttl, then id, token repeated. Back in place; the delivery is not counted.
-local out = replay()
-if out then return out end
-out = {}
 local woke = false
-for i = 2, #ARGV, 2 do
+return each_held(2, function(i)
   local id = ARGV[i]
-  if held(id, ARGV[i + 1]) then
-    local d = tonumber(redis.call('HGET', K_DLV, id) or '0')
-    redis.call('HSET', K_DLV, id, math.max(0, d - 1))
-    redis.call('HDEL', K_TOK, id)
-    unlease(id)
-    if not woke then
-      redis.call('PUBLISH', K_WAKE, '1')
-      woke = true
-    end
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
+  local d = tonumber(redis.call('HGET', K_DLV, id) or '0')
+  redis.call('HSET', K_DLV, id, math.max(0, d - 1))
+  redis.call('HDEL', K_TOK, id)
+  unlease(id)
+  if not woke then
+    redis.call('PUBLISH', K_WAKE, '1')
+    woke = true
   end
-end
-return remember(out)
+end)
 
 -- @@ extend
 -- ARGV: id, token, lease seconds repeated.
@@ -256,24 +246,15 @@ return out
 
 -- @@ bury
 -- ARGV: ttl, then id, token, reason, error repeated.
-local out = replay()
-if out then return out end
-out = {}
 local t = now()
-for i = 2, #ARGV, 4 do
+return each_held(4, function(i)
   local id = ARGV[i]
-  if held(id, ARGV[i + 1]) then
-    local data = redis.call('HGET', K_DATA, id)
-    forget(id)
-    redis.call('ZADD', K_DEAD, fmt(t), id)
-    redis.call('HSET', K_DDATA, id, data)
-    redis.call('HSET', K_DWHY, id, ARGV[i + 2] .. '\n' .. ARGV[i + 3])
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-return remember(out)
+  local data = redis.call('HGET', K_DATA, id)
+  forget(id)
+  redis.call('ZADD', K_DEAD, fmt(t), id)
+  redis.call('HSET', K_DDATA, id, data)
+  redis.call('HSET', K_DWHY, id, ARGV[i + 2] .. '\n' .. ARGV[i + 3])
+end)
 
 -- @@ take
 -- ARGV: ttl, id. Removes a task nobody holds a live lease on; returns its data.
