@@ -1,6 +1,7 @@
 """gatorapp: a task queue. ``@app.task``, ``.delay()``, and a worker that loses nothing."""
 
 from .app import App
+from .envelope import Task
 from .errors import (
     BackendError,
     ConfigurationError,
@@ -14,8 +15,7 @@ from .errors import (
     SerializationError,
     UnknownTaskError,
 )
-from .task import Task
-from .taskfn import BoundTask, Options, TaskFunction, TaskHandle
+from .tasks import BoundTask, Options, TaskFunction, TaskHandle
 from .worker import Worker
 
 __version__ = "0.1.0"

@@ -19,14 +19,14 @@ import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .app import App
+from .envelope import Task
 from .errors import BackendError, GatorError
-from .task import Task
 from .worker import Worker
+from .worker.signals import EarlySignals
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -159,7 +159,7 @@ def _queue_list(app: App, chosen: list[str] | None) -> list[str]:
     return list(dict.fromkeys(app.queues() + app.backend.known_queues()))
 
 
-def cmd_worker(app: App, args: argparse.Namespace, early: _EarlySignals | None = None) -> int:
+def cmd_worker(app: App, args: argparse.Namespace, early: EarlySignals | None = None) -> int:
     cls: type[Worker] = Worker
     if args.worker_class:
         cls = import_object(args.worker_class, None, "worker class")
@@ -174,7 +174,7 @@ def cmd_worker(app: App, args: argparse.Namespace, early: _EarlySignals | None =
         prefetch=args.prefetch,
     )
     if early is not None:
-        early.forward(worker._on_signal)
+        early.forward(worker.handle_signal)
     return worker.run_forever()
 
 
@@ -283,47 +283,9 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
-class _EarlySignals:
-    """Until the worker's own handlers are in place (importing the app can take
-    a while), remember SIGINT/SIGTERM instead of dying with the default action."""
-
-    def __init__(self) -> None:
-        self.got: list[int] = []
-        self._target: Callable[[int, Any], None] | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _EarlySignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._note)
-        return self
-
-    def _note(self, signum: int, frame: Any) -> None:
-        if self._target is not None:
-            self._target(signum, frame)
-        else:
-            self.got.append(signum)
-
-    def forward(self, target: Callable[[int, Any], None]) -> None:
-        """From now on hand signals to ``target``, first those that came already."""
-        self._target = target
-        for signum in self.got:
-            target(signum, None)
-
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
-
-    def restore(self) -> int | None:
-        """Put the previous handlers back; the first signal that came, if any."""
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        self._old.clear()
-        return self.got[0] if self.got else None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    early = _EarlySignals()
+    early = EarlySignals()
     try:
         with early:
             return _main(parser, argv, early)
@@ -345,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: _EarlySignals) -> int:
+def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: EarlySignals) -> int:
     args = parser.parse_args(argv)
     app_path = getattr(args, "app", None) or os.environ.get("GATORAPP_APP")
     if not app_path:

@@ -1,7 +1,7 @@
 """Running one attempt of a task: hooks, the function, and the retry decision.
 
-The worker and eager mode share this code, so a task behaves the same way
-whether it runs in a worker or inline with ``is_async=False``.
+Eager mode, ``app.get`` and every worker share this code, so a task behaves
+the same way whether it runs in a worker or inline with ``is_async=False``.
 
 Order of calls for one attempt: ``on_start(task)``, the function, then
 exactly one of ``on_success(task, result)`` or ``on_error(task, err)``.
@@ -12,6 +12,10 @@ exactly one of ``on_success(task, result)`` or ``on_error(task, err)``.
   is never run again for it.
 * An exception in ``on_error`` is logged; the retry decision goes on with the
   task as the hook left it.
+
+:func:`execute` is what a worker calls: payload bytes in, a
+:class:`Settlement` out. A settlement is plain data (what to tell the
+backend, and what to log), so it can cross a thread or process boundary.
 """
 
 from __future__ import annotations
@@ -24,37 +28,30 @@ from typing import Any, Literal
 
 import tenacity
 
-from .errors import Retry
-from .task import FAILED, RETRYING, RUNNING, SUCCESS, Task
+from .envelope import FAILED, RETRYING, RUNNING, SUCCESS, Task
+from .errors import Rejected, Retry
+from .registry import DEFAULT_BACKOFF, Hooks, Registry, TaskDef
+
+__all__ = [
+    "DEFAULT_BACKOFF",
+    "Outcome",
+    "Settlement",
+    "attempt",
+    "backoff_seconds",
+    "execute",
+    "format_error",
+    "rejected",
+    "run_attempt",
+]
 
 log = logging.getLogger("gatorapp.task")
-
-#: The default backoff: exponential from 1 s, doubling, capped at 5 minutes,
-#: plus up to 1 s of random jitter so retries of many tasks spread out.
-DEFAULT_BACKOFF = tenacity.wait_exponential_jitter(initial=1, max=300, jitter=1)
 
 _RETRYING = tenacity.Retrying()
 
 
 @dataclass(slots=True)
-class TaskDef:
-    """A registered task: its function and the defaults chosen at decoration."""
-
-    name: str
-    fn: Callable[..., Any]
-    queue: str
-    retries: int = 0
-    on_start: Callable[[Task], Any] | None = None
-    on_success: Callable[[Task, Any], Any] | None = None
-    on_error: Callable[[Task, BaseException], Any] | None = None
-    backoff: Any = DEFAULT_BACKOFF
-    retry_on: tuple[type[BaseException], ...] | None = None
-    lease: float | None = None
-
-
-@dataclass(slots=True)
 class Outcome:
-    """What one attempt came to. ``kind`` is success, retry or dead."""
+    """What one attempt came to, in this process. ``kind`` is success, retry or dead."""
 
     kind: Literal["success", "retry", "dead"]
     result: Any = None
@@ -62,6 +59,32 @@ class Outcome:
     reason: str = ""
     error: str = ""
     exc: BaseException | None = None
+
+
+@dataclass(slots=True)
+class Settlement:
+    """What a worker tells the backend about one delivery, as plain data.
+
+    * ``success``: acknowledge. ``result`` is the return value.
+    * ``retry``: put back ``payload`` (the envelope of the next attempt), due
+      ``delay`` seconds from now.
+    * ``dead``: move to the dead letters with ``reason`` and ``error`` (a
+      traceback, or why the payload cannot run).
+
+    ``name``, ``task_id`` and ``attempt`` are for log lines; ``summary`` is
+    the error in one line (``KeyError: 'x'``).
+    """
+
+    kind: Literal["success", "retry", "dead"]
+    result: Any = None
+    payload: bytes | None = None
+    delay: float = 0.0
+    reason: str = ""
+    error: str = ""
+    summary: str = ""
+    name: str = ""
+    task_id: str = ""
+    attempt: int = 0
 
 
 def backoff_seconds(wait: Any, attempt: int, exc: BaseException) -> float:
@@ -89,12 +112,13 @@ def format_error(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).strip()
 
 
-def run_attempt(
-    task: Task,
-    tdef: TaskDef,
-    hooks: dict[str, Callable[..., Any] | None],
-    max_attempts: int,
-) -> Outcome:
+def summarize(exc: BaseException) -> str:
+    """An exception in one line, with its type: ``KeyError: 'missing'``."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def run_attempt(task: Task, tdef: TaskDef, hooks: Hooks, max_attempts: int) -> Outcome:
     """Run one attempt of ``task`` and decide what happens next.
 
     ``hooks`` are the resolved on_start/on_success/on_error for this task
@@ -103,13 +127,15 @@ def run_attempt(
     task.attempt += 1
     task.status = RUNNING
     try:
-        start_err = _call_hook("on_start", hooks.get("on_start"), task)
-        if start_err is not None:
-            raise start_err
+        if hooks:
+            start_err = _call_hook("on_start", hooks.get("on_start"), task)
+            if start_err is not None:
+                raise start_err
         result = tdef.fn(*task.func_args, **task.func_kwargs)
     except Exception as exc:
         task.status = FAILED
-        _call_hook("on_error", hooks.get("on_error"), task, exc)
+        if hooks:
+            _call_hook("on_error", hooks.get("on_error"), task, exc)
         retryable = (
             isinstance(exc, Retry) or tdef.retry_on is None or isinstance(exc, tdef.retry_on)
         )
@@ -131,5 +157,74 @@ def run_attempt(
         return Outcome("retry", delay=delay, exc=exc)
     task.status = SUCCESS
     task.result = result
-    _call_hook("on_success", hooks.get("on_success"), task, result)
+    if hooks:
+        _call_hook("on_success", hooks.get("on_success"), task, result)
     return Outcome("success", result=result)
+
+
+def rejected(exc: Rejected) -> Settlement:
+    """The settlement of a payload that cannot run: a dead letter, not an attempt."""
+    return Settlement("dead", reason=exc.reason, error=exc.error, summary=exc.error)
+
+
+def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
+    """Run one attempt of a decoded task and say what the backend must do.
+
+    Never raises for anything the task does: a task that ends the attempt with
+    ``SystemExit`` or ``KeyboardInterrupt`` is a ``crashed`` dead letter.
+    """
+    try:
+        outcome = run_attempt(task, tdef, registry.hooks_for(task, tdef), registry.max_attempts)
+    except BaseException as exc:  # SystemExit from task code: record, don't die
+        outcome = Outcome("dead", reason="crashed", error=format_error(exc), exc=exc)
+    kind = outcome.kind
+    if kind == "success":
+        return Settlement(
+            "success", outcome.result, name=task.name, task_id=task.task_id, attempt=task.attempt
+        )
+    exc = outcome.exc
+    summary = summarize(exc) if exc is not None else ""
+    if kind == "retry":
+        try:
+            payload = task.serialize()
+        except Exception as err:
+            return Settlement(
+                "dead",
+                reason="encode_error",
+                error=format_error(err),
+                summary=summarize(err),
+                name=task.name,
+                task_id=task.task_id,
+                attempt=task.attempt,
+            )
+        return Settlement(
+            "retry",
+            payload=payload,
+            delay=outcome.delay,
+            summary=summary,
+            name=task.name,
+            task_id=task.task_id,
+            attempt=task.attempt,
+        )
+    return Settlement(
+        "dead",
+        reason=outcome.reason,
+        error=outcome.error,
+        summary=summary,
+        name=task.name,
+        task_id=task.task_id,
+        attempt=task.attempt,
+    )
+
+
+def execute(data: bytes, registry: Registry, max_payload: int | None = None) -> Settlement:
+    """Decode a payload, run one attempt, and say what the backend must do.
+
+    Never raises for anything the payload or the task does: a payload that
+    cannot run is a ``dead`` settlement with its reason (see :func:`rejected`).
+    """
+    try:
+        task, tdef = registry.decode(data, max_payload)
+    except Rejected as exc:
+        return rejected(exc)
+    return attempt(task, tdef, registry)

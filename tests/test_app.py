@@ -198,7 +198,7 @@ def test_options_queue_and_retries(app: App) -> None:
     assert app.backend.len("urgent") == 1 and app.backend.len("default") == 0
     task = peek(app, "urgent", h.id)
     assert (task.queue, task.retries, task.func_args) == ("urgent", 5, [2, 3])
-    assert task.on_error == app._hook_names[on_error_hook]
+    assert task.on_error == app.registry.hook_names[on_error_hook]
 
 
 def test_options_chain_and_do_not_leak(app: App) -> None:
@@ -451,7 +451,8 @@ def test_app_options_context_manager(app: App) -> None:
         h1 = opts.task(add, 2, 3)
         h2 = opts.task(add.name, 4, 5)  # by registered name too
     t1 = peek(app, "default", h1.id)
-    assert (t1.retries, t1.func_args, t1.on_error) == (2, [2, 3], app._hook_names[on_error_hook])
+    hook_name = app.registry.hook_names[on_error_hook]
+    assert (t1.retries, t1.func_args, t1.on_error) == (2, [2, 3], hook_name)
     assert peek(app, "default", h2.id).func_args == [4, 5]
 
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gatorapp import App, DecodeError, PayloadTooLarge, Rejected, Task
-from gatorapp.task import ENVELOPE_VERSION, unpack
+from gatorapp.envelope import ENVELOPE_VERSION, unpack
 
 RAN: list[Any] = []
 REASONS = {"decode_error", "unknown_task", "unknown_hook", "too_large"}
@@ -60,7 +60,7 @@ def envelope(**fields: Any) -> dict[str, Any]:
 
 def test_envelope_is_a_versioned_msgpack_map(app: App) -> None:
     h = app.tasks["jobs.add"]
-    handle = app._submit(h, (2, 3), {}, {"retries": 2})
+    handle = app.producer.send(h, (2, 3), {}, {"retries": 2})
     data = app.backend.take("default", handle.id)
     assert data is not None
     env = msgpack.unpackb(data, raw=False)
@@ -185,7 +185,7 @@ def test_default_task_class_would_be_too_large(url: str) -> None:
     app = make_app(url, max_payload=2000)
     try:
         with pytest.raises(PayloadTooLarge):
-            app._submit(app.tasks["jobs.add"], ("ab" * 10_000, 2), {}, {})
+            app.producer.send(app.tasks["jobs.add"], ("ab" * 10_000, 2), {}, {})
     finally:
         app.close()
 
@@ -223,7 +223,7 @@ def test_payload_naming_a_function_imports_and_runs_nothing(
     called: list[Any] = []
     monkeypatch.setattr(os, "system", lambda *a: called.append(a))
     app.tasks["jobs.add"].fn(0, 0)  # warm up: the worker's own imports happen first
-    app._submit(app.tasks["jobs.add"], (0, 0), {}, {})
+    app.producer.send(app.tasks["jobs.add"], (0, 0), {}, {})
     app.drain()
     RAN.clear()
 
@@ -236,7 +236,7 @@ def test_payload_naming_a_function_imports_and_runs_nothing(
         app.backend.push("default", t.task_id, t.serialize())
     hooked = Task("jobs.add", [1, 2], on_error="os.system")
     app.backend.push("default", hooked.task_id, hooked.serialize())
-    app._submit(app.tasks["jobs.add"], (1, 1), {}, {})
+    app.producer.send(app.tasks["jobs.add"], (1, 1), {}, {})
     app.drain()
 
     assert set(sys.modules) == before
@@ -336,7 +336,7 @@ def test_hostile_payloads_through_a_worker(url: str) -> None:
     try:
         for i, payload in enumerate(HOSTILE.values()):
             app.backend.push("default", f"h{i}", payload)
-        app._submit(app.tasks["jobs.add"], (2, 2), {}, {})
+        app.producer.send(app.tasks["jobs.add"], (2, 2), {}, {})
         app.drain()
         assert RAN == [("add", 2, 2)]
         letters = {d.task_id: d for d in app.backend.dead_list("default")}

@@ -15,9 +15,14 @@ import pytest
 from worker_proc import APPS
 
 from gatorapp import App, BackendError, Worker, cli
-from gatorapp.backends.base import Reservation
+from gatorapp.backends.base import Reservation, Settled
 from gatorapp.backends.client import ClientBackend
 from gatorapp.backends.memory import MemoryBackend
+from gatorapp.execution import Settlement
+from gatorapp.worker.executors import Runner
+from gatorapp.worker.fetch import Fetcher, hand_back
+from gatorapp.worker.held import Held
+from gatorapp.worker.outbox import Outbox
 
 
 class AckFails(MemoryBackend):
@@ -46,6 +51,22 @@ def test_a_stop_request_ends_the_worker_while_acks_keep_failing(monkeypatch):
     assert not thread.is_alive()
 
 
+def parts(app, *queues):
+    """A worker's fetcher, outbox and held set, built as a worker builds them."""
+    held = Held()
+    outbox = Outbox(held)
+    fetcher = Fetcher(
+        app.backend,
+        list(queues) or ["default"],
+        "w",
+        concurrency=1,
+        prefetch=None,
+        lease=30,
+        refill_early=False,
+    )
+    return fetcher, outbox, held
+
+
 def test_a_second_signal_does_not_hand_back_a_finished_task():
     app = App("memory://")
 
@@ -53,23 +74,13 @@ def test_a_second_signal_does_not_hand_back_a_finished_task():
     def job(): ...
 
     job.delay()
-    worker = Worker(app)
-    (r,) = app.backend.reserve(["default"], 1, 30, "w")
-    worker._held[id(r)] = r
-    worker._acks.append(r)  # finished; its ack not sent yet
-    worker._cold_signal = signal.SIGTERM
-    exits = []
-    import gatorapp.worker as worker_mod
-
-    real_exit = worker_mod.os._exit
-    worker_mod.os._exit = exits.append
-    try:
-        worker._check_cold()
-    finally:
-        worker_mod.os._exit = real_exit
-    assert exits == [128 + signal.SIGTERM]
+    job.delay()
+    fetcher, outbox, held = parts(app)
+    done, _running = fetcher.exchange(outbox, held, 2)
+    outbox.add(done, Settlement("success", attempt=1))  # finished; its ack not sent yet
+    assert hand_back(fetcher, outbox, held) == 1  # only the one still running
     stats = app.backend.stats("default")
-    assert (stats.ready, stats.running) == (0, 0)  # acked, not handed back
+    assert (stats.ready, stats.running) == (1, 0)  # one acked, one handed back
 
 
 def test_a_failed_commit_leaves_no_open_transaction(tmp_path):
@@ -262,12 +273,14 @@ def test_delay_by_out_of_range(bad):
 
 def test_a_resent_ack_that_is_refused_is_not_called_a_takeover(caplog):
     app = App("memory://")
-    worker = Worker(app)
+    _fetcher, outbox, _held = parts(app)
     r = Reservation("default", "t1", b"", "tok")
     with caplog.at_level("INFO", logger="gatorapp.worker"):
-        worker._report("ack", [r], [False])
-        r.extra["resent"] = True
-        worker._report("ack", [r], [False])
+        outbox.add(r, Settlement("success", attempt=1))
+        outbox.sent(outbox.take(), Settled([False], [], []))
+        outbox.add(r, Settlement("success", attempt=1))
+        outbox.unsent(outbox.take())  # the call failed: sent again next time
+        outbox.sent(outbox.take(), Settled([False], [], []))
     first, second = caplog.records
     assert first.levelname == "WARNING" and "taken over by another worker" in first.getMessage()
     assert second.levelname == "INFO" and "not confirmed" in second.getMessage()
@@ -283,16 +296,15 @@ def test_a_prefetched_task_whose_lease_was_taken_over_is_not_run():
 
     job.delay(1)
     job.delay(2)
-    worker = Worker(app, burst=True)
-    first, second = app.backend.reserve(["default"], 2, 30, "w")
-    second.extra["lost"] = True  # as the heartbeat marks it
-    worker._buffer.extend([first, second])
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:
-        worker._start_buffered(pool)
-    worker._collect(block=True, timeout=5)
+    fetcher, outbox, held = parts(app)
+    first, second = fetcher.exchange(outbox, held, 2)
+    assert held.mark_lost(second)  # as the heartbeat marks it
+    run = Runner(
+        app.registry, held, outbox, max_deliveries=5, max_payload=None, on_shorter_lease=int
+    )
+    assert [run(first), run(second)] == [True, False]
     assert ran == [1]
+    assert not held.is_held(second)
 
 
 def test_a_stopping_worker_asks_the_backend_to_hand_back_what_it_waited_for():

@@ -334,8 +334,8 @@ def test_hook_unknown_to_the_worker_is_a_dead_letter(tmp_path: Path) -> None:
 
         producer.hook(log_success)
         h = producer.tasks["jobs.add"]
-        handle = producer._submit(h, (1, 2), {}, {"on_success": log_success})
-        producer._submit(h, (3, 4), {}, {})
+        handle = producer.producer.send(h, (1, 2), {}, {"on_success": log_success})
+        producer.producer.send(h, (3, 4), {}, {})
         consumer.drain()
         assert EVENTS == [("add", 7)]
         reason, error = dead(consumer)[handle.id]

@@ -45,7 +45,7 @@ def test_sigkill_three_times_while_draining_2000_tasks_loses_nothing(tmp_path):
     rng = random.Random()
     kills: list[int] = []
     for _ in range(3):
-        proc = start_worker(env, "-c", "4")
+        proc = start_worker(env, "-c", "4", "--prefetch", "4")
         before = len(counts(ledger))
         # Kill at a random moment once the worker is making progress.
         assert wait_for(lambda b=before: len(counts(ledger)) > b, 20)

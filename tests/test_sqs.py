@@ -32,8 +32,8 @@ from gatorapp import App, Worker
 from gatorapp.backends import Message, load_backend
 from gatorapp.backends.sqs import SQSBackend
 from gatorapp.backends.sqs_messages import GROWTH
+from gatorapp.envelope import Task
 from gatorapp.errors import BackendError, ConfigurationError, PayloadTooLarge
-from gatorapp.task import Task
 
 TESTS = Path(__file__).parent
 # What SQS accepts in a body or attribute value (W3C XML 1.0 characters).
@@ -643,7 +643,7 @@ def test_sigkill_three_times_over_500_tasks_loses_nothing(sqs_url: str, tmp_path
     marks = sorted(random.Random().sample(range(40, 420), 3))
     kills: list[int] = []
     for mark in marks:
-        proc = gatorapp(env, "worker", "-A", "sqs_app", "-c", "4")
+        proc = gatorapp(env, "worker", "-A", "sqs_app", "-c", "4", "--prefetch", "4")
         assert wait_for(lambda m=mark: len(runs(ledger)) >= m, 60, interval=0.05)
         proc.kill()
         proc.wait()

@@ -15,9 +15,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, MissingDependencyError
-from .base import Backend, DeadLetter, Message, QueueStats, Reservation
+from .base import Backend, Burial, DeadLetter, Message, QueueStats, Reservation, RetryItem, Settled
 
-__all__ = ["Backend", "DeadLetter", "Message", "QueueStats", "Reservation", "load_backend"]
+__all__ = [
+    "Backend",
+    "Burial",
+    "DeadLetter",
+    "Message",
+    "QueueStats",
+    "Reservation",
+    "RetryItem",
+    "Settled",
+    "load_backend",
+]
 
 # scheme -> (module, class, pip package that provides the driver)
 _SCHEMES: dict[str, tuple[str, str, str | None]] = {

@@ -63,6 +63,25 @@ class Reservation:
     extra: dict[str, object] = field(default_factory=dict)
 
 
+#: A failed task to put back: its reservation, the new payload, its due time.
+RetryItem = tuple[Reservation, bytes, float]
+#: A task for the dead letters: its reservation, the reason and the error text.
+Burial = tuple[Reservation, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What :meth:`Backend.settle` did: one bool per item of each list, False
+    where the lease was lost (the item was not applied)."""
+
+    acked: list[bool]
+    retried: list[bool]
+    buried: list[bool]
+
+
+NOTHING_SETTLED = Settled([], [], [])
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A task in a queue's dead-letter store, with why it is there."""
@@ -181,9 +200,43 @@ class Backend(ABC):
         """Delete finished tasks. False where the lease was lost."""
         return self._ack(reservations) if reservations else []
 
-    def retry(self, items: Sequence[tuple[Reservation, bytes, float]]) -> list[bool]:
+    def retry(self, items: Sequence[RetryItem]) -> list[bool]:
         """Put failed tasks back with a new payload, ready at the given time."""
         return self._retry(items) if items else []
+
+    def settle(
+        self,
+        acks: Sequence[Reservation],
+        retries: Sequence[RetryItem] = (),
+        buries: Sequence[Burial] = (),
+    ) -> Settled:
+        """Acknowledge, retry and bury together: what a worker's outbox sends.
+
+        Backends that can do it in one round trip (Redis: one pipeline) override
+        this; the default makes the three calls.
+        """
+        if not (acks or retries or buries):
+            return NOTHING_SETTLED
+        return Settled(self.ack(acks), self.retry(retries), self.bury(buries))
+
+    def settle_and_reserve(
+        self,
+        acks: Sequence[Reservation],
+        retries: Sequence[RetryItem],
+        buries: Sequence[Burial],
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker_id: str,
+    ) -> tuple[Settled, list[Reservation]]:
+        """:meth:`settle`, then :meth:`reserve` up to ``limit`` (0: reserve nothing).
+
+        A worker calls this once per batch: a backend that can send both in one
+        round trip overrides it. If it raises, the caller may send the same
+        settlements again (a backend must answer a repeat as it did the first).
+        """
+        settled = self.settle(acks, retries, buries)
+        return settled, self.reserve(queues, limit, lease, worker_id) if limit > 0 else []
 
     def release(self, reservations: Sequence[Reservation]) -> list[bool]:
         """Give back tasks that were reserved but never started; they keep their
@@ -194,7 +247,7 @@ class Backend(ABC):
         """Renew each lease for its ``lease`` seconds from now. False where lost."""
         return self._extend(reservations) if reservations else []
 
-    def bury(self, items: Sequence[tuple[Reservation, str, str]]) -> list[bool]:
+    def bury(self, items: Sequence[Burial]) -> list[bool]:
         """Move reserved tasks to their queue's dead letters with (reason, error)."""
         return self._bury(items) if items else []
 

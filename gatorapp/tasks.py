@@ -1,66 +1,48 @@
-"""What ``@app.task`` returns, and the handles and option binders around it.
+"""What ``@app.task`` returns, and the option binders around it.
 
 ``TaskFunction`` keeps the function's signature (``ParamSpec``), so
 ``.delay()`` and ``.options(...).delay()`` are type-checked like a call.
+Each enqueues through the app's :class:`~gatorapp.producer.Producer`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import Any, Generic, ParamSpec, TypeVar
 
-from .execution import TaskDef
 from .options import check_option_names
-from .task import Task
-
-if TYPE_CHECKING:
-    from .app import App
+from .producer import Producer, TaskHandle
+from .registry import TaskDef
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-
-class TaskHandle(Generic[R]):
-    """What ``.delay()`` returns. ``id`` is the task id; in eager mode
-    ``result`` holds the return value and ``task`` the finished Task."""
-
-    __slots__ = ("id", "name", "queue", "run_at", "task")
-
-    def __init__(self, task: Task, run_at: float | None, eager: bool) -> None:
-        self.id: str = task.task_id
-        self.name = task.name
-        self.queue = task.queue
-        self.run_at = run_at
-        self.task: Task | None = task if eager else None
-
-    @property
-    def result(self) -> R | None:
-        """The return value of an eager run; None for a queued task (gatorapp keeps no results)."""
-        return None if self.task is None else self.task.result
-
-    def __repr__(self) -> str:
-        return f"<TaskHandle {self.name} id={self.id} queue={self.queue}>"
+__all__ = ["BoundTask", "Options", "TaskFunction", "TaskHandle"]
 
 
 class BoundTask(Generic[P, R]):
     """A task with enqueue options applied: ``add.options(queue="urgent").delay(2, 3)``."""
 
     def __init__(self, tfn: TaskFunction[P, R], opts: dict[str, Any]) -> None:
-        self._tfn = tfn
-        self._opts = opts
+        self.task_function = tfn
+        self.opts = opts
+
+    @property
+    def tdef(self) -> TaskDef:
+        return self.task_function.tdef
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
-        return self._tfn.app._submit(self._tfn.tdef, args, kwargs, self._opts)
+        return self.task_function.producer.send(self.tdef, args, kwargs, self.opts)
 
     def options(self, **opts: Any) -> BoundTask[P, R]:
-        return self._tfn.options(**{**self._opts, **opts})
+        return self.task_function.options(**{**self.opts, **opts})
 
 
 class TaskFunction(Generic[P, R]):
     """A registered task. Calling it runs the function here; ``.delay()`` enqueues."""
 
-    def __init__(self, app: App, tdef: TaskDef) -> None:
-        self.app = app
+    def __init__(self, producer: Producer, tdef: TaskDef) -> None:
+        self.producer = producer
         self.tdef = tdef
         self.name = tdef.name
         self.__wrapped__ = tdef.fn
@@ -78,7 +60,7 @@ class TaskFunction(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         """Enqueue one run with the task's default options."""
-        return self.app._submit(self.tdef, args, kwargs, {})
+        return self.producer.send(self.tdef, args, kwargs, {})
 
     def options(self, **opts: Any) -> BoundTask[P, R]:
         """Options for one enqueue: queue, retries, delay_by, delay_until,
@@ -88,22 +70,27 @@ class TaskFunction(Generic[P, R]):
 
     def map(self, items: Iterable[Any]) -> list[TaskHandle[R]]:
         """Enqueue one run per item, each item as the single argument, in one backend call."""
-        return self.app._submit_many(self.tdef, [((item,), {}) for item in items], {})
+        return self.producer.send_many(self.tdef, [((item,), {}) for item in items], {})
 
     def starmap(self, items: Iterable[Sequence[Any]]) -> list[TaskHandle[R]]:
         """Enqueue one run per argument tuple, in one backend call."""
-        return self.app._submit_many(self.tdef, [(tuple(a), {}) for a in items], {})
+        return self.producer.send_many(self.tdef, [(tuple(a), {}) for a in items], {})
 
     def __repr__(self) -> str:
         return f"<task {self.name} queue={self.queue}>"
 
 
+def bound_options(fn: Any) -> dict[str, Any]:
+    """Options bound to ``fn`` itself (``add.options(queue="x")``), else none."""
+    return fn.opts if isinstance(fn, BoundTask) else {}
+
+
 class Options:
     """``with app.options(retries=2) as opts: opts.task(add, 2, 3)`` (Alligator's form)."""
 
-    def __init__(self, app: App, opts: dict[str, Any]) -> None:
+    def __init__(self, producer: Producer, opts: dict[str, Any]) -> None:
         check_option_names(opts)
-        self.app = app
+        self.producer = producer
         self.opts = opts
 
     def __enter__(self) -> Options:
@@ -114,5 +101,5 @@ class Options:
 
     def task(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> TaskHandle[Any]:
         # Options bound to fn itself (add.options(queue="x")) are more specific: they win.
-        bound: dict[str, Any] = fn._opts if isinstance(fn, BoundTask) else {}
-        return self.app._submit(self.app._tdef_for(fn), args, kwargs, {**self.opts, **bound})
+        tdef = self.producer.registry.definition(fn)
+        return self.producer.send(tdef, args, kwargs, {**self.opts, **bound_options(fn)})

@@ -19,7 +19,7 @@ older workers; missing optional keys take their defaults.
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Any, ClassVar
 
 import msgpack
@@ -38,6 +38,17 @@ FAILED = "failed"
 CANCELED = "canceled"
 
 
+def new_task_id() -> str:
+    """A random 128-bit id as 32 hex digits (uuid4's width, from the OS's generator)."""
+    return os.urandom(16).hex()
+
+
+def new_task_ids(n: int) -> list[str]:
+    """``n`` ids from one call to the OS's generator (bulk enqueue)."""
+    raw = os.urandom(16 * n).hex()
+    return [raw[i : i + 32] for i in range(0, 32 * n, 32)]
+
+
 def _no_ext(code: int, data: bytes) -> Any:
     # gatorapp never writes msgpack extension types; a payload carrying one was
     # not written by us, so refuse it instead of handing a foreign object to a task.
@@ -46,6 +57,7 @@ def _no_ext(code: int, data: bytes) -> Any:
 
 MAX_DEPTH = 64  # nesting allowed in a payload; deeper is refused on both sides
 _SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
+_EMPTY: dict[str, Any] = {}
 
 
 def _check_plain(value: Any, depth: int = 0) -> None:
@@ -79,6 +91,13 @@ def _check_plain(value: Any, depth: int = 0) -> None:
         raise DecodeError(f"payload holds a {type(value).__name__}, not plain data")
 
 
+def _encode_error(exc: Exception) -> SerializationError:
+    return SerializationError(
+        f"task arguments must be msgpack-encodable (str, bytes, int, float, bool, None, "
+        f"list, dict with str keys): {exc}"
+    )
+
+
 def pack(data: Any) -> bytes:
     """msgpack-encode ``data``; a value msgpack cannot encode, or that :func:`unpack`
     and the envelope checks would refuse, is a SerializationError."""
@@ -86,10 +105,54 @@ def pack(data: Any) -> bytes:
         packed: bytes = msgpack.packb(data, use_bin_type=True, datetime=False)
         _check_plain(data)
     except (TypeError, ValueError, OverflowError) as exc:  # DecodeError is a ValueError
-        raise SerializationError(
-            f"task arguments must be msgpack-encodable (str, bytes, int, float, bool, None, "
-            f"list, dict with str keys): {exc}"
-        ) from exc
+        raise _encode_error(exc) from exc
+    return packed
+
+
+def envelope_dict(
+    task_id: str,
+    name: str,
+    queue: str,
+    args: list[Any] | tuple[Any, ...],
+    kwargs: dict[str, Any],
+    retries: int,
+    attempt: int = 0,
+    hooks: dict[str, str] | None = None,
+    opts: dict[str, Any] | None = None,
+    version: int = ENVELOPE_VERSION,
+) -> dict[str, Any]:
+    """Envelope version 1 as a plain dict; ``hooks`` and ``opts`` only when not empty."""
+    data: dict[str, Any] = {
+        "v": version,
+        "id": task_id,
+        "name": name,
+        "queue": queue,
+        "args": args,
+        "kwargs": kwargs,
+        "retries": retries,
+        "attempt": attempt,
+    }
+    if hooks:
+        data["hooks"] = hooks
+    if opts:
+        data["opts"] = opts
+    return data
+
+
+def pack_envelope(data: dict[str, Any]) -> bytes:
+    """:func:`pack` for a dict from :func:`envelope_dict`: only the parts a user
+    supplies (arguments and opts) need the plain-data walk."""
+    try:
+        packed: bytes = msgpack.packb(data, use_bin_type=True, datetime=False)
+        for item in data["args"]:
+            if type(item) not in _SCALARS:
+                _check_plain(item, 1)
+        if data["kwargs"]:
+            _check_plain(data["kwargs"])
+        if "opts" in data:
+            _check_plain(data["opts"])
+    except (TypeError, ValueError, OverflowError) as exc:  # DecodeError is a ValueError
+        raise _encode_error(exc) from exc
     return packed
 
 
@@ -134,7 +197,7 @@ class Task:
         on_error: str | None = None,
         options: dict[str, Any] | None = None,
     ) -> None:
-        self.task_id: str = task_id or uuid.uuid4().hex
+        self.task_id: str = task_id or new_task_id()
         self.name = name
         self.queue = queue
         self.func_args: list[Any] = list(func_args)
@@ -147,8 +210,6 @@ class Task:
         self.options: dict[str, Any] = dict(options or {})
         self.status = WAITING
         self.result: Any = None
-        # Set by the worker for the run in progress; not part of the payload.
-        self.delay_until: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -159,65 +220,86 @@ class Task:
     # -- envelope -----------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The envelope as a plain dict (msgpack-encodable when the arguments are)."""
-        data: dict[str, Any] = {
-            "v": self.version,
-            "id": self.task_id,
-            "name": self.name,
-            "queue": self.queue,
-            "args": self.func_args,
-            "kwargs": self.func_kwargs,
-            "retries": self.retries,
-            "attempt": self.attempt,
-        }
-        hooks = {h: getattr(self, h) for h in HOOK_NAMES if getattr(self, h)}
-        if hooks:
-            data["hooks"] = hooks
-        if self.options:
-            data["opts"] = self.options
-        return data
+        return envelope_dict(
+            self.task_id,
+            self.name,
+            self.queue,
+            self.func_args,
+            self.func_kwargs,
+            self.retries,
+            self.attempt,
+            {h: getattr(self, h) for h in HOOK_NAMES if getattr(self, h)},
+            self.options,
+            self.version,
+        )
 
     @classmethod
     def from_dict(cls, data: Any) -> Task:
         """Build a task from a decoded envelope, validating its shape."""
-        if not isinstance(data, dict):
+        if type(data) is not dict:
             raise DecodeError(f"envelope must be a map, not {type(data).__name__}")
-        task_id, name = data.get("id"), data.get("name")
-        if not isinstance(task_id, str) or not task_id:
+        get = data.get
+        task_id, name = get("id"), get("name")
+        if type(task_id) is not str or not task_id:
             raise DecodeError("envelope has no task id")
-        if not isinstance(name, str) or not name:
+        if type(name) is not str or not name:
             raise DecodeError(f"envelope {task_id} has no task name")
-        args, kwargs = data.get("args", []), data.get("kwargs", {})
-        if not isinstance(args, list):
+        args, kwargs = get("args", []), get("kwargs", {})
+        if type(args) is not list:
             raise DecodeError(f"envelope {task_id}: args must be a list")
-        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        if type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
             raise DecodeError(f"envelope {task_id}: kwargs must be a map with string keys")
-        retries, attempt = data.get("retries", 0), data.get("attempt", 0)
+        retries, attempt = get("retries", 0), get("attempt", 0)
         if type(retries) is not int or type(attempt) is not int or retries < 0 or attempt < 0:
             raise DecodeError(f"envelope {task_id}: retries and attempt must be integers >= 0")
-        hooks = data.get("hooks") or {}
-        opts = data.get("opts") or {}
-        if not isinstance(hooks, dict) or not isinstance(opts, dict):
+        hooks = get("hooks") or _EMPTY
+        opts = get("opts") or _EMPTY
+        if type(hooks) is not dict or type(opts) is not dict:
             raise DecodeError(f"envelope {task_id}: hooks and opts must be maps")
         for value in hooks.values():
-            if not isinstance(value, str):
+            if type(value) is not str:
                 raise DecodeError(f"envelope {task_id}: hook names must be strings")
-        _check_plain(args)
-        _check_plain(kwargs)
-        _check_plain(opts)
-        queue = data.get("queue")
-        task = cls(
-            name,
-            args,
-            kwargs,
-            task_id=task_id,
-            queue=queue if isinstance(queue, str) and queue else "default",
-            retries=retries,
-            attempt=attempt,
-            on_start=hooks.get("on_start"),
-            on_success=hooks.get("on_success"),
-            on_error=hooks.get("on_error"),
-            options=opts,
-        )
+        # The walk skips scalars at once: no-argument and scalar calls cost little.
+        for item in args:
+            if type(item) not in _SCALARS:
+                _check_plain(item, 1)
+        if kwargs:
+            _check_plain(kwargs)
+        if opts:
+            _check_plain(opts)
+        queue = get("queue")
+        if type(queue) is not str or not queue:
+            queue = "default"
+        if cls.__init__ is not Task.__init__:
+            # A subclass with its own constructor gets it called, as always.
+            return cls(
+                name,
+                args,
+                kwargs,
+                task_id=task_id,
+                queue=queue,
+                retries=retries,
+                attempt=attempt,
+                on_start=hooks.get("on_start"),
+                on_success=hooks.get("on_success"),
+                on_error=hooks.get("on_error"),
+                options=opts,
+            )
+        # The decoder made fresh containers: no copies needed (the hot path).
+        task = cls.__new__(cls)
+        task.task_id = task_id
+        task.name = name
+        task.queue = queue
+        task.func_args = args
+        task.func_kwargs = kwargs
+        task.retries = retries
+        task.attempt = attempt
+        task.on_start = hooks.get("on_start")
+        task.on_success = hooks.get("on_success")
+        task.on_error = hooks.get("on_error")
+        task.options = dict(opts) if opts else {}
+        task.status = WAITING
+        task.result = None
         return task
 
     def serialize(self) -> bytes:

@@ -1,0 +1,352 @@
+"""The worker: reserve tasks in batches, run them, settle their outcomes in batches.
+
+One loop per worker process does every backend call but the heartbeat's:
+
+1. it refills a local buffer with one call that also sends the outbox
+   (:mod:`.fetch`), so a deep queue costs a round trip per batch;
+2. tasks run (:mod:`.executors`): in the loop's own thread at ``-c 1``, on
+   ``N`` threads at ``-c N``; each outcome goes to the outbox (:mod:`.outbox`);
+3. with nothing buffered, running or unsent, it blocks in ``backend.wait``
+   until a task may be ready (or returns, with ``burst``).
+
+A heartbeat thread (:mod:`.heartbeat`) renews the lease of everything held.
+Backends that are not thread-safe (Alligator-style clients) get no heartbeat
+and are only ever called from the loop's thread, while tasks run on others.
+
+Shutdown: the first SIGINT/SIGTERM (:mod:`.signals`) stops fetching, hands
+back buffered tasks, lets running tasks finish and settles them, logs a final
+line and returns 0. A second signal settles what has finished, hands back
+everything else, running tasks included, and exits at once with status
+128 + signal number.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from ..backends import Backend
+from ..errors import ConfigurationError
+from ..registry import Registry
+from .executors import InlineExecutor, Runner, ThreadExecutor
+from .fetch import MAX_PREFETCH, Fetcher, Outage, hand_back
+from .heartbeat import Heartbeat
+from .held import Held
+from .outbox import Outbox
+from .signals import Installed
+
+__all__ = ["AppLike", "Worker"]
+
+log = logging.getLogger("gatorapp.worker")
+
+#: Seconds a stopping worker keeps trying to send its last settlements to an
+#: unreachable backend before it exits (the leases then expire instead).
+SHUTDOWN_FLUSH_DEADLINE = 30.0
+
+#: Seconds the oldest outcome may wait in the outbox before it is sent.
+OUTBOX_MAX_AGE = 0.01
+
+
+class AppLike(Protocol):
+    """What a worker needs from an app (:class:`gatorapp.App` has it)."""
+
+    registry: Registry
+    lease: float
+    max_deliveries: int
+
+    @property
+    def backend(self) -> Backend: ...
+
+    def queues(self) -> list[str]: ...
+
+    def check_queue(self, queue: str) -> str: ...
+
+
+class Worker:
+    """Consume ``queues`` (earlier ones first) until stopped.
+
+    :param queues: queue names, or a comma-separated string; default: every
+        queue the app knows (its default queue, then each task's queue).
+    :param max_tasks: return after this many attempts (failed ones count).
+    :param concurrency: tasks run at once: in the worker's own thread at 1,
+        on threads above.
+    :param burst: return once the queues have nothing ready.
+    :param prefetch: tasks reserved ahead of free threads; default: adapts to
+        how long tasks take (up to 500, see :mod:`gatorapp.worker.fetch`).
+    """
+
+    def __init__(
+        self,
+        app: AppLike,
+        queues: Sequence[str] | str | None = None,
+        max_tasks: int | None = None,
+        *,
+        concurrency: int = 1,
+        burst: bool = False,
+        prefetch: int | None = None,
+    ) -> None:
+        if isinstance(queues, str):
+            queues = [q.strip() for q in queues.split(",") if q.strip()]
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+        if max_tasks is not None and max_tasks < 1:
+            raise ConfigurationError("max_tasks must be >= 1")
+        if prefetch is not None and prefetch < 0:
+            raise ConfigurationError("prefetch must be >= 0")
+        self.app = app
+        # Named queues are checked by the backend's rules now, not on first fetch.
+        self.queues: list[str] = [app.check_queue(q) for q in (queues or app.queues())]
+        self.max_tasks = max_tasks
+        self.concurrency = concurrency
+        self.burst = burst
+        self.prefetch = prefetch
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._stop = threading.Event()
+        self._cold = 0
+        self._held = Held()
+        self._outbox = Outbox(self._held, max_age=OUTBOX_MAX_AGE)
+
+    # -- overridable hooks (Alligator's Worker API) ----------------------------
+    @property
+    def to_consume(self) -> str:
+        return ",".join(self.queues)
+
+    def ident(self) -> str:
+        return f"gatorapp-worker[{self.worker_id}]"
+
+    def starting(self) -> None:
+        log.info(
+            "%s starting: queues %s, concurrency %d%s",
+            self.ident(),
+            self.to_consume,
+            self.concurrency,
+            f", max {self.max_tasks} tasks" if self.max_tasks else "",
+        )
+
+    def stopping(self) -> None:
+        log.info("%s stopped: %d tasks done", self.ident(), self.tasks_complete)
+
+    def result(self, result: Any) -> None:
+        """Called with each successful task's return value, in the loop's thread."""
+
+    # -- control -------------------------------------------------------------
+    @property
+    def tasks_complete(self) -> int:
+        """Attempts finished, failed ones included."""
+        return self._outbox.completed
+
+    def stop(self) -> None:
+        """Ask the worker to stop gracefully (thread-safe)."""
+        self._stop.set()
+
+    def handle_signal(self, signum: int, frame: Any = None) -> None:
+        """SIGINT/SIGTERM: the first stops gracefully, a second at once."""
+        if self._stop.is_set():
+            if self._cold:
+                return
+            self._cold = signum
+            if self.app.backend.thread_safe:
+                # The loop's thread may be deep in a task: stop from a thread of
+                # our own, with a connection of its own.
+                threading.Thread(target=self._cold_stop, name="gatorapp-stop").start()
+            return  # (else the loop stops at its next step: tasks run on other threads)
+        log.warning(
+            "%s got %s: finishing running task(s); send it again to stop now",
+            self.ident(),
+            signal.Signals(signum).name,
+        )
+        self._stop.set()
+
+    def run_forever(self) -> int:
+        """Run until stopped, ``max_tasks`` attempts are done, or (burst) idle. Returns 0."""
+        with Installed(self.handle_signal):
+            backend = self.app.backend
+            leases = backend.supports_leases
+            inline = self.concurrency == 1 and backend.thread_safe
+            # pop() removes a task for good: hold none ahead of a free thread,
+            # so a killed worker loses at most the tasks it was running.
+            if not leases:
+                self.prefetch = 0
+            self._fetch = Fetcher(
+                backend,
+                self.queues,
+                self.worker_id,
+                concurrency=self.concurrency,
+                prefetch=self.prefetch,
+                lease=self.app.lease,
+                refill_early=not inline,
+            )
+            outbox = self._outbox
+            outbox.max_items = self.concurrency + MAX_PREFETCH
+            outbox.keep_results = type(self).result is not Worker.result
+            self._heartbeat = Heartbeat(backend, self._held, self.app.lease, outbox.pending)
+            runner = Runner(
+                self.app.registry,
+                self._held,
+                outbox,
+                max_deliveries=self.app.max_deliveries,
+                max_payload=backend.max_payload,
+                on_shorter_lease=self._heartbeat.wake,
+            )
+            stopping = self._stop.is_set
+            self._executor: InlineExecutor | ThreadExecutor = (
+                InlineExecutor(runner, stopping)
+                if inline
+                else ThreadExecutor(
+                    runner, self.concurrency, stopping, lambda: self._fetch.concurrency
+                )
+            )
+            self._outage = Outage(self.ident())
+            beating = leases and backend.thread_safe
+            try:
+                self.starting()
+                if beating:
+                    self._heartbeat.start()
+                self._loop()
+                self._shutdown()
+            finally:
+                self._heartbeat.stop()
+                self._executor.shutdown(wait=not self._cold)
+        self.stopping()
+        return 0
+
+    # -- the loop ----------------------------------------------------------------
+    def _budget(self) -> int | None:
+        """Attempts still allowed by ``max_tasks`` beyond those started or buffered."""
+        if self.max_tasks is None:
+            return None
+        ex = self._executor
+        return self.max_tasks - ex.started - ex.buffered()
+
+    def _deliver_results(self) -> None:
+        outbox = self._outbox
+        if not outbox.results:
+            return
+        with outbox.lock:
+            results, outbox.results = outbox.results, []
+        for value in results:
+            try:
+                self.result(value)
+            except Exception:
+                log.exception("%s.result() failed", type(self).__name__)
+
+    def _loop(self) -> None:
+        ex, outbox, fetch, held = self._executor, self._outbox, self._fetch, self._held
+        outage = self._outage
+        stop = self._stop
+        while True:
+            if self._cold:
+                self._cold_stop()
+            if stop.is_set():
+                return
+            # 1. Run what is buffered (here, or let the threads report).
+            if ex.pending():
+                left = None if self.max_tasks is None else self.max_tasks - ex.started
+                ran, busy = ex.work(outbox, left)
+                fetch.observe(ran, busy)
+                if outbox.keep_results:
+                    self._deliver_results()
+                if stop.is_set():
+                    return
+            if self.max_tasks is not None and ex.started >= self.max_tasks:
+                if not ex.pending():
+                    return  # (the shutdown sends what is left)
+                ex.wait(OUTBOX_MAX_AGE)
+                continue
+            # 2. Settle and refill, in one call.
+            want = fetch.want(ex.pending(), self._budget())
+            if want or outbox.due() or (len(outbox) and not ex.pending()):
+                try:
+                    got = fetch.exchange(outbox, held, want)
+                except Exception as exc:
+                    what = "reserve" if want and not len(outbox) else "acknowledge"
+                    outage.failed(what, exc, fatal=self.burst and not ex.running())
+                    stop.wait(outage.backoff())
+                    continue
+                outage.ok()
+                if got:
+                    ex.submit(got)
+                    continue
+            # 3. Nothing new to run: wait for a task, or for the threads.
+            if not ex.pending():
+                if len(outbox):
+                    continue
+                if self.burst:
+                    return
+                self._wait(0.5)
+            elif want:
+                self._wait(0.05)  # free threads and nothing ready: a task may come
+            else:
+                ex.wait(OUTBOX_MAX_AGE if len(outbox) else 0.05)
+
+    def _wait(self, timeout: float) -> None:
+        """Block in the backend until a task may be ready."""
+        try:
+            self.app.backend.wait(self.queues, timeout)
+        except Exception as exc:
+            self._outage.failed("wait", exc, fatal=False)
+            self._stop.wait(self._outage.backoff())
+
+    # -- stopping ------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        backend = self.app.backend
+        ex, outbox, fetch, held = self._executor, self._outbox, self._fetch, self._held
+        try:
+            backend.stop_waiting()  # what an idle poll received goes back now
+        except Exception as exc:
+            log.warning("could not hand back tasks received while idle (%s)", exc)
+        unstarted = ex.unstarted()
+        if unstarted:
+            try:
+                backend.release(unstarted)
+            except Exception as exc:
+                log.warning(
+                    "could not hand back %d prefetched task(s) (%s); their leases will expire",
+                    len(unstarted),
+                    exc,
+                )
+            held.forget(unstarted)
+        deadline = None
+        while ex.running() or len(outbox):
+            if self._cold:
+                self._cold_stop()
+            if ex.running():
+                ex.wait(0.1)
+            if outbox.keep_results:
+                self._deliver_results()
+            if not len(outbox):
+                continue
+            try:
+                fetch.exchange(outbox, held, 0)
+                self._outage.ok()
+            except Exception as exc:
+                self._outage.failed("acknowledge", exc, fatal=False)
+                if deadline is None:
+                    deadline = time.monotonic() + SHUTDOWN_FLUSH_DEADLINE
+                if time.monotonic() > deadline and not ex.running():
+                    log.error(
+                        "backend unreachable at shutdown; unacknowledged tasks will run "
+                        "again when their leases expire"
+                    )
+                    return
+                time.sleep(0.2)
+
+    def _cold_stop(self) -> None:
+        """Settle what has finished, hand back everything else, exit at once."""
+        signum = self._cold
+        handed_back = hand_back(self._fetch, self._outbox, self._held)
+        log.warning(
+            "%s stopping now (second signal): %d task(s) handed back, %d done",
+            self.ident(),
+            handed_back,
+            self.tasks_complete,
+        )
+        logging.shutdown()
+        os._exit(128 + signum)

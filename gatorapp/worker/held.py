@@ -1,0 +1,63 @@
+"""Every reservation a worker holds, and what the worker knows about each.
+
+A reservation is held from the reserve that leased it until the backend
+confirms its settlement (or takes it back): while it waits in the buffer,
+while it runs, and while its outcome waits in the outbox. The heartbeat
+renews all of them. Backends' :class:`~gatorapp.backends.Reservation`
+objects are never written by the worker: what the worker learns (a lease
+taken over) is kept here, by the reservation's identity.
+
+Changes come a batch at a time, so the lock is taken once per batch, never
+once per task.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+
+from ..backends import Reservation
+
+
+class Held:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._items: dict[int, Reservation] = {}
+        #: held reservations whose lease the heartbeat found taken over
+        self.lost: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, reservations: Iterable[Reservation]) -> None:
+        with self.lock:
+            self._items.update((id(r), r) for r in reservations)
+
+    def forget(self, reservations: Iterable[Reservation]) -> None:
+        with self.lock:
+            items, lost = self._items, self.lost
+            for r in reservations:
+                key = id(r)
+                items.pop(key, None)
+                if lost:
+                    lost.discard(key)
+
+    def snapshot(self) -> list[Reservation]:
+        with self.lock:
+            return list(self._items.values())
+
+    def is_held(self, r: Reservation) -> bool:
+        return id(r) in self._items
+
+    def mark_lost(self, r: Reservation) -> bool:
+        """Note that ``r``'s lease was taken over; False if it was noted already
+        or ``r`` is no longer held."""
+        with self.lock:
+            key = id(r)
+            if key not in self._items or key in self.lost:
+                return False
+            self.lost.add(key)
+            return True
+
+    def was_lost(self, r: Reservation) -> bool:
+        return bool(self.lost) and id(r) in self.lost
