@@ -57,7 +57,8 @@ def _no_ext(code: int, data: bytes) -> Any:
 
 MAX_DEPTH = 64  # nesting allowed in a payload; deeper is refused on both sides
 _SCALARS = frozenset({str, int, float, bool, bytes, type(None)})
-_EMPTY: dict[str, Any] = {}
+_EMPTY: dict[str, Any] = {}  # (never handed out: read-only defaults)
+_NO_ARGS: list[Any] = []
 
 
 def _check_plain(value: Any, depth: int = 0) -> None:
@@ -158,17 +159,17 @@ def pack_envelope(data: dict[str, Any]) -> bytes:
 
 def unpack(data: bytes) -> Any:
     """Strictly decode msgpack bytes; any failure is a DecodeError."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
+    if type(data) is not bytes and not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"payload must be bytes, not {type(data).__name__}")
     try:
-        value = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True
-        )
+        return _unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext, use_list=True)
     except DecodeError:
         raise
     except Exception as exc:  # msgpack raises ValueError, ExtraData, FormatError, StackError...
         raise DecodeError(f"payload is not valid msgpack: {exc.__class__.__name__}: {exc}") from exc
-    return value
+
+
+_unpackb = msgpack.unpackb
 
 
 class Task:
@@ -244,10 +245,12 @@ class Task:
             raise DecodeError("envelope has no task id")
         if type(name) is not str or not name:
             raise DecodeError(f"envelope {task_id} has no task name")
-        args, kwargs = get("args", []), get("kwargs", {})
+        args, kwargs = get("args", _NO_ARGS), get("kwargs", _EMPTY)
         if type(args) is not list:
-            raise DecodeError(f"envelope {task_id}: args must be a list")
-        if type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
+            if args is not _NO_ARGS:
+                raise DecodeError(f"envelope {task_id}: args must be a list")
+            args = []
+        if type(kwargs) is not dict or (kwargs and not all(type(k) is str for k in kwargs)):
             raise DecodeError(f"envelope {task_id}: kwargs must be a map with string keys")
         retries, attempt = get("retries", 0), get("attempt", 0)
         if type(retries) is not int or type(attempt) is not int or retries < 0 or attempt < 0:
@@ -256,21 +259,24 @@ class Task:
         opts = get("opts") or _EMPTY
         if type(hooks) is not dict or type(opts) is not dict:
             raise DecodeError(f"envelope {task_id}: hooks and opts must be maps")
-        for value in hooks.values():
-            if type(value) is not str:
-                raise DecodeError(f"envelope {task_id}: hook names must be strings")
+        if hooks:
+            for value in hooks.values():
+                if type(value) is not str:
+                    raise DecodeError(f"envelope {task_id}: hook names must be strings")
         # The walk skips scalars at once: no-argument and scalar calls cost little.
         for item in args:
             if type(item) not in _SCALARS:
                 _check_plain(item, 1)
         if kwargs:
             _check_plain(kwargs)
+        elif kwargs is _EMPTY:
+            kwargs = {}  # (a fresh one: hooks may change it)
         if opts:
             _check_plain(opts)
         queue = get("queue")
         if type(queue) is not str or not queue:
             queue = "default"
-        if cls.__init__ is not Task.__init__:
+        if cls.__init__ is not _TASK_INIT:
             # A subclass with its own constructor gets it called, as always.
             return cls(
                 name,
@@ -294,9 +300,12 @@ class Task:
         task.func_kwargs = kwargs
         task.retries = retries
         task.attempt = attempt
-        task.on_start = hooks.get("on_start")
-        task.on_success = hooks.get("on_success")
-        task.on_error = hooks.get("on_error")
+        if hooks:
+            task.on_start = hooks.get("on_start")
+            task.on_success = hooks.get("on_success")
+            task.on_error = hooks.get("on_error")
+        else:
+            task.on_start = task.on_success = task.on_error = None
         task.options = dict(opts) if opts else {}
         task.status = WAITING
         task.result = None
@@ -310,3 +319,6 @@ class Task:
     def deserialize(cls, data: bytes) -> Task:
         """Decode bytes written by :meth:`serialize`. Raises DecodeError."""
         return cls.from_dict(unpack(data))
+
+
+_TASK_INIT = Task.__init__

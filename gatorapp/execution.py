@@ -133,33 +133,36 @@ def run_attempt(task: Task, tdef: TaskDef, hooks: Hooks, max_attempts: int) -> O
                 raise start_err
         result = tdef.fn(*task.func_args, **task.func_kwargs)
     except Exception as exc:
-        task.status = FAILED
-        if hooks:
-            _call_hook("on_error", hooks.get("on_error"), task, exc)
-        retryable = (
-            isinstance(exc, Retry) or tdef.retry_on is None or isinstance(exc, tdef.retry_on)
-        )
-        # (The traceback is formatted only for a dead letter: retries log the
-        # exception itself, and formatting is costly on a hot retry path.)
-        if not retryable:
-            return Outcome("dead", reason="not_retryable", error=format_error(exc), exc=exc)
-        if task.retries <= 0:
-            return Outcome("dead", reason="retries_exhausted", error=format_error(exc), exc=exc)
-        if task.attempt >= max_attempts:
-            # on_error may grant retries; this cap keeps that from looping forever.
-            return Outcome("dead", reason="attempt_limit", error=format_error(exc), exc=exc)
-        task.retries -= 1
-        task.status = RETRYING
-        if isinstance(exc, Retry) and exc.delay is not None:
-            delay = max(0.0, float(exc.delay))
-        else:
-            delay = backoff_seconds(tdef.backoff, task.attempt, exc)
-        return Outcome("retry", delay=delay, exc=exc)
+        return _failed(task, tdef, hooks, exc, max_attempts)
     task.status = SUCCESS
     task.result = result
     if hooks:
         _call_hook("on_success", hooks.get("on_success"), task, result)
     return Outcome("success", result=result)
+
+
+def _failed(task: Task, tdef: TaskDef, hooks: Hooks, exc: Exception, max_attempts: int) -> Outcome:
+    """The retry decision for an attempt that raised ``exc``."""
+    task.status = FAILED
+    if hooks:
+        _call_hook("on_error", hooks.get("on_error"), task, exc)
+    retryable = isinstance(exc, Retry) or tdef.retry_on is None or isinstance(exc, tdef.retry_on)
+    # (The traceback is formatted only for a dead letter: retries log the
+    # exception itself, and formatting is costly on a hot retry path.)
+    if not retryable:
+        return Outcome("dead", reason="not_retryable", error=format_error(exc), exc=exc)
+    if task.retries <= 0:
+        return Outcome("dead", reason="retries_exhausted", error=format_error(exc), exc=exc)
+    if task.attempt >= max_attempts:
+        # on_error may grant retries; this cap keeps that from looping forever.
+        return Outcome("dead", reason="attempt_limit", error=format_error(exc), exc=exc)
+    task.retries -= 1
+    task.status = RETRYING
+    if isinstance(exc, Retry) and exc.delay is not None:
+        delay = max(0.0, float(exc.delay))
+    else:
+        delay = backoff_seconds(tdef.backoff, task.attempt, exc)
+    return Outcome("retry", delay=delay, exc=exc)
 
 
 def rejected(exc: Rejected) -> Settlement:
@@ -173,8 +176,24 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
     Never raises for anything the task does: a task that ends the attempt with
     ``SystemExit`` or ``KeyboardInterrupt`` is a ``crashed`` dead letter.
     """
+    hooks = registry.hooks_for(task, tdef)
     try:
-        outcome = run_attempt(task, tdef, registry.hooks_for(task, tdef), registry.max_attempts)
+        if hooks:
+            outcome = run_attempt(task, tdef, hooks, registry.max_attempts)
+        else:
+            # run_attempt without hooks, written out: this is every task's path.
+            task.attempt += 1
+            task.status = RUNNING
+            try:
+                result = tdef.fn(*task.func_args, **task.func_kwargs)
+            except Exception as exc:
+                outcome = _failed(task, tdef, hooks, exc, registry.max_attempts)
+            else:
+                task.status = SUCCESS
+                task.result = result
+                return Settlement(
+                    "success", result, None, 0.0, "", "", "", task.name, task.task_id, task.attempt
+                )
     except BaseException as exc:  # SystemExit from task code: record, don't die
         outcome = Outcome("dead", reason="crashed", error=format_error(exc), exc=exc)
     kind = outcome.kind

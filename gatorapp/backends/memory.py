@@ -94,26 +94,30 @@ class MemoryBackend(Backend):
             if q is None:
                 return out
             self._expire(q, now)
-            while q.heap and len(out) < limit:
-                run_at, seq, task_id = q.heap[0]
-                entry = q.entries.get(task_id)
+            heap, entries, leased = q.heap, q.entries, q.leased
+            # One token for the whole batch: a lease is still told apart by
+            # (task id, token), and a token is never reused.
+            token = f"{self._token_prefix}{next(self._tokens)}"
+            until = now + lease
+            while heap and len(out) < limit:
+                run_at, seq, task_id = heap[0]
+                entry = entries.get(task_id)
                 if (
                     entry is None
-                    or (entry.seq, entry.run_at) != (seq, run_at)
-                    or not _available(entry, now)
+                    or entry.seq != seq
+                    or entry.run_at != run_at
+                    or (entry.token is not None and entry.lease_until > now)
                 ):
-                    heapq.heappop(q.heap)  # stale
+                    heapq.heappop(heap)  # stale
                     continue
                 if run_at > now:
                     break
-                heapq.heappop(q.heap)
-                entry.token = f"{self._token_prefix}{next(self._tokens)}"
-                entry.lease_until = now + lease
+                heapq.heappop(heap)
+                entry.token = token
+                entry.lease_until = until
                 entry.deliveries += 1
-                q.leased.add(task_id)
-                out.append(
-                    Reservation(queue, task_id, entry.data, entry.token, entry.deliveries, lease)
-                )
+                leased.add(task_id)
+                out.append(Reservation(queue, task_id, entry.data, token, entry.deliveries, lease))
         return out
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:

@@ -186,6 +186,7 @@ class Worker:
             outbox = self._outbox
             outbox.max_items = self.concurrency + MAX_PREFETCH
             outbox.keep_results = type(self).result is not Worker.result
+            outbox.shared = not inline
             self._heartbeat = Heartbeat(backend, self._held, self.app.lease, outbox.pending)
             runner = Runner(
                 self.app.registry,

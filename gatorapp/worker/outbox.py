@@ -67,6 +67,10 @@ class Outbox:
         self.max_items = max_items
         self.max_age = max_age
         self.keep_results = keep_results
+        #: True when several threads add: adds then take the lock. A worker that
+        #: runs tasks in its loop's thread adds without it (a cold stop, the one
+        #: other thread, only takes and reads).
+        self.shared = True
         self.lock = threading.Lock()
         self._acks: list[Reservation] = []
         self._retries: list[RetryItem] = []
@@ -86,23 +90,13 @@ class Outbox:
 
     # -- adding ----------------------------------------------------------------
     def add(self, r: Reservation, s: Settlement) -> None:
-        """Record the outcome of one delivery (any thread)."""
+        """Record the outcome of one delivery."""
         kind = s.kind
-        with self.lock:
-            if not (self._acks or self._retries or self._buries):
-                self._first = time.monotonic()
-            if kind == "success":
-                self._acks.append(r)
-                self.completed += 1
-                if self.keep_results:
-                    self.results.append(s.result)
-            elif kind == "retry":
-                self._retries.append((r, s.payload or r.data, time.time() + s.delay))
-                self.completed += 1
-            else:
-                self._buries.append((r, s.reason, s.error))
-                if s.attempt:
-                    self.completed += 1
+        if self.shared:
+            with self.lock:
+                self._add(r, s, kind)
+        else:
+            self._add(r, s, kind)
         if kind == "success":
             if self._debug:
                 log.debug("task %s %s succeeded: %s", s.name, s.task_id, reprlib.repr(s.result))
@@ -128,6 +122,22 @@ class Outbox:
             log.error(
                 "task %s on %s to dead letters (%s): %s", r.task_id, r.queue, s.reason, s.error
             )
+
+    def _add(self, r: Reservation, s: Settlement, kind: str) -> None:
+        if not (self._acks or self._retries or self._buries):
+            self._first = time.monotonic()
+        if kind == "success":
+            self._acks.append(r)
+            self.completed += 1
+            if self.keep_results:
+                self.results.append(s.result)
+        elif kind == "retry":
+            self._retries.append((r, s.payload or r.data, time.time() + s.delay))
+            self.completed += 1
+        else:
+            self._buries.append((r, s.reason, s.error))
+            if s.attempt:
+                self.completed += 1
 
     # -- sending ---------------------------------------------------------------
     def due(self) -> bool:
