@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from .backends.base import Backend, Message
-from .envelope import HOOK_NAMES, Task, envelope_dict, new_task_ids, pack_envelope
+from .envelope import HOOK_NAMES, Task, envelope_dict, new_task_id, new_task_ids, pack_envelope
 from .errors import ConfigurationError
 from .execution import Outcome, run_attempt
 from .options import as_bool, run_at
@@ -137,7 +137,7 @@ class Producer:
     ) -> TaskHandle[Any]:
         """Enqueue one run of ``tdef`` (or run it now, eagerly)."""
         queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
-        task_id = task_id or new_task_ids(1)[0]
+        task_id = task_id or new_task_id()
         data = self._encode(tdef, task_id, args, kwargs, queue, retries, hooks, extra)
         backend = self.backend()
         if eager:

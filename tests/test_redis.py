@@ -348,7 +348,7 @@ def test_no_keys_are_left_behind_after_a_drain_or_get_and_cancel(redis_server) -
     thread.start()
     try:
         settled = wait_for(lambda: app.backend.len("default") == 0, 20)
-        # Left: the queue registry and the enqueue counter. The worker's
+        # Left: the queue registry and the queue's counter. The worker's
         # next reserve deletes the records of its last calls.
         drained = wait_for(lambda: admin.dbsize() == 2, 3)
     finally:
@@ -358,10 +358,14 @@ def test_no_keys_are_left_behind_after_a_drain_or_get_and_cancel(redis_server) -
     got, cancelled = noop.delay(1), noop.delay(2)
     assert app.get(got.id) is not None and app.cancel(cancelled.id) is not None
     assert admin.dbsize() == 2, sorted(admin.keys("*"))
-    # A record nobody deletes (its process stopped) lasts the retry window of
-    # one call, not a lease.
+    # A reserve's batch lives as long as it holds a task; once settled, what is
+    # left is the record of the settle call, and a record nobody deletes (its
+    # process stopped) lasts the retry window of one call, not a lease.
     noop.delay(3)
-    app.backend.reserve(["default"], 1, 3600, "w")
+    got = app.backend.reserve(["default"], 1, 3600, "w")
+    assert len(admin.keys("*:b:*")) == 1
+    assert app.backend.ack(got) == [True]
+    assert admin.keys("*:b:*") == []
     (record,) = admin.keys("*:rec:*")
     assert 0 < admin.pttl(record) <= app.backend.record_ttl * 1000 < 60_000
     app.close()

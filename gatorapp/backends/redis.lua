@@ -2,34 +2,53 @@
 --
 -- Each "-- @@ name" section below is one script; the "common" section is
 -- prepended to every other one. A script runs atomically, so each state
--- change of a task is all-or-nothing even if a client dies mid-call.
+-- change of a batch of tasks is all-or-nothing even if a client dies mid-call.
 --
 -- Every script gets the same KEYS, all of one queue and all carrying the
 -- queue's hash tag {prefix:queue}, so a script touches a single slot:
---   1 data   hash  task id -> payload (a task exists while it has data)
---   2 wait   zset  "<seq hex16><task id>" -> due time; waiting tasks, ready
---                  once due; equal due times keep enqueue order by member
---   3 lease  zset  task id -> lease expiry, for reserved tasks
---   4 tok    hash  task id -> token of the current (or last, expired) lease
---   5 dlv    hash  task id -> deliveries since enqueue or retry
---   6 pos    hash  task id -> its member in wait (the task's place)
---   7 due    hash  task id -> due time
---   8 ctr    string enqueue counter, source of seq
---   9 dead   zset  task id -> failed_at
---  10 ddata  hash  task id -> payload of a dead letter
---  11 dwhy   hash  task id -> reason .. "\n" .. error
---  12 wake   a pub/sub channel name (not a key): idle workers listen on it
---  13 rec    the record of this call (reserve, take, ack, retry, release,
---            bury): what it did, kept for redis-py's retry window, so the
---            same call sent again after a lost reply returns the same
---  14...     records of earlier calls whose replies have arrived: deleted
--- Calls with a record get the record's time to live (ms) as ARGV[1].
--- Times are epoch seconds from Redis TIME, so worker clocks do not matter.
+--   1 data    hash  task id -> payload (a task exists while it has data)
+--   2 wait    zset  task id -> due time: waiting tasks, ready once due
+--   3 own     hash  task id -> token of the batch that leased it, then the
+--                   task's due time (kept after the lease expires, until
+--                   another worker reserves the task)
+--   4 dlv     hash  task id -> times its lease expired since enqueue or retry
+--   5 leases  zset  batch token -> lease expiry: one entry per reserve call
+--   6 held    hash  batch token -> how many of its tasks it still holds
+--   7 meta    hash  "reg": 1 once the queue is in the registry (which lives
+--                   outside this slot)
+--   8 dead    zset  task id -> failed_at
+--   9 ddata   hash  task id -> payload of a dead letter
+--  10 dwhy    hash  task id -> reason .. "\n" .. error
+--  11 wake    a pub/sub channel name (not a key): idle workers listen on it
+--  12 rec     the record of this call (settle, release, take): what it did,
+--             kept for the client's retry window, so the same call sent again
+--             after a lost reply returns the same; for reserve, the key of
+--             the batch it leases, "<tag>:b:<token>"
+--  13...      records of earlier calls whose replies have arrived: deleted
+-- A batch's key lists the task ids it leased; it is deleted once the batch
+-- holds none, or when its lease is reclaimed. (Scripts other than reserve
+-- name it from the queue's tag, so it is always in the queue's slot.)
+--
+-- Leases are per batch, not per task: a reserve leases all it returns under
+-- one token, the heartbeat renews a batch with one ZADD, and an expired
+-- batch goes back to the waiting set whole. Tokens are 64 characters, so
+-- own's values are longer than hash-max-listpack-value (64 by default) and
+-- own is a real hash table: field lookups stay O(1) however few tasks are
+-- leased. Lists of arguments come as one msgpack blob (cmsgpack), so a batch
+-- of 500 is one argument.
+--
+-- Equal due times keep enqueue order: the members of wait are task ids, and
+-- the ids of one enqueue call sort in the order of the call (see the
+-- producer). Times are epoch seconds from Redis TIME, so worker clocks do not
+-- matter.
 
 -- @@ common
-local K_DATA, K_WAIT, K_LEASE, K_TOK, K_DLV, K_POS, K_DUE, K_CTR =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local K_DEAD, K_DDATA, K_DWHY, K_WAKE, K_REC = KEYS[9], KEYS[10], KEYS[11], KEYS[12], KEYS[13]
+local K_DATA, K_WAIT, K_OWN, K_DLV, K_LEASES, K_HELD, K_META =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local K_DEAD, K_DDATA, K_DWHY, K_WAKE, K_REC = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+-- "{prefix:queue}:data" -> "{prefix:queue}:"
+local TAG = string.sub(K_DATA, 1, -5)
+local TOKEN_LEN = 64
 
 local function now()
   local t = redis.call('TIME')
@@ -40,14 +59,17 @@ local function fmt(t)
   return string.format('%.6f', t)
 end
 
--- Wake idle workers when a task is ready now or becomes the earliest one due,
--- so they re-compute how long to sleep.
-local function wake_if(due, t, head)
-  if due <= t or head == nil or due < head then
-    redis.call('PUBLISH', K_WAKE, '1')
-    return true
-  end
-  return false
+local function batch_key(token)
+  return TAG .. 'b:' .. token
+end
+
+-- An own entry: the token of the batch that leased the task, then its due time.
+local function owner(v)
+  return v and string.sub(v, 1, TOKEN_LEN)
+end
+
+local function due_of(v)
+  return string.sub(v, TOKEN_LEN + 1)
 end
 
 local function head_due()
@@ -56,227 +78,393 @@ local function head_due()
   return nil
 end
 
-local function add(id, data, due)
-  local m = string.format('%016x', redis.call('INCR', K_CTR)) .. id
-  redis.call('HSET', K_DATA, id, data)
-  redis.call('HSET', K_POS, id, m)
-  redis.call('HSET', K_DUE, id, fmt(due))
-  redis.call('ZADD', K_WAIT, fmt(due), m)
+-- Seconds until this queue may have something to reserve (a due task or an
+-- expired lease), as a string; '0' when ready now, '' when nothing waits.
+local function next_due(t)
+  local soonest = head_due()
+  local l = redis.call('ZRANGE', K_LEASES, 0, 0, 'WITHSCORES')
+  if l[2] and (soonest == nil or tonumber(l[2]) < soonest) then soonest = tonumber(l[2]) end
+  if soonest == nil then return '' end
+  return fmt(math.max(0, soonest - t))
 end
 
--- Put a leased task back in its place in the waiting set.
-local function unlease(id)
-  redis.call('ZREM', K_LEASE, id)
-  redis.call('ZADD', K_WAIT, redis.call('HGET', K_DUE, id), redis.call('HGET', K_POS, id))
+-- Wake idle workers when a task is ready now or becomes the earliest one due,
+-- so they re-compute how long to sleep.
+local function wake_for(soonest, t, head)
+  if soonest ~= nil and (soonest <= t or head == nil or soonest < head) then
+    redis.call('PUBLISH', K_WAKE, '1')
+  end
 end
 
-local function forget(id)
-  local m = redis.call('HGET', K_POS, id)
-  if m then redis.call('ZREM', K_WAIT, m) end
-  redis.call('ZREM', K_LEASE, id)
-  redis.call('HDEL', K_DATA, id)
-  redis.call('HDEL', K_TOK, id)
-  redis.call('HDEL', K_DLV, id)
-  redis.call('HDEL', K_POS, id)
-  redis.call('HDEL', K_DUE, id)
+-- Add new tasks: ids, payloads and due times (strings) in three lists.
+local function add(ids, datas, dues)
+  local d, z = {}, {}
+  for i = 1, #ids do
+    d[2 * i - 1], d[2 * i] = ids[i], datas[i]
+    z[2 * i - 1], z[2 * i] = dues[i], ids[i]
+  end
+  redis.call('HSET', K_DATA, unpack(d))
+  redis.call('ZADD', K_WAIT, unpack(z))
 end
 
--- Records of earlier calls (KEYS[14...]): their replies came, so no retry
+-- The queue's registration, for the client: 1 when it is in the registry.
+local function registered()
+  return tonumber(redis.call('HGET', K_META, 'reg') or '0')
+end
+
+-- Records of earlier calls (KEYS[13...]): their replies came, so no retry
 -- of them can come any more.
 local function drop_spent()
-  if #KEYS > 13 then redis.call('DEL', unpack(KEYS, 14)) end
+  if #KEYS > 12 then redis.call('DEL', unpack(KEYS, 13)) end
 end
 
--- A token-checked call (ack, retry, release, bury) sent again: its stored
--- outcome, one 0 or 1 per task. Without it the repeat would find its tokens
--- gone and report every lease as taken over.
+-- A recorded call sent again: what it answered the first time.
 local function replay()
   drop_spent()
-  local done = redis.call('GET', K_REC)
-  if not done then return nil end
-  local out = {}
-  for i = 1, #done do out[i] = tonumber(string.sub(done, i, i)) end
-  return out
+  return redis.call('GET', K_REC)
 end
 
--- Keep the outcome of a token-checked call for a repeat; a call that changed
--- nothing would do the same again, so needs no record.
+-- Keep the answer of a call for a repeat; a call that changed nothing would
+-- do the same again, so needs no record.
 local function remember(out)
-  local s = table.concat(out)
-  if string.find(s, '1', 1, true) then redis.call('SET', K_REC, s, 'PX', ARGV[1]) end
+  if string.find(out, '1', 1, true) then redis.call('SET', K_REC, out, 'PX', ARGV[1]) end
   return out
 end
 
--- A lease is held while the task still carries its token: after expiry the
--- holder may still finish until another worker re-reserves the task.
-local function held(id, token)
-  return redis.call('HGET', K_TOK, id) == token
+-- Delete the fields of the ids from a hash that may not exist (most often
+-- dlv: empty unless leases expired).
+local function forget(key, ids)
+  if #ids > 0 and redis.call('EXISTS', key) == 1 then redis.call('HDEL', key, unpack(ids)) end
 end
 
--- The token-checked batch calls (ack, retry, release, bury): ARGV is the
--- record ttl, then items of `stride` values starting with id and token.
--- Runs act(i) for each item whose lease is still held; 1 or 0 per item,
--- remembered so that the same call sent again returns the same answer.
-local function each_held(stride, act)
-  local out = replay()
-  if out then return out end
-  out = {}
-  for i = 2, #ARGV, stride do
-    if held(ARGV[i], ARGV[i + 1]) then
-      act(i)
-      out[#out + 1] = 1
-    else
-      out[#out + 1] = 0
-    end
+-- A batch's tasks are settled or handed back: count them off its lease and
+-- drop the lease once it holds none. Returns false when the batch's lease
+-- was reclaimed already (its tasks may sit in wait again).
+local function release_from(token, n)
+  if not redis.call('ZSCORE', K_LEASES, token) then return false end
+  if redis.call('HINCRBY', K_HELD, token, -n) <= 0 then
+    redis.call('ZREM', K_LEASES, token)
+    redis.call('HDEL', K_HELD, token)
+    redis.call('DEL', batch_key(token))
   end
-  return remember(out)
+  return true
+end
+
+-- Which of the (id, token) pairs still hold their lease: a list of booleans,
+-- how many each token holds, and the own entries.
+local function check(ids, tokens)
+  local ok, per_token = {}, {}
+  if #ids == 0 then return ok, per_token, {} end
+  local cur = redis.call('HMGET', K_OWN, unpack(ids))
+  for i = 1, #ids do
+    local token = tokens[i]
+    ok[i] = owner(cur[i]) == token
+    if ok[i] then per_token[token] = (per_token[token] or 0) + 1 end
+  end
+  return ok, per_token, cur
+end
+
+-- Count settled tasks off their batches. Those of a reclaimed batch are back
+-- in wait: they are taken out of it (their holder finished them after all).
+local function settle_batches(ids, tokens, ok, per_token)
+  local gone = {}
+  for token, n in pairs(per_token) do
+    if not release_from(token, n) then gone[token] = true end
+  end
+  if next(gone) == nil then return end
+  local out_of_wait = {}
+  for i = 1, #ids do
+    if ok[i] and gone[tokens[i]] then out_of_wait[#out_of_wait + 1] = ids[i] end
+  end
+  if #out_of_wait > 0 then redis.call('ZREM', K_WAIT, unpack(out_of_wait)) end
+end
+
+-- Put leased tasks back in wait at their due time; own holds the ids' entries.
+local function rewait(ids, own)
+  local z = {}
+  for i, id in ipairs(ids) do
+    z[2 * i - 1], z[2 * i] = due_of(own[i]), id
+  end
+  if #z > 0 then redis.call('ZADD', K_WAIT, unpack(z)) end
+end
+
+-- Batches whose lease expired go back to wait, whole: each task its lease
+-- still holds keeps its place and counts one more delivery. The token stays
+-- on each task, so the late holder may still settle it until another worker
+-- reserves it.
+local function reclaim(t)
+  local expired = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', fmt(t), 'LIMIT', 0, 100)
+  for _, token in ipairs(expired) do
+    local bk = batch_key(token)
+    local ids = redis.call('LRANGE', bk, 0, -1)
+    if #ids > 0 then
+      local cur = redis.call('HMGET', K_OWN, unpack(ids))
+      local back, own = {}, {}
+      for i, id in ipairs(ids) do
+        if owner(cur[i]) == token then
+          back[#back + 1] = id
+          own[#back] = cur[i]
+        end
+      end
+      rewait(back, own)
+      for _, id in ipairs(back) do redis.call('HINCRBY', K_DLV, id, 1) end
+    end
+    redis.call('DEL', bk)
+    redis.call('HDEL', K_HELD, token)
+  end
+  if #expired > 0 then redis.call('ZREM', K_LEASES, unpack(expired)) end
+end
+
+-- The tasks of a batch as a reply: ids, payloads, earlier deliveries, ''.
+local function handout(ids)
+  if #ids == 0 then return {{}, {}, {}, ''} end
+  local dlvs = {}
+  if redis.call('EXISTS', K_DLV) == 1 then dlvs = redis.call('HMGET', K_DLV, unpack(ids)) end
+  return {ids, redis.call('HMGET', K_DATA, unpack(ids)), dlvs, ''}
 end
 
 -- @@ enqueue
--- ARGV: id, data, due ('' = now) repeated. Idempotent by id: a task id
--- already in the queue is left alone, so a retried call adds nothing.
+-- ARGV[1]: msgpack [id, payload, due ('' = now, else seconds as a string), ...].
+-- Idempotent by id: a task id already in the queue is left alone, so a
+-- retried call adds nothing. Returns {tasks added, registered}.
+local flat = cmsgpack.unpack(ARGV[1])
 local t = now()
-local head = head_due()
-local woke = false
-local added = 0
-for i = 1, #ARGV, 3 do
-  local id = ARGV[i]
-  if redis.call('HEXISTS', K_DATA, id) == 0 then
-    local due = t
-    if ARGV[i + 2] ~= '' then due = tonumber(ARGV[i + 2]) end
-    add(id, ARGV[i + 1], due)
-    added = added + 1
-    if not woke then woke = wake_if(due, t, head) end
-    if head == nil or due < head then head = due end
+local t_due = fmt(t)
+local ids, seen = {}, {}
+for i = 1, #flat, 3 do
+  local id = flat[i]
+  if not seen[id] then
+    seen[id] = i
+    ids[#ids + 1] = id
   end
 end
-return added
+local have = redis.call('HMGET', K_DATA, unpack(ids))
+local n_ids, n_datas, n_dues, soonest = {}, {}, {}, nil
+for k = 1, #ids do
+  if not have[k] then
+    local i = seen[ids[k]]
+    local due = flat[i + 2]
+    local at = t
+    if due == '' then due = t_due else at = tonumber(due) end
+    n_ids[#n_ids + 1] = ids[k]
+    n_datas[#n_ids] = flat[i + 1]
+    n_dues[#n_ids] = due
+    if soonest == nil or at < soonest then soonest = at end
+  end
+end
+if #n_ids > 0 then
+  local head = nil
+  if soonest > t then head = head_due() end
+  add(n_ids, n_datas, n_dues)
+  wake_for(soonest, t, head)
+end
+return {#n_ids, registered()}
 
 -- @@ reserve
--- ARGV: ttl, limit, lease seconds, token. Returns id, data, deliveries repeated.
-local limit, lease, token = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local out = {}
+-- ARGV: limit, lease seconds, token (new for every call; 64 characters).
+-- Leases up to limit due tasks as one batch. Returns {ids, payloads, earlier
+-- deliveries, next}: next is '' when tasks were handed out, else the
+-- seconds until something may be (see next_due).
+local limit, lease, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local bk = K_REC
 drop_spent()
-local earlier = redis.call('LRANGE', K_REC, 0, -1)
+local earlier = redis.call('LRANGE', bk, 0, -1)
 if #earlier > 0 then
   -- The same call again (its reply was lost): hand out the same batch.
-  for _, id in ipairs(earlier) do
-    if held(id, token) then
-      out[#out + 1] = id
-      out[#out + 1] = redis.call('HGET', K_DATA, id)
-      out[#out + 1] = tonumber(redis.call('HGET', K_DLV, id))
+  local cur = redis.call('HMGET', K_OWN, unpack(earlier))
+  local ids = {}
+  for i, id in ipairs(earlier) do
+    if owner(cur[i]) == token then ids[#ids + 1] = id end
+  end
+  return handout(ids)
+end
+local t = now()
+-- Expired leases first, so their tasks keep their place in line.
+reclaim(t)
+local zs = redis.call('ZRANGEBYSCORE', K_WAIT, '-inf', fmt(t), 'WITHSCORES', 'LIMIT', 0, limit)
+if #zs == 0 then return {{}, {}, {}, next_due(t)} end
+local ids, owners = {}, {}
+for i = 1, #zs, 2 do
+  ids[#ids + 1] = zs[i]
+  owners[i], owners[i + 1] = zs[i], token .. zs[i + 1]
+end
+redis.call('ZREM', K_WAIT, unpack(ids))
+redis.call('HSET', K_OWN, unpack(owners))
+redis.call('RPUSH', bk, unpack(ids))
+redis.call('ZADD', K_LEASES, fmt(t + lease), token)
+redis.call('HSET', K_HELD, token, #ids)
+return handout(ids)
+
+-- @@ settle
+-- ARGV: record ttl, msgpack [acks, retries, buries] where acks is
+-- [token, [id, ...], ...], retries [id, token, payload, due, ...] and buries
+-- [id, token, reason, error, ...]. Returns one '1' or '0' per item (acks in
+-- the order sent, then retries, then buries): '0' where the lease was lost.
+local done = replay()
+if done then return done end
+local msg = cmsgpack.unpack(ARGV[2])
+local acks, retries, buries = msg[1], msg[2], msg[3]
+local ids, tokens = {}, {}
+for g = 1, #acks, 2 do
+  for _, id in ipairs(acks[g + 1]) do
+    ids[#ids + 1] = id
+    tokens[#ids] = acks[g]
+  end
+end
+local n_acks = #ids
+for i = 1, #retries, 4 do ids[#ids + 1] = retries[i]; tokens[#ids] = retries[i + 1] end
+local n_retries = #ids - n_acks
+for i = 1, #buries, 4 do ids[#ids + 1] = buries[i]; tokens[#ids] = buries[i + 1] end
+local ok, per_token = check(ids, tokens)
+local out = {}
+for i = 1, #ids do out[i] = ok[i] and '1' or '0' end
+out = table.concat(out)
+if not string.find(out, '1', 1, true) then return out end
+settle_batches(ids, tokens, ok, per_token)
+local t = now()
+-- Dead letters keep the payload they failed with.
+local dead_ids, dead_z, dead_why = {}, {}, {}
+for k = 1, #buries / 4 do
+  local i = n_acks + n_retries + k
+  if ok[i] then
+    local j = 4 * k - 3
+    local id = ids[i]
+    dead_ids[#dead_ids + 1] = id
+    dead_z[#dead_z + 1] = fmt(t)
+    dead_z[#dead_z + 1] = id
+    dead_why[#dead_why + 1] = id
+    dead_why[#dead_why + 1] = buries[j + 2] .. '\n' .. buries[j + 3]
+  end
+end
+if #dead_ids > 0 then
+  local payloads = redis.call('HMGET', K_DATA, unpack(dead_ids))
+  local dd = {}
+  for i, id in ipairs(dead_ids) do
+    dd[2 * i - 1], dd[2 * i] = id, payloads[i] or ''
+  end
+  redis.call('ZADD', K_DEAD, unpack(dead_z))
+  redis.call('HSET', K_DDATA, unpack(dd))
+  redis.call('HSET', K_DWHY, unpack(dead_why))
+end
+-- Acknowledged and buried tasks leave the queue; retried ones stay, with a
+-- new payload and due time, their deliveries counted afresh.
+local gone, r_ids, r_data, r_z, soonest = {}, {}, {}, {}, nil
+for i = 1, #ids do
+  if ok[i] then
+    if i <= n_acks or i > n_acks + n_retries then gone[#gone + 1] = ids[i] else r_ids[#r_ids + 1] = ids[i] end
+  end
+end
+if #gone > 0 then
+  redis.call('HDEL', K_DATA, unpack(gone))
+  redis.call('HDEL', K_OWN, unpack(gone))
+  forget(K_DLV, gone)
+end
+if #r_ids > 0 then
+  local k = 0
+  for j = 1, #retries, 4 do
+    k = k + 1
+    if ok[n_acks + k] then
+      local id, due = retries[j], tonumber(retries[j + 3])
+      r_data[#r_data + 1] = id
+      r_data[#r_data + 1] = retries[j + 2]
+      r_z[#r_z + 1] = fmt(due)
+      r_z[#r_z + 1] = id
+      if soonest == nil or due < soonest then soonest = due end
     end
   end
-  return out
+  local head = nil
+  if soonest > t then head = head_due() end
+  redis.call('HSET', K_DATA, unpack(r_data))
+  redis.call('ZADD', K_WAIT, unpack(r_z))
+  redis.call('HDEL', K_OWN, unpack(r_ids))
+  forget(K_DLV, r_ids)
+  wake_for(soonest, t, head)
 end
-local t = now()
--- Reclaim expired leases first, so their tasks keep their place in line.
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_LEASE, '-inf', fmt(t), 'LIMIT', 0, 1000)) do
-  unlease(id)
-end
-local until_ = fmt(t + lease)
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', K_WAIT, '-inf', fmt(t), 'LIMIT', 0, limit)) do
-  local id = string.sub(m, 17)
-  redis.call('ZREM', K_WAIT, m)
-  redis.call('ZADD', K_LEASE, until_, id)
-  redis.call('HSET', K_TOK, id, token)
-  redis.call('RPUSH', K_REC, id)
-  out[#out + 1] = id
-  out[#out + 1] = redis.call('HGET', K_DATA, id)
-  out[#out + 1] = redis.call('HINCRBY', K_DLV, id, 1)
-end
-if #out > 0 then redis.call('PEXPIRE', K_REC, ARGV[1]) end
-return out
-
--- @@ ack
--- ARGV: ttl, then id, token repeated. Returns 1 or 0 per task.
-return each_held(2, function(i) forget(ARGV[i]) end)
-
--- @@ retry
--- ARGV: ttl, then id, token, data, due repeated. New payload and due time;
--- the task keeps its place among equal due times and its deliveries restart.
-local t = now()
-local head = head_due()
-local woke = false
-return each_held(4, function(i)
-  local id = ARGV[i]
-  local due = tonumber(ARGV[i + 3])
-  redis.call('HSET', K_DATA, id, ARGV[i + 2])
-  redis.call('HSET', K_DUE, id, fmt(due))
-  redis.call('HSET', K_DLV, id, 0)
-  redis.call('HDEL', K_TOK, id)
-  unlease(id)
-  if not woke then woke = wake_if(due, t, head) end
-  if head == nil or due < head then head = due end
-end)
+return remember(out)
 
 -- @@ release
--- ARGV: ttl, then id, token repeated. Back in place; the delivery is not counted.
-local woke = false
-return each_held(2, function(i)
-  local id = ARGV[i]
-  local d = tonumber(redis.call('HGET', K_DLV, id) or '0')
-  redis.call('HSET', K_DLV, id, math.max(0, d - 1))
-  redis.call('HDEL', K_TOK, id)
-  unlease(id)
-  if not woke then
-    redis.call('PUBLISH', K_WAKE, '1')
-    woke = true
-  end
-end)
-
--- @@ extend
--- ARGV: id, token, lease seconds repeated.
-local t = now()
-local out = {}
-for i = 1, #ARGV, 3 do
-  local id = ARGV[i]
-  if held(id, ARGV[i + 1]) then
-    -- Its lease may have expired and been reclaimed into the waiting set:
-    -- take it out again, the holder is alive.
-    local m = redis.call('HGET', K_POS, id)
-    redis.call('ZREM', K_WAIT, m)
-    redis.call('ZADD', K_LEASE, fmt(t + tonumber(ARGV[i + 2])), id)
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
+-- ARGV: record ttl, msgpack [id, token, ...]. Tasks that never started go
+-- back in their place; their delivery is not counted. '1'/'0' per task.
+local done = replay()
+if done then return done end
+local flat = cmsgpack.unpack(ARGV[2])
+local ids, tokens = {}, {}
+for i = 1, #flat, 2 do ids[#ids + 1] = flat[i]; tokens[#ids] = flat[i + 1] end
+local ok, per_token, cur = check(ids, tokens)
+local out, back, own = {}, {}, {}
+for i = 1, #ids do
+  out[i] = ok[i] and '1' or '0'
+  if ok[i] then
+    back[#back + 1] = ids[i]
+    own[#back] = cur[i]
   end
 end
-return out
+out = table.concat(out)
+if #back == 0 then return out end
+for token, n in pairs(per_token) do release_from(token, n) end
+rewait(back, own)
+redis.call('HDEL', K_OWN, unpack(back))
+redis.call('PUBLISH', K_WAKE, '1')
+return remember(out)
 
--- @@ bury
--- ARGV: ttl, then id, token, reason, error repeated.
+-- @@ extend
+-- ARGV: msgpack [token, lease seconds, [id, ...], ...]: each batch's lease
+-- renewed for that many seconds from now. Returns '1'/'0' per id, in order.
+local groups = cmsgpack.unpack(ARGV[1])
 local t = now()
-return each_held(4, function(i)
-  local id = ARGV[i]
-  local data = redis.call('HGET', K_DATA, id)
-  forget(id)
-  redis.call('ZADD', K_DEAD, fmt(t), id)
-  redis.call('HSET', K_DDATA, id, data)
-  redis.call('HSET', K_DWHY, id, ARGV[i + 2] .. '\n' .. ARGV[i + 3])
-end)
+local out = {}
+for g = 1, #groups, 3 do
+  local token, lease, ids = groups[g], tonumber(groups[g + 1]), groups[g + 2]
+  local tokens = {}
+  for i = 1, #ids do tokens[i] = token end
+  local ok = check(ids, tokens)
+  local still = {}
+  for i = 1, #ids do
+    out[#out + 1] = ok[i] and '1' or '0'
+    if ok[i] then still[#still + 1] = ids[i] end
+  end
+  if #still > 0 then
+    if not redis.call('ZSCORE', K_LEASES, token) then
+      -- Its lease expired and was reclaimed, but nobody reserved its tasks
+      -- since: the holder is alive, so it takes them out of wait again.
+      redis.call('ZREM', K_WAIT, unpack(still))
+      local bk = batch_key(token)
+      redis.call('DEL', bk)
+      redis.call('RPUSH', bk, unpack(still))
+      redis.call('HSET', K_HELD, token, #still)
+    end
+    redis.call('ZADD', K_LEASES, fmt(t + lease), token)
+  end
+end
+return table.concat(out)
 
 -- @@ take
 -- ARGV: ttl, id. Removes a task nobody holds a live lease on; returns its data.
-drop_spent()
-local done = redis.call('GET', K_REC)
+local done = replay()
 if done then return done end  -- the same call again (its reply was lost)
 local id = ARGV[2]
 local data = redis.call('HGET', K_DATA, id)
 if not data then return false end
-local until_ = redis.call('ZSCORE', K_LEASE, id)
-if until_ and tonumber(until_) > now() then return false end
-forget(id)
+local token = owner(redis.call('HGET', K_OWN, id))
+if token then
+  local until_ = redis.call('ZSCORE', K_LEASES, token)
+  if until_ and tonumber(until_) > now() then return false end
+  if until_ then release_from(token, 1) end
+end
+redis.call('ZREM', K_WAIT, id)
+redis.call('HDEL', K_DATA, id)
+redis.call('HDEL', K_OWN, id)
+redis.call('HDEL', K_DLV, id)
 redis.call('SET', K_REC, data, 'PX', ARGV[1])
 return data
 
 -- @@ dead_add
--- ARGV: id, data, reason, error.
+-- ARGV: id, data, reason, error. Returns {1, registered}.
 local id = ARGV[1]
 redis.call('ZADD', K_DEAD, fmt(now()), id)
 redis.call('HSET', K_DDATA, id, ARGV[2])
 redis.call('HSET', K_DWHY, id, ARGV[3] .. '\n' .. ARGV[4])
-return 1
+return {1, registered()}
 
 -- @@ dead_requeue
 -- ARGV: id, '1' to replace the payload with ARGV[3] (else keep it).
@@ -289,7 +477,7 @@ if ARGV[2] == '1' then data = ARGV[3] end
 redis.call('ZREM', K_DEAD, id)
 redis.call('HDEL', K_DDATA, id)
 redis.call('HDEL', K_DWHY, id)
-add(id, data, now())
+add({id}, {data}, {fmt(now())})
 redis.call('PUBLISH', K_WAKE, '1')
 return 1
 
@@ -316,26 +504,28 @@ redis.call('DEL', K_DEAD, K_DDATA, K_DWHY)
 return n
 
 -- @@ stats
--- Returns ready, delayed, running, dead; an expired lease counts as ready.
-local t = fmt(now())
-local expired = redis.call('ZCOUNT', K_LEASE, '-inf', t)
+-- Returns ready, delayed, running, dead; the tasks of an expired lease count
+-- as ready.
+local t = now()
+local expired, running = 0, 0
+local leases = redis.call('ZRANGE', K_LEASES, 0, -1, 'WITHSCORES')
+for i = 1, #leases, 2 do
+  local n = tonumber(redis.call('HGET', K_HELD, leases[i]) or '0')
+  if tonumber(leases[i + 1]) <= t then expired = expired + n else running = running + n end
+end
 return {
-  redis.call('ZCOUNT', K_WAIT, '-inf', t) + expired,
-  redis.call('ZCOUNT', K_WAIT, '(' .. t, '+inf'),
-  redis.call('ZCARD', K_LEASE) - expired,
+  redis.call('ZCOUNT', K_WAIT, '-inf', fmt(t)) + expired,
+  redis.call('ZCOUNT', K_WAIT, '(' .. fmt(t), '+inf'),
+  running,
   redis.call('ZCARD', K_DEAD),
 }
 
 -- @@ next_due
--- Seconds until this queue may have something to reserve (a due task or an
--- expired lease), as a string; '0' when ready now, '' when nothing waits.
-local t = now()
-local soonest = head_due()
-local l = redis.call('ZRANGE', K_LEASE, 0, 0, 'WITHSCORES')
-if l[2] and (soonest == nil or tonumber(l[2]) < soonest) then soonest = tonumber(l[2]) end
-if soonest == nil then return '' end
-return fmt(math.max(0, soonest - t))
+return next_due(now())
 
 -- @@ drop
-redis.call('DEL', K_DATA, K_WAIT, K_LEASE, K_TOK, K_DLV, K_POS, K_DUE, K_CTR)
+for _, token in ipairs(redis.call('ZRANGE', K_LEASES, 0, -1)) do
+  redis.call('DEL', batch_key(token))
+end
+redis.call('DEL', K_DATA, K_WAIT, K_OWN, K_DLV, K_LEASES, K_HELD)
 return 1

@@ -11,217 +11,121 @@ Query options are redis-py's (``socket_timeout``, ``socket_connect_timeout``,
 ``prefix`` (default ``gatorapp``), which namespaces every key so several apps
 can share one Redis. Nothing connects until the first call.
 
-Delivery is at-least-once. Every state change of a task is one Lua script
-(see ``redis.lua``), so a client or server crash between two commands cannot
-lose or duplicate a task. Scripts are idempotent where redis-py's automatic
-retry could run them twice after a lost reply: enqueue adds an id only once;
-reserve, take, ack, retry, release and bury keep a short-lived record of
-what each call did, so the call sent again returns the same. Due times and
-lease expiries come from Redis ``TIME``, so worker clocks do not matter.
+Delivery is at-least-once. Every state change of a batch of tasks is one Lua
+script (see ``redis.lua``), so a client or server crash between two commands
+cannot lose or duplicate a task. A reserve leases its whole batch under one
+token; settling a batch (acknowledgements, retries and dead letters together)
+is one script per queue, and a worker sends it in the same round trip as its
+next reserve. Scripts are idempotent where a retry after a lost reply could
+run them twice: enqueue adds an id only once, a reserve sent again hands out
+the batch its token already leased, and settle, release and take keep a
+short-lived record of what they did. Due times and lease expiries come from
+Redis ``TIME``, so worker clocks do not matter.
 
 All keys of one queue share the hash tag ``{prefix:queue}``, so each script
 touches one slot; see docs/redis.md for what Redis Cluster needs.
 
 Idle workers block on a pub/sub channel per queue, with a timeout cut to the
 next due task or lease expiry: a new task wakes them at once and a delayed
-one is taken within milliseconds of its due time. (A blocking list pop would
-do too, but Redis enforces blocking-command timeouts only on its ``hz`` tick,
-100 ms by default, and wakes a single waiter.)
+one is taken within milliseconds of its due time. The reserve that found
+nothing has already looked, so going idle costs no extra round trip. (A
+blocking list pop would do too, but Redis enforces blocking-command timeouts
+only on its ``hz`` tick, 100 ms by default, and wakes a single waiter.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import Any
 
+import msgpack
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import PubSub
-from redis.commands.core import Script
-from redis.connection import URL_QUERY_ARGUMENT_PARSERS, ConnectionPool
 from redis.connection import parse_url as redis_parse_url
-from redis.exceptions import NoScriptError
-from redis.retry import Retry
+from redis.exceptions import ResponseError
 
-from ..errors import BackendError, ConfigurationError
+from ..errors import BackendError
 from .base import (
     DEFAULT_MAX_PAYLOAD,
     Backend,
+    Burial,
     DeadLetter,
     Message,
     QueueStats,
     Reservation,
+    RetryItem,
+    Settled,
     truncate,
 )
-
-DEFAULT_PREFIX = "gatorapp"
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,100}$")
-
-# Query options passed on to redis-py besides those it parses itself.
-_STRING_OPTIONS = {
-    "client_name",
-    "ssl_cert_reqs",
-    "ssl_ca_certs",
-    "ssl_ca_path",
-    "ssl_ca_data",
-    "ssl_certfile",
-    "ssl_keyfile",
-    "ssl_password",
-}
+from .redis_config import parse_redis_url, record_ttl
+from .redis_link import Link
 
 # The per-queue keys, in the order every script receives them (see redis.lua).
 _SUFFIXES = (
     "data",
     "wait",
-    "lease",
-    "tok",
+    "own",
     "dlv",
-    "pos",
-    "due",
-    "ctr",
+    "leases",
+    "held",
+    "meta",
     "dead",
     "ddata",
     "dwhy",
     "wake",
 )
 _WAKE = _SUFFIXES.index("wake")
+_DEAD = _SUFFIXES.index("dead")
+_META = _SUFFIXES.index("meta")
 
 # Tasks per script call: large batches are split so one call never blocks
-# Redis for long. Each chunk is atomic; enqueue and ack are idempotent, so a
-# caller that retries after a failure part-way is safe.
+# Redis for long (and Lua's unpack() stays within its limit). Each chunk is
+# atomic and safe to send again, and every chunk of one batch goes in one
+# pipeline: one round trip.
 _CHUNK = 500
 
 # Records of calls whose replies came, kept per queue until the next call on
 # that queue deletes them; more than this are left to their time to live.
 _MAX_SPENT = 200
 
-# Numbers redis-py takes as given and fails on only when it uses them (a
-# zero socket timeout makes every call fail, a negative one raises at the
-# first call).
-_POSITIVE = {"socket_timeout", "socket_connect_timeout", "socket_read_size", "max_connections"}
-_NONNEGATIVE = {"health_check_interval", "db"}
 
-_T = TypeVar("_T")
-
-
-def _load_scripts() -> dict[str, str]:
+def _load_scripts() -> dict[str, tuple[str, str]]:
+    """Script name -> (source, SHA1), from the sections of redis.lua."""
     text = resources.files("gatorapp.backends").joinpath("redis.lua").read_text("utf-8")
     parts = re.split(r"^-- @@ (\w+)\s*$", text, flags=re.MULTILINE)
     sections = dict(zip(parts[1::2], parts[2::2]))
     common = sections.pop("common")
-    return {name: common + body for name, body in sections.items()}
+    out = {}
+    for name, body in sections.items():
+        source = common + body
+        out[name] = (source, hashlib.sha1(source.encode()).hexdigest())
+    return out
 
 
 _SCRIPTS = _load_scripts()
 
 
-def _default_options(scheme: str) -> dict[str, Any]:
-    # redis-py retries ConnectionError/TimeoutError 10 times by default, which
-    # keeps a call hanging for seconds while Redis is down. A few quick tries
-    # ride out a dropped connection; after that the error reaches the worker,
-    # which logs once and backs off (tenacity) instead of blocking here.
-    options: dict[str, Any] = {
-        "socket_connect_timeout": 5.0,
-        "socket_timeout": 10.0,
-        "retry": Retry(ExponentialWithJitterBackoff(cap=0.25, base=0.02), 3),
-    }
-    if scheme != "unix":
-        options["socket_keepalive"] = True  # notice a peer that vanished
-    return options
+def _pack(items: Any) -> bytes:
+    # Lua's cmsgpack reads msgpack's str type only: bytes go as str, which
+    # Lua strings carry unchanged.
+    return msgpack.packb(items, use_bin_type=False)  # type: ignore[no-any-return]
 
 
-def parse_redis_url(url: str, options: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
-    """Split a backend URL into (key prefix, redis-py URL, client options).
-
-    Validates what redis-py would only reject at the first connection (or
-    silently ignore, like a non-numeric db), so a bad URL fails at once.
-    """
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 -- raises ValueError for a bad port
-    except ValueError as exc:
-        raise ConfigurationError(f"bad Redis URL {url!r}: {exc}") from None
-    scheme = parts.scheme.lower()  # redis-py takes only lower case
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(f"not a Redis URL: {url!r}")
-    prefix = DEFAULT_PREFIX
-    query = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if name == "prefix":
-            prefix = value
-        elif name in URL_QUERY_ARGUMENT_PARSERS or name in _STRING_OPTIONS:
-            query.append((name, value))
-        else:
-            known = sorted({"prefix", *URL_QUERY_ARGUMENT_PARSERS, *_STRING_OPTIONS})
-            raise ConfigurationError(
-                f"unknown option {name!r} in Redis URL {url!r}; known: {', '.join(known)}"
-            )
-    prefix = options.pop("prefix", None) or prefix
-    if not _PREFIX_RE.match(prefix):
-        raise ConfigurationError(
-            f"bad Redis key prefix {prefix!r}: use 1-100 letters, digits, '_', '.' or '-'"
-        )
-    db = parts.path.strip("/")
-    if scheme != "unix" and db and not db.isdigit():
-        raise ConfigurationError(f"bad database number {db!r} in Redis URL {url!r}")
-    if scheme != "unix" and db and any(n == "db" and v != db for n, v in query):
-        raise ConfigurationError(f"Redis URL {url!r} names two databases, in path and ?db=")
-    if scheme == "unix" and not parts.path:
-        raise ConfigurationError(f"Redis URL {url!r} names no socket: unix:///path/to.sock")
-    if scheme == "unix" and any(n.startswith("socket_keepalive") for n, _ in query):
-        raise ConfigurationError(f"socket_keepalive is for TCP, not unix:// sockets: {url!r}")
-    if scheme != "rediss" and any(n.startswith("ssl_") for n, _ in query):
-        raise ConfigurationError(f"ssl_* options need a rediss:// URL: {url!r}")
-    # (urlunsplit would turn unix:///path into unix:/path)
-    rest = url.partition("://")[2].partition("?")[0]
-    client_url = f"{scheme}://{rest}" + (f"?{urlencode(query)}" if query else "")
-    options = {**_default_options(scheme), **options}
-    _check_client(url, client_url, options)
-    return prefix, client_url, options
+def _new_token() -> str:
+    """A batch token: 64 characters, so the scripts' own hash is a hash table
+    (see redis.lua)."""
+    return os.urandom(32).hex()
 
 
-def _check_client(url: str, client_url: str, options: dict[str, Any]) -> None:
-    """Build, but never connect, what redis-py would build at the first call,
-    so values it only checks then (a bad ``protocol`` or ``ssl_cert_reqs``,
-    an unknown keyword) fail now; and check the numbers it takes as given."""
-    try:
-        given = {**options, **redis_parse_url(client_url)}  # (URL options win)
-        for name in sorted(_POSITIVE | _NONNEGATIVE):
-            value, zero_ok = given.get(name), name in _NONNEGATIVE
-            # (written so that NaN fails too)
-            if value is not None and not (value >= 0 if zero_ok else value > 0):
-                raise ValueError(f"{name} must be {'>= 0' if zero_ok else '> 0'}, not {value!r}")
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, not {value!r}")
-        pool = ConnectionPool.from_url(client_url, **options)
-        pool.connection_class(**pool.connection_kwargs)  # no I/O until its first use
-    except (TypeError, ValueError, redis.RedisError) as exc:
-        raise ConfigurationError(f"bad Redis URL or option {url!r}: {exc}") from None
-
-
-def _record_ttl(options: dict[str, Any]) -> float:
-    """Seconds the record of a call must last: redis-py's retry window for it.
-
-    A lost reply shows after up to ``socket_timeout``; each retry then waits
-    its backoff (allowed 1 s) and up to ``socket_connect_timeout`` for a new
-    connection before the call is sent again. A timeout of None counts 60 s.
-    """
-    retry = options.get("retry")
-    retries = retry.get_retries() if isinstance(retry, Retry) else 0
-    read = options.get("socket_timeout") or 60.0
-    per_try = read + (options.get("socket_connect_timeout") or read) + 1.0
-    return 1.0 + retries * per_try
-
-
-def _chunks(items: Sequence[_T], size: int = _CHUNK) -> Iterator[Sequence[_T]]:
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -236,6 +140,19 @@ def _drain(ps: PubSub, limit: int = 10_000) -> None:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+class _Look:
+    """What the last reserve of a thread saw when it found nothing: an idle
+    wait right after needs no look of its own."""
+
+    __slots__ = ("at", "listener", "queues", "soonest")
+
+    def __init__(self, queues: tuple[str, ...], soonest: float | None, listener: int) -> None:
+        self.queues = queues
+        self.soonest = soonest
+        self.listener = listener
+        self.at = time.monotonic()
 
 
 class RedisBackend(Backend):
@@ -260,15 +177,15 @@ class RedisBackend(Backend):
         self.prefix, self._client_url, self._client_options = parse_redis_url(url, client_options)
         self._tls = self._client_url.startswith("rediss:")
         given = {**self._client_options, **redis_parse_url(self._client_url)}
-        self.record_ttl = _record_ttl(given)  #: seconds a call's record lasts (docs/redis.md)
+        self.record_ttl = record_ttl(given)  #: seconds a call's record lasts (docs/redis.md)
         self._record_ms = math.ceil(self.record_ttl * 1000)
         self._registry = f"{{{self.prefix}}}:queues"
         self._client: redis.Redis | None = None
-        self._scripts: dict[str, Script] = {}
+        self._link: Link | None = None
         self._lock = threading.Lock()
         self._keys_of: dict[str, list[str]] = {}
         self._spent: dict[str, list[str]] = {}  # queue -> records no retry needs any more
-        self._local = threading.local()  # each thread's pub/sub listener for wait()
+        self._local = threading.local()  # each thread's pub/sub listener and last look
         self._listeners: list[PubSub] = []
 
     def __repr__(self) -> str:
@@ -277,29 +194,47 @@ class RedisBackend(Backend):
     # -- connection ------------------------------------------------------------
     @property
     def client(self) -> redis.Redis:
-        """The redis-py client, built (not connected) on first use."""
+        """The redis-py client (pub/sub, administration), built, not connected, on first use."""
         client = self._client
         if client is None:
             with self._lock:
                 if self._client is None:
                     made = redis.Redis.from_url(self._client_url, **self._client_options)
-                    # Script objects reload themselves after NOSCRIPT (a restarted
-                    # or failed-over server has an empty script cache).
-                    self._scripts = {n: made.register_script(s) for n, s in _SCRIPTS.items()}
-                    self._client = made
+                    pool = made.connection_pool
+                    link = Link(pool, pool.connection_kwargs.get("retry"))
+                    link.on_noscript = self._load_scripts
+                    self._link, self._client = link, made
                 client = self._client
         return client
+
+    @property
+    def link(self) -> Link:
+        link = self._link
+        if link is None:
+            self.client  # noqa: B018 (builds both)
+            link = self._link
+            assert link is not None
+        return link
+
+    @staticmethod
+    def _load_scripts(conn: Any) -> None:
+        for source, _ in _SCRIPTS.values():
+            conn.send_command("SCRIPT", "LOAD", source)
+            conn.read_response()
 
     def close(self) -> None:
         with self._lock:
             listeners, self._listeners = self._listeners, []
             client, self._client = self._client, None
+            link, self._link = self._link, None
             self._local = threading.local()
         for ps in listeners:
             try:
                 ps.close()
             except redis.RedisError:
                 pass
+        if link is not None:
+            link.close()
         if client is not None:
             client.close()
 
@@ -328,139 +263,293 @@ class RedisBackend(Backend):
             keys = self._keys_of[queue] = [f"{self._tag(queue)}:{s}" for s in _SUFFIXES]
         return keys
 
-    def _run(self, name: str, queue: str, args: Sequence[Any], extra: Sequence[str] = ()) -> Any:
+    def _command(
+        self, name: str, queue: str, args: Sequence[Any], extra: Sequence[str] = ()
+    ) -> tuple[Any, ...]:
         keys = self._keys(queue)
-        client = self.client
-        with self._io(name):
-            return self._scripts[name](keys=[*keys, *extra], args=args, client=client)
+        return ("EVALSHA", _SCRIPTS[name][1], len(keys) + len(extra), *keys, *extra, *args)
 
-    def _recorded(self, name: str, queue: str, args: Sequence[Any]) -> Any:
-        """Run a script that keeps a record of what it did, so that redis-py's
-        retry of this call after a lost reply returns the same (see redis.lua).
+    def _pipeline(self, what: str, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send commands in one round trip; an error reply is raised."""
+        with self._io(what):
+            replies = self.link.pipeline(commands)
+            for reply in replies:
+                if isinstance(reply, ResponseError):
+                    raise reply
+        return replies
 
-        The record lasts ``record_ttl``; sooner, the next recorded call on the
-        queue deletes it, since a call whose reply came is never sent again.
-        """
-        record = f"{self._tag(queue)}:rec:{uuid.uuid4().hex}"
+    def _run(self, name: str, queue: str, args: Sequence[Any]) -> Any:
+        return self._pipeline(name, [self._command(name, queue, args)])[0]
+
+    # -- records of calls (replayed after a lost reply) ---------------------------------
+    def _record(self, queue: str) -> list[str]:
+        """Keys for a recorded call: its own record, then the spent ones to delete."""
+        record = f"{self._tag(queue)}:rec:{os.urandom(12).hex()}"
         with self._lock:
             spent = self._spent.pop(queue, [])
-        try:
-            result = self._run(name, queue, [self._record_ms, *args], [record, *spent])
-        except BackendError:
-            self._spend(queue, [*spent, record])  # perhaps not deleted yet
-            raise
-        self._spend(queue, [record])
-        return result
+        return [record, *spent]
 
-    def _spend(self, queue: str, records: list[str]) -> None:
+    def _spend(self, queue: str, records: Sequence[str]) -> None:
         with self._lock:
             spent = self._spent.setdefault(queue, [])
             spent += records
             del spent[:-_MAX_SPENT]
 
-    def _registered_run(self, name: str, queue: str, args: Sequence[Any]) -> Any:
-        """Run a script that adds tasks, registering the queue in the same
-        round trip: a registration cached in this process would miss a Redis
-        that restarted empty, since redis-py reconnects without telling us.
+    def _recorded(self, what: str, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
+        """Run recorded scripts, ``(name, queue, args)`` each, in one round trip.
 
-        The registry is outside the queue's slot, so it cannot be in the
-        script; SADD goes first, so a crash in between leaves a known, empty
-        queue, never an unknown one. Both commands are idempotent, so sending
-        both again (redis-py's retry, or after NOSCRIPT) is safe.
+        Each call's record lasts ``record_ttl``; sooner, the next recorded call
+        on the queue deletes it, since a call whose reply came is never sent again.
         """
-        client = self.client  # (first: building it loads the scripts)
-        script, keys = self._scripts[name], self._keys(queue)
+        keys = [(queue, self._record(queue)) for _, queue, _ in calls]
+        commands = [
+            self._command(name, queue, [self._record_ms, *args], ks)
+            for (name, queue, args), (_, ks) in zip(calls, keys)
+        ]
+        try:
+            return self._pipeline(what, commands)
+        finally:
+            for queue, ks in keys:
+                self._spend(queue, ks)  # (on failure the record may still be there)
 
-        def send() -> Any:
-            pipe = client.pipeline(transaction=False)
-            pipe.sadd(self._registry, queue)
-            # EVALSHA itself: a Script object in a pipeline costs a SCRIPT
-            # EXISTS round trip on every call.
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            return pipe.execute()[1]
-
-        with self._io(name):
-            try:
-                return send()
-            except NoScriptError:
-                client.script_load(script.script)  # a restarted server forgot it
-                return send()
+    # -- registry ------------------------------------------------------------------
+    def _register(self, queues: set[str]) -> None:
+        """Add queues to the registry, which lives outside their slots, then mark
+        each as registered in its own slot (so this happens once per queue, and
+        again after a Redis that restarted empty)."""
+        commands: list[tuple[Any, ...]] = [("SADD", self._registry, *sorted(queues))]
+        commands += [("HSET", self._keys(q)[_META], "reg", 1) for q in sorted(queues)]
+        self._pipeline("enqueue", commands)
 
     # -- primitives ----------------------------------------------------------
     def _enqueue(self, messages: Sequence[Message]) -> None:
         by_queue: dict[str, list[Message]] = {}
         for m in messages:
             by_queue.setdefault(m.queue, []).append(m)
+        commands, queues = [], []
         for queue, msgs in by_queue.items():
             for chunk in _chunks(msgs):
-                args: list[Any] = []
+                flat: list[Any] = []
                 for m in chunk:
-                    args += [m.task_id, m.data, f"{m.run_at:.6f}" if m.run_at else ""]
-                self._registered_run("enqueue", queue, args)
+                    flat += (m.task_id, m.data, f"{m.run_at:.6f}" if m.run_at else "")
+                commands.append(self._command("enqueue", queue, [_pack(flat)]))
+                queues.append(queue)
+        replies = self._pipeline("enqueue", commands)
+        unregistered = {q for q, (_, registered) in zip(queues, replies) if not registered}
+        if unregistered:
+            self._register(unregistered)
 
     def _reserve(self, queue: str, limit: int, lease: float, worker_id: str) -> list[Reservation]:
-        token = uuid.uuid4().hex
-        # The call's record lets redis-py's retry of this very call return the
-        # same tasks instead of leasing a second batch.
-        flat = self._recorded("reserve", queue, [limit, f"{lease:.6f}", token])
-        return [
-            Reservation(queue, _text(flat[i]), bytes(flat[i + 1]), token, int(flat[i + 2]), lease)
-            for i in range(0, len(flat), 3)
-        ]
+        return self.reserve([queue], limit, lease, worker_id)
 
-    def _batch(
+    def reserve(
+        self, queues: Sequence[str], limit: int, lease: float, worker_id: str
+    ) -> list[Reservation]:
+        return self._settle_and_reserve([], queues, limit, lease)[1]
+
+    def settle(
         self,
-        name: str,
-        items: Sequence[_T],
-        reservation: Callable[[_T], Reservation],
-        args: Callable[[_T], list[Any]],
-    ) -> list[bool]:
-        """Run a token-checked script over items, grouped by queue; one bool per item."""
-        out = [False] * len(items)
-        by_queue: dict[str, list[int]] = {}
-        for i, item in enumerate(items):
-            by_queue.setdefault(reservation(item).queue, []).append(i)
-        for queue, indexes in by_queue.items():
-            for chunk in _chunks(indexes):
-                flat = [a for i in chunk for a in args(items[i])]
-                # An extension is harmless to repeat; the others keep a record.
-                run = self._run if name == "extend" else self._recorded
-                for i, ok in zip(chunk, run(name, queue, flat)):
-                    out[i] = bool(ok)
-        return out
+        acks: Sequence[Reservation],
+        retries: Sequence[RetryItem] = (),
+        buries: Sequence[Burial] = (),
+    ) -> Settled:
+        if not (acks or retries or buries):
+            return Settled([], [], [])
+        plan = self._settle_plan(acks, retries, buries)
+        replies = self._recorded("settle", [call for call, _ in plan])
+        return self._settled(plan, replies, len(acks), len(retries), len(buries))
+
+    def settle_and_reserve(
+        self,
+        acks: Sequence[Reservation],
+        retries: Sequence[RetryItem],
+        buries: Sequence[Burial],
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker_id: str,
+    ) -> tuple[Settled, list[Reservation]]:
+        plan = self._settle_plan(acks, retries, buries)
+        replies, got = self._settle_and_reserve(plan, queues, limit, lease)
+        return self._settled(plan, replies, len(acks), len(retries), len(buries)), got
+
+    def _settle_plan(
+        self, acks: Sequence[Reservation], retries: Sequence[RetryItem], buries: Sequence[Burial]
+    ) -> list[tuple[tuple[str, str, list[Any]], list[tuple[int, int]]]]:
+        """One settle call per queue and chunk: ((name, queue, args), where each
+        answer goes: (0 ack | 1 retry | 2 bury, index))."""
+        by_queue: dict[str, list[tuple[int, int]]] = {}
+        for i, r in enumerate(acks):
+            by_queue.setdefault(r.queue, []).append((0, i))
+        for i, item in enumerate(retries):
+            by_queue.setdefault(item[0].queue, []).append((1, i))
+        for i, item in enumerate(buries):
+            by_queue.setdefault(item[0].queue, []).append((2, i))
+        plan = []
+        for queue, places in by_queue.items():
+            for chunk in _chunks(places):
+                groups: dict[str, list[str]] = {}  # acks by batch token
+                t: list[Any] = []
+                b: list[Any] = []
+                order: list[tuple[int, int]] = []
+                ack_order: dict[str, list[tuple[int, int]]] = {}
+                for k, i in chunk:
+                    if k == 0:
+                        r = acks[i]
+                        groups.setdefault(r.token, []).append(r.task_id)
+                        ack_order.setdefault(r.token, []).append((0, i))
+                for token_order in ack_order.values():  # the script answers acks first
+                    order += token_order
+                for k, i in chunk:
+                    if k == 1:
+                        r, data, run_at = retries[i]
+                        t += (r.task_id, r.token, data, run_at)
+                        order.append((1, i))
+                for k, i in chunk:
+                    if k == 2:
+                        r, reason, error = buries[i]
+                        b += (r.task_id, r.token, reason, truncate(error))
+                        order.append((2, i))
+                a = [x for token, task_ids in groups.items() for x in (token, task_ids)]
+                plan.append((("settle", queue, [_pack([a, t, b])]), order))
+        return plan
+
+    @staticmethod
+    def _settled(
+        plan: list[tuple[Any, list[tuple[int, int]]]],
+        replies: Sequence[Any],
+        n_acks: int,
+        n_retries: int,
+        n_buries: int,
+    ) -> Settled:
+        out = ([False] * n_acks, [False] * n_retries, [False] * n_buries)
+        for (_, order), reply in zip(plan, replies):
+            flags = _text(reply)
+            for (kind, i), flag in zip(order, flags):
+                out[kind][i] = flag == "1"
+        return Settled(*out)
+
+    def _settle_and_reserve(
+        self,
+        plan: list[tuple[tuple[str, str, list[Any]], list[tuple[int, int]]]],
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+    ) -> tuple[list[Any], list[Reservation]]:
+        """Settle (if ``plan``) and reserve up to ``limit`` from ``queues`` in
+        order; the settle and the first queue's reserve share a round trip."""
+        calls = [call for call, _ in plan]
+        settle_replies: list[Any] | None = None if calls else []
+        out: list[Reservation] = []
+        soonest: float | None = None
+        looked_all = True
+        if limit > 0:
+            self._drain_wakeups()  # before this look: any later wake-up ends wait()
+        for queue in queues:
+            if limit <= len(out):
+                looked_all = False
+                break
+            token = _new_token()
+            # The batch's key, then the records the reserve deletes in passing.
+            with self._lock:
+                spent = self._spent.pop(queue, [])
+            extra = [f"{self._tag(queue)}:b:{token}", *spent]
+            args = [limit - len(out), f"{lease:.6f}", token]
+            reserve = self._command("reserve", queue, args, extra)
+            try:
+                if settle_replies is None:
+                    replies = self._recorded_with("settle", calls, reserve)
+                    settle_replies, reply = replies[:-1], replies[-1]
+                else:
+                    reply = self._pipeline("reserve", [reserve])[0]
+            except BaseException:
+                self._spend(queue, spent)
+                raise
+            ids, datas, dlvs, next_due = reply
+            for task_id, data, dlv in zip(ids, datas, dlvs or [None] * len(ids)):
+                deliveries = 1 + int(dlv) if dlv else 1
+                out.append(
+                    Reservation(queue, _text(task_id), data or b"", token, deliveries, lease)
+                )
+            if not ids and next_due:
+                seconds = float(next_due)
+                soonest = seconds if soonest is None else min(soonest, seconds)
+        if settle_replies is None:
+            settle_replies = self._recorded("settle", calls)
+        listener = getattr(self._local, "generation", 0)
+        self._local.look = (
+            _Look(tuple(queues), soonest, listener)
+            if limit > 0 and looked_all and not out
+            else None
+        )
+        return settle_replies, out
+
+    def _recorded_with(
+        self, what: str, calls: list[tuple[str, str, list[Any]]], last: tuple[Any, ...]
+    ) -> list[Any]:
+        """:meth:`_recorded`, with one more command at the end of the same pipeline."""
+        keys = [(queue, self._record(queue)) for _, queue, _ in calls]
+        commands = [
+            self._command(name, queue, [self._record_ms, *args], ks)
+            for (name, queue, args), (_, ks) in zip(calls, keys)
+        ]
+        try:
+            return self._pipeline(what, [*commands, last])
+        finally:
+            for queue, ks in keys:
+                self._spend(queue, ks)
 
     def _ack(self, reservations: Sequence[Reservation]) -> list[bool]:
-        return self._batch("ack", reservations, lambda r: r, lambda r: [r.task_id, r.token])
+        return self.settle(reservations).acked
 
-    def _retry(self, items: Sequence[tuple[Reservation, bytes, float]]) -> list[bool]:
-        return self._batch(
-            "retry",
-            items,
-            lambda i: i[0],
-            lambda i: [i[0].task_id, i[0].token, i[1], f"{i[2]:.6f}"],
-        )
+    def _retry(self, items: Sequence[RetryItem]) -> list[bool]:
+        return self.settle((), items).retried
+
+    def _bury(self, items: Sequence[Burial]) -> list[bool]:
+        return self.settle((), (), items).buried
 
     def _release(self, reservations: Sequence[Reservation]) -> list[bool]:
-        return self._batch("release", reservations, lambda r: r, lambda r: [r.task_id, r.token])
+        calls: list[tuple[str, str, list[Any]]] = []
+        places: list[list[int]] = []
+        by_queue: dict[str, list[int]] = {}
+        for i, r in enumerate(reservations):
+            by_queue.setdefault(r.queue, []).append(i)
+        for queue, indexes in by_queue.items():
+            for chunk in _chunks(indexes):
+                flat: list[Any] = []
+                for i in chunk:
+                    flat += (reservations[i].task_id, reservations[i].token)
+                calls.append(("release", queue, [_pack(flat)]))
+                places.append(list(chunk))
+        out = [False] * len(reservations)
+        for chunk, reply in zip(places, self._recorded("release", calls)):
+            for i, flag in zip(chunk, _text(reply)):
+                out[i] = flag == "1"
+        return out
 
     def _extend(self, reservations: Sequence[Reservation]) -> list[bool]:
-        return self._batch(
-            "extend",
-            reservations,
-            lambda r: r,
-            lambda r: [r.task_id, r.token, f"{r.lease:.6f}"],
-        )
-
-    def _bury(self, items: Sequence[tuple[Reservation, str, str]]) -> list[bool]:
-        return self._batch(
-            "bury",
-            items,
-            lambda i: i[0],
-            lambda i: [i[0].task_id, i[0].token, i[1], truncate(i[2])],
-        )
+        # One lease per batch: renewed for the shortest lease among its tasks.
+        groups: dict[str, dict[str, list[int]]] = {}
+        for i, r in enumerate(reservations):
+            groups.setdefault(r.queue, {}).setdefault(r.token, []).append(i)
+        commands, places = [], []
+        for queue, tokens in groups.items():
+            flat: list[Any] = []
+            order: list[int] = []
+            for token, indexes in tokens.items():
+                lease = min(reservations[i].lease for i in indexes)
+                flat += (token, f"{lease:.6f}", [reservations[i].task_id for i in indexes])
+                order += indexes
+            commands.append(self._command("extend", queue, [_pack(flat)]))
+            places.append(order)
+        out = [False] * len(reservations)
+        for order, reply in zip(places, self._pipeline("extend", commands)):
+            for i, flag in zip(order, _text(reply)):
+                out[i] = flag == "1"
+        return out
 
     def _take(self, queue: str, task_id: str) -> bytes | None:
-        data = self._recorded("take", queue, [task_id])
+        (data,) = self._recorded("take", [("take", queue, [task_id])])
         if data is None:
             return None
         # get() and cancel() are seldom followed by another call on the queue
@@ -469,25 +558,49 @@ class RedisBackend(Backend):
         with self._lock:
             spent = self._spent.pop(queue, [])
         try:
-            self.client.delete(*spent)
+            self.link.call("DEL", *spent)
         except redis.RedisError:
             pass
         return bytes(data)
 
     # -- waiting -------------------------------------------------------------
+    def _drain_wakeups(self) -> None:
+        ps: PubSub | None = getattr(self._local, "pubsub", None)
+        if ps is None:
+            return
+        try:
+            _drain(ps)
+        except redis.RedisError:
+            self._drop_listener()
+
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Block until a task may be ready in ``queues`` or ``timeout`` passes.
 
         Listens first, then looks: a task enqueued after the look publishes a
-        wake-up this listener already receives, so none is missed.
+        wake-up this listener already receives, so none is missed. The look
+        is the last reserve's when it found nothing, after this listener was
+        in place; otherwise one more call here.
         """
         if not queues:
             return
+        look: _Look | None = getattr(self._local, "look", None)
+        self._local.look = None
         with self._io("wait"):
             try:
                 ps = self._listener(queues)
-                _drain(ps)
-                soonest = self._next_due(queues)
+                if (
+                    look is not None
+                    and look.queues == tuple(queues)
+                    and look.listener == self._local.generation
+                ):
+                    soonest = (
+                        None
+                        if look.soonest is None
+                        else look.soonest - (time.monotonic() - look.at)
+                    )
+                else:
+                    _drain(ps)
+                    soonest = self._next_due(queues)
                 if soonest is not None and soonest <= 0:
                     return
                 ps.get_message(timeout=timeout if soonest is None else min(timeout, soonest))
@@ -505,13 +618,14 @@ class RedisBackend(Backend):
 
     def _next_due(self, queues: Sequence[str]) -> float | None:
         soonest: float | None = None
-        for queue in queues:
-            value = _text(self._run("next_due", queue, []))
+        replies = self.link.pipeline([self._command("next_due", q, []) for q in queues])
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+            value = _text(reply)
             if value:
                 seconds = float(value)
                 soonest = seconds if soonest is None else min(soonest, seconds)
-                if soonest <= 0:
-                    break
         return soonest
 
     def _listener(self, queues: Sequence[str]) -> PubSub:
@@ -522,6 +636,7 @@ class RedisBackend(Backend):
                 self._listeners.append(ps)
             self._local.pubsub = ps
             self._local.channels = set()
+            self._local.generation = getattr(self._local, "generation", 0) + 1
         channels: set[str] = self._local.channels
         want = {self._keys(q)[_WAKE] for q in queues}
         if want - channels:
@@ -529,6 +644,7 @@ class RedisBackend(Backend):
             ps.subscribe(*new)
             self._confirm(ps, set(new))
             channels |= want
+            self._local.generation += 1  # a look from before covered fewer queues
         return ps
 
     def _confirm(self, ps: PubSub, pending: set[str]) -> None:
@@ -547,6 +663,7 @@ class RedisBackend(Backend):
     def _drop_listener(self) -> None:
         ps: PubSub | None = getattr(self._local, "pubsub", None)
         self._local.pubsub = None
+        self._local.look = None
         if ps is not None:
             with self._lock:
                 if ps in self._listeners:
@@ -558,7 +675,9 @@ class RedisBackend(Backend):
 
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
-        self._registered_run("dead_add", queue, [task_id, data, reason, truncate(error)])
+        _, registered = self._run("dead_add", queue, [task_id, data, reason, truncate(error)])
+        if not registered:
+            self._register({queue})
 
     def _dead_read(self, queue: str, args: list[Any]) -> list[DeadLetter]:
         flat = self._run("dead_read", queue, args)
@@ -589,18 +708,18 @@ class RedisBackend(Backend):
         return QueueStats(int(ready), int(delayed), int(running), int(dead))
 
     def known_queues(self) -> list[str]:
-        client = self.client
-        with self._io("known_queues"):
-            names = sorted(_text(n) for n in client.smembers(self._registry))
-            if not names:
-                return []
-            # A queue stays in the registry after it empties; list only those
-            # that hold tasks or dead letters, as the other backends do.
-            pipe = client.pipeline(transaction=False)
-            for name in names:
-                keys = self._keys(name)
-                pipe.exists(keys[0], keys[_SUFFIXES.index("dead")])
-            return [n for n, count in zip(names, pipe.execute()) if count]
+        names = sorted(
+            _text(n) for n in self._pipeline("known_queues", [("SMEMBERS", self._registry)])[0]
+        )
+        if not names:
+            return []
+        # A queue stays in the registry after it empties; list only those
+        # that hold tasks or dead letters, as the other backends do.
+        counts = self._pipeline(
+            "known_queues",
+            [("EXISTS", self._keys(n)[0], self._keys(n)[_DEAD]) for n in names],
+        )
+        return [n for n, count in zip(names, counts) if count]
 
     def drop_all(self, queue_name: str) -> None:
         self._run("drop", queue_name, [])

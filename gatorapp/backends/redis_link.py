@@ -1,0 +1,106 @@
+"""Commands to a Redis server over connections the backend keeps itself.
+
+redis-py's client spends more on every call than a loopback round trip takes:
+pool bookkeeping, a readiness poll of the socket, retry and telemetry wrappers.
+The backend's calls go through a :class:`Link` instead: a small pool of
+redis-py ``Connection`` objects (the same sockets, TLS, authentication and
+hiredis parsing), one command or one pipeline of commands per round trip,
+with redis-py's own ``Retry`` policy for a dropped connection (the backend's
+scripts are safe to send twice, see ``redis.lua``). Pub/sub and the rare
+administrative calls still use the redis-py client.
+
+A Link is thread-safe: each call takes a connection from the pool and puts it
+back. After ``fork()`` a child starts with an empty pool: it never touches the
+parent's sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError, ResponseError
+from redis.retry import Retry
+
+Command = Sequence[Any]
+
+
+class Link:
+    """:param pool: a redis-py pool, used only for its connection class and options.
+    :param retry: what to do when a connection drops mid-call (None: fail at once).
+    """
+
+    def __init__(self, pool: redis.ConnectionPool, retry: Retry | None) -> None:
+        self._make: Callable[[], Any] = lambda: pool.connection_class(**pool.connection_kwargs)
+        self._retry = retry
+        self._lock = threading.Lock()
+        self._free: list[Any] = []
+        self._pid = os.getpid()
+        #: called with the list of commands that met NOSCRIPT; loads the scripts
+        self.on_noscript: Callable[[Any], None] | None = None
+
+    def _get(self) -> Any:
+        with self._lock:
+            if self._pid != os.getpid():
+                # A forked child: the parent's connections are the parent's.
+                self._pid = os.getpid()
+                self._free = []
+            if self._free:
+                return self._free.pop()
+        return self._make()
+
+    def _put(self, conn: Any) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                self._free.append(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            free, self._free = self._free, []
+        for conn in free:
+            conn.disconnect()
+
+    def pipeline(self, commands: Sequence[Command]) -> list[Any]:
+        """Send every command, then read every reply: one round trip. An error
+        reply is returned in its place, as a ``ResponseError``, not raised."""
+        conn = self._get()
+        try:
+            out = self._exchange(conn, commands)
+            if self.on_noscript is not None and any(isinstance(r, NoScriptError) for r in out):
+                # A restarted (or failed-over) server has an empty script
+                # cache: load the scripts and send the whole pipeline again.
+                self.on_noscript(conn)
+                out = self._exchange(conn, commands)
+        except BaseException:
+            conn.disconnect()  # a half-read reply must not reach the next caller
+            self._put(conn)
+            raise
+        self._put(conn)
+        return out
+
+    def call(self, *command: Any) -> Any:
+        """One command; an error reply is raised."""
+        (reply,) = self.pipeline([command])
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    def _exchange(self, conn: Any, commands: Sequence[Command]) -> list[Any]:
+        packed = conn.pack_commands(commands)
+
+        def once() -> list[Any]:
+            conn.send_packed_command(packed)
+            out: list[Any] = []
+            for _ in commands:
+                try:
+                    out.append(conn.read_response())
+                except ResponseError as exc:  # the reply was read whole: stay in step
+                    out.append(exc)
+            return out
+
+        if self._retry is None:
+            return once()
+        return self._retry.call_with_retry(once, lambda error: conn.disconnect())
