@@ -27,16 +27,18 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from ..errors import ConfigurationError, PayloadTooLarge
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # 1 MiB, measured on the encoded payload
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One task to enqueue: its queue, id, payload and due time (epoch seconds)."""
+class Message(NamedTuple):
+    """One task to enqueue: its queue, id, payload and due time (epoch seconds).
+
+    (A named tuple: immutable, and cheap to make a hundred thousand times a
+    second.)"""
 
     queue: str
     task_id: str

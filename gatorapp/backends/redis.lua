@@ -1,8 +1,11 @@
 -- Lua scripts of the Redis backend (gatorapp/backends/redis.py).
 --
 -- Each "-- @@ name" section below is one script; the "common" section is
--- prepended to every other one. A script runs atomically, so each state
--- change of a batch of tasks is all-or-nothing even if a client dies mid-call.
+-- prepended to every other one, and so is each "-- @@ lib name" helper that a
+-- script (or a helper it uses) lists on its "-- needs:" line. Only those:
+-- Redis builds every local function of a script on every call. A script runs
+-- atomically, so each state change of a batch of tasks is all-or-nothing even
+-- if a client dies mid-call.
 --
 -- Every script gets the same KEYS, all of one queue and all carrying the
 -- queue's hash tag {prefix:queue}, so a script touches a single slot:
@@ -50,34 +53,42 @@ local K_DEAD, K_DDATA, K_DWHY, K_WAKE, K_REC = KEYS[8], KEYS[9], KEYS[10], KEYS[
 local TAG = string.sub(K_DATA, 1, -5)
 local TOKEN_LEN = 64
 
+-- @@ lib now
 local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 
+-- @@ lib fmt
 local function fmt(t)
   return string.format('%.6f', t)
 end
 
+-- @@ lib batch_key
 local function batch_key(token)
   return TAG .. 'b:' .. token
 end
 
+-- @@ lib owner
 -- An own entry: the token of the batch that leased the task, then its due time.
 local function owner(v)
   return v and string.sub(v, 1, TOKEN_LEN)
 end
 
+-- @@ lib due_of
 local function due_of(v)
   return string.sub(v, TOKEN_LEN + 1)
 end
 
+-- @@ lib head_due
 local function head_due()
   local h = redis.call('ZRANGE', K_WAIT, 0, 0, 'WITHSCORES')
   if h[2] then return tonumber(h[2]) end
   return nil
 end
 
+-- @@ lib next_due
+-- needs: fmt head_due
 -- Seconds until this queue may have something to reserve (a due task or an
 -- expired lease), as a string; '0' when ready now, '' when nothing waits.
 local function next_due(t)
@@ -88,6 +99,7 @@ local function next_due(t)
   return fmt(math.max(0, soonest - t))
 end
 
+-- @@ lib wake_for
 -- Wake idle workers when a task is ready now or becomes the earliest one due,
 -- so they re-compute how long to sleep.
 local function wake_for(soonest, t, head)
@@ -96,6 +108,7 @@ local function wake_for(soonest, t, head)
   end
 end
 
+-- @@ lib add
 -- Add new tasks: ids, payloads and due times (strings) in three lists.
 local function add(ids, datas, dues)
   local d, z = {}, {}
@@ -107,23 +120,28 @@ local function add(ids, datas, dues)
   redis.call('ZADD', K_WAIT, unpack(z))
 end
 
+-- @@ lib registered
 -- The queue's registration, for the client: 1 when it is in the registry.
 local function registered()
   return tonumber(redis.call('HGET', K_META, 'reg') or '0')
 end
 
+-- @@ lib drop_spent
 -- Records of earlier calls (KEYS[13...]): their replies came, so no retry
 -- of them can come any more.
 local function drop_spent()
   if #KEYS > 12 then redis.call('DEL', unpack(KEYS, 13)) end
 end
 
+-- @@ lib replay
+-- needs: drop_spent
 -- A recorded call sent again: what it answered the first time.
 local function replay()
   drop_spent()
   return redis.call('GET', K_REC)
 end
 
+-- @@ lib remember
 -- Keep the answer of a call for a repeat; a call that changed nothing would
 -- do the same again, so needs no record.
 local function remember(out)
@@ -131,12 +149,15 @@ local function remember(out)
   return out
 end
 
+-- @@ lib forget
 -- Delete the fields of the ids from a hash that may not exist (most often
 -- dlv: empty unless leases expired).
 local function forget(key, ids)
   if #ids > 0 and redis.call('EXISTS', key) == 1 then redis.call('HDEL', key, unpack(ids)) end
 end
 
+-- @@ lib release_from
+-- needs: batch_key
 -- A batch's tasks are settled or handed back: count them off its lease and
 -- drop the lease once it holds none. Returns false when the batch's lease
 -- was reclaimed already (its tasks may sit in wait again).
@@ -150,6 +171,8 @@ local function release_from(token, n)
   return true
 end
 
+-- @@ lib check
+-- needs: owner
 -- Which of the (id, token) pairs still hold their lease: a list of booleans,
 -- how many each token holds, and the own entries.
 local function check(ids, tokens)
@@ -164,6 +187,8 @@ local function check(ids, tokens)
   return ok, per_token, cur
 end
 
+-- @@ lib settle_batches
+-- needs: release_from
 -- Count settled tasks off their batches. Those of a reclaimed batch are back
 -- in wait: they are taken out of it (their holder finished them after all).
 local function settle_batches(ids, tokens, ok, per_token)
@@ -179,6 +204,8 @@ local function settle_batches(ids, tokens, ok, per_token)
   if #out_of_wait > 0 then redis.call('ZREM', K_WAIT, unpack(out_of_wait)) end
 end
 
+-- @@ lib rewait
+-- needs: due_of
 -- Put leased tasks back in wait at their due time; own holds the ids' entries.
 local function rewait(ids, own)
   local z = {}
@@ -188,6 +215,8 @@ local function rewait(ids, own)
   if #z > 0 then redis.call('ZADD', K_WAIT, unpack(z)) end
 end
 
+-- @@ lib reclaim
+-- needs: fmt batch_key owner rewait
 -- Batches whose lease expired go back to wait, whole: each task its lease
 -- still holds keeps its place and counts one more delivery. The token stays
 -- on each task, so the late holder may still settle it until another worker
@@ -215,6 +244,7 @@ local function reclaim(t)
   if #expired > 0 then redis.call('ZREM', K_LEASES, unpack(expired)) end
 end
 
+-- @@ lib handout
 -- The tasks of a batch as a reply: ids, payloads, earlier deliveries, ''.
 local function handout(ids)
   if #ids == 0 then return {{}, {}, {}, ''} end
@@ -224,6 +254,7 @@ local function handout(ids)
 end
 
 -- @@ enqueue
+-- needs: now fmt head_due wake_for add registered
 -- ARGV[1]: msgpack [id, payload, due ('' = now, else seconds as a string), ...].
 -- Idempotent by id: a task id already in the queue is left alone, so a
 -- retried call adds nothing. Returns {tasks added, registered}.
@@ -260,7 +291,24 @@ if #n_ids > 0 then
 end
 return {#n_ids, registered()}
 
+-- @@ enqueue_one
+-- needs: head_due wake_for registered
+-- ARGV: id, payload, due ('' = now). enqueue for a single task, as .delay()
+-- sends it: fewer calls and no msgpack, which halves the server's time.
+local id, due = ARGV[1], ARGV[3]
+local clock = redis.call('TIME')
+local t = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local at = t
+if due == '' then due = string.format('%.6f', t) else at = tonumber(due) end
+if redis.call('HSETNX', K_DATA, id, ARGV[2]) == 0 then return {0, registered()} end
+local head = nil
+if at > t then head = head_due() end
+redis.call('ZADD', K_WAIT, due, id)
+wake_for(at, t, head)
+return {1, registered()}
+
 -- @@ reserve
+-- needs: now fmt owner next_due drop_spent reclaim handout
 -- ARGV: limit, lease seconds, token (new for every call; 64 characters).
 -- Leases up to limit due tasks as one batch. Returns {ids, payloads, earlier
 -- deliveries, next}: next is '' when tasks were handed out, else the
@@ -296,6 +344,7 @@ redis.call('HSET', K_HELD, token, #ids)
 return handout(ids)
 
 -- @@ settle
+-- needs: now fmt head_due wake_for replay remember forget check settle_batches
 -- ARGV: record ttl, msgpack [acks, retries, buries] where acks is
 -- [token, [id, ...], ...], retries [id, token, payload, due, ...] and buries
 -- [id, token, reason, error, ...]. Returns one '1' or '0' per item (acks in
@@ -383,6 +432,7 @@ end
 return remember(out)
 
 -- @@ release
+-- needs: replay remember release_from check rewait
 -- ARGV: record ttl, msgpack [id, token, ...]. Tasks that never started go
 -- back in their place; their delivery is not counted. '1'/'0' per task.
 local done = replay()
@@ -408,6 +458,7 @@ redis.call('PUBLISH', K_WAKE, '1')
 return remember(out)
 
 -- @@ extend
+-- needs: now fmt batch_key check
 -- ARGV: msgpack [token, lease seconds, [id, ...], ...]: each batch's lease
 -- renewed for that many seconds from now. Returns '1'/'0' per id, in order.
 local groups = cmsgpack.unpack(ARGV[1])
@@ -439,6 +490,7 @@ end
 return table.concat(out)
 
 -- @@ take
+-- needs: now owner replay release_from
 -- ARGV: ttl, id. Removes a task nobody holds a live lease on; returns its data.
 local done = replay()
 if done then return done end  -- the same call again (its reply was lost)
@@ -459,6 +511,7 @@ redis.call('SET', K_REC, data, 'PX', ARGV[1])
 return data
 
 -- @@ dead_add
+-- needs: now fmt registered
 -- ARGV: id, data, reason, error. Returns {1, registered}.
 local id = ARGV[1]
 redis.call('ZADD', K_DEAD, fmt(now()), id)
@@ -467,6 +520,7 @@ redis.call('HSET', K_DWHY, id, ARGV[3] .. '\n' .. ARGV[4])
 return {1, registered()}
 
 -- @@ dead_requeue
+-- needs: now fmt add
 -- ARGV: id, '1' to replace the payload with ARGV[3] (else keep it).
 local id = ARGV[1]
 if not redis.call('ZSCORE', K_DEAD, id) then return 0 end
@@ -504,6 +558,7 @@ redis.call('DEL', K_DEAD, K_DDATA, K_DWHY)
 return n
 
 -- @@ stats
+-- needs: now fmt
 -- Returns ready, delayed, running, dead; the tasks of an expired lease count
 -- as ready.
 local t = now()
@@ -521,9 +576,11 @@ return {
 }
 
 -- @@ next_due
+-- needs: now next_due
 return next_due(now())
 
 -- @@ drop
+-- needs: batch_key
 for _, token in ipairs(redis.call('ZRANGE', K_LEASES, 0, -1)) do
   redis.call('DEL', batch_key(token))
 end

@@ -66,7 +66,7 @@ from .base import (
     truncate,
 )
 from .redis_config import parse_redis_url, record_ttl
-from .redis_link import Link
+from .redis_link import Link, bulk
 
 # The per-queue keys, in the order every script receives them (see redis.lua).
 _SUFFIXES = (
@@ -98,14 +98,30 @@ _MAX_SPENT = 200
 
 
 def _load_scripts() -> dict[str, tuple[str, str]]:
-    """Script name -> (source, SHA1), from the sections of redis.lua."""
+    """Script name -> (source, SHA1), from the sections of redis.lua: the
+    common prelude, the helpers the script needs, then the script itself."""
     text = resources.files("gatorapp.backends").joinpath("redis.lua").read_text("utf-8")
-    parts = re.split(r"^-- @@ (\w+)\s*$", text, flags=re.MULTILINE)
-    sections = dict(zip(parts[1::2], parts[2::2]))
-    common = sections.pop("common")
+    parts = re.split(r"^-- @@ (lib )?(\w+)\s*$", text, flags=re.MULTILINE)
+    libs: dict[str, str] = {}
+    scripts: dict[str, str] = {}
+    for is_lib, name, body in zip(parts[1::3], parts[2::3], parts[3::3]):
+        (libs if is_lib else scripts)[name] = body
+
+    def needs(body: str) -> list[str]:
+        found = re.search(r"^-- needs: (.*)$", body, flags=re.MULTILINE)
+        return found.group(1).split() if found else []
+
+    common = scripts.pop("common")
     out = {}
-    for name, body in sections.items():
-        source = common + body
+    for name, body in scripts.items():
+        want: set[str] = set()
+        todo = needs(body)
+        while todo:
+            lib = todo.pop()
+            if lib not in want:
+                want.add(lib)
+                todo += needs(libs[lib])
+        source = common + "".join(b for n, b in libs.items() if n in want) + body
         out[name] = (source, hashlib.sha1(source.encode()).hexdigest())
     return out
 
@@ -184,6 +200,7 @@ class RedisBackend(Backend):
         self._link: Link | None = None
         self._lock = threading.Lock()
         self._keys_of: dict[str, list[str]] = {}
+        self._heads: dict[tuple[str, str, int], bytes] = {}
         self._spent: dict[str, list[str]] = {}  # queue -> records no retry needs any more
         self._local = threading.local()  # each thread's pub/sub listener and last look
         self._listeners: list[PubSub] = []
@@ -238,21 +255,24 @@ class RedisBackend(Backend):
         if client is not None:
             client.close()
 
+    def _error(self, what: str, exc: redis.RedisError) -> BackendError:
+        """A redis-py error as the BackendError the CLI reports in one line."""
+        hint = ""
+        # A plain-text server never answers the TLS handshake: all redis-py
+        # says is that connecting timed out (or, from a server that replied
+        # in plain text, that the TLS record was not one).
+        text = str(exc).lower()
+        handshake = isinstance(exc, redis.TimeoutError) and "connecting" in text
+        if self._tls and (handshake or "wrong version number" in text):
+            hint = " (rediss:// speaks TLS: is the port a TLS one? redis:// if not)"
+        return BackendError(f"Redis {what} failed: {exc}{hint}")
+
     @contextmanager
     def _io(self, what: str) -> Iterator[None]:
-        """Turn redis-py errors into BackendError, which the CLI reports in one line."""
         try:
             yield
         except redis.RedisError as exc:
-            hint = ""
-            # A plain-text server never answers the TLS handshake: all redis-py
-            # says is that connecting timed out (or, from a server that
-            # replied in plain text, that the TLS record was not one).
-            text = str(exc).lower()
-            handshake = isinstance(exc, redis.TimeoutError) and "connecting" in text
-            if self._tls and (handshake or "wrong version number" in text):
-                hint = " (rediss:// speaks TLS: is the port a TLS one? redis:// if not)"
-            raise BackendError(f"Redis {what} failed: {exc}{hint}") from exc
+            raise self._error(what, exc) from exc
 
     def _tag(self, queue: str) -> str:
         return "{" + f"{self.prefix}:{queue}" + "}"
@@ -265,17 +285,31 @@ class RedisBackend(Backend):
 
     def _command(
         self, name: str, queue: str, args: Sequence[Any], extra: Sequence[str] = ()
-    ) -> tuple[Any, ...]:
-        keys = self._keys(queue)
-        return ("EVALSHA", _SCRIPTS[name][1], len(keys) + len(extra), *keys, *extra, *args)
+    ) -> bytes:
+        """EVALSHA of script ``name`` on ``queue``'s keys (then ``extra`` keys),
+        packed; what never changes for the queue is packed once."""
+        n_keys = len(_SUFFIXES) + len(extra)
+        head = self._heads.get((name, queue, n_keys))
+        if head is None:
+            keys = b"".join(bulk(k) for k in self._keys(queue))
+            call = bulk("EVALSHA") + bulk(_SCRIPTS[name][1]) + bulk(n_keys) + keys
+            head = self._heads[(name, queue, n_keys)] = call
+        parts = [b"*%d\r\n" % (3 + n_keys + len(args)), head]
+        for key in extra:
+            parts.append(bulk(key))
+        for arg in args:
+            parts.append(bulk(arg))
+        return b"".join(parts)
 
-    def _pipeline(self, what: str, commands: Sequence[Sequence[Any]]) -> list[Any]:
+    def _pipeline(self, what: str, commands: Sequence[Sequence[Any] | bytes]) -> list[Any]:
         """Send commands in one round trip; an error reply is raised."""
-        with self._io(what):
+        try:
             replies = self.link.pipeline(commands)
             for reply in replies:
                 if isinstance(reply, ResponseError):
                     raise reply
+        except redis.RedisError as exc:
+            raise self._error(what, exc) from exc
         return replies
 
     def _run(self, name: str, queue: str, args: Sequence[Any]) -> Any:
@@ -323,6 +357,15 @@ class RedisBackend(Backend):
 
     # -- primitives ----------------------------------------------------------
     def _enqueue(self, messages: Sequence[Message]) -> None:
+        if len(messages) == 1:  # .delay(): the common case, kept short
+            m = messages[0]
+            args = (m.task_id, m.data, f"{m.run_at:.6f}" if m.run_at else "")
+            _, registered = self._pipeline(
+                "enqueue", [self._command("enqueue_one", m.queue, args)]
+            )[0]
+            if not registered:
+                self._register({m.queue})
+            return
         by_queue: dict[str, list[Message]] = {}
         for m in messages:
             by_queue.setdefault(m.queue, []).append(m)

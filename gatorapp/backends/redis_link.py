@@ -25,7 +25,31 @@ import redis
 from redis.exceptions import NoScriptError, ResponseError
 from redis.retry import Retry
 
-Command = Sequence[Any]
+Command = Sequence[Any] | bytes
+
+
+def _arg(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value).encode()
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"cannot send a {type(value).__name__} to Redis")
+
+
+def bulk(value: Any) -> bytes:
+    """One argument in the Redis protocol (RESP)."""
+    data = value if type(value) is bytes else _arg(value)
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def pack(command: Sequence[Any]) -> bytes:
+    """A command in the Redis protocol: what redis-py's packers make, without
+    their per-call overhead."""
+    return b"*%d\r\n" % len(command) + b"".join(map(bulk, command))
 
 
 class Link:
@@ -64,16 +88,31 @@ class Link:
             conn.disconnect()
 
     def pipeline(self, commands: Sequence[Command]) -> list[Any]:
-        """Send every command, then read every reply: one round trip. An error
-        reply is returned in its place, as a ``ResponseError``, not raised."""
+        """Send every command, then read every reply: one round trip. A command
+        is its arguments, or bytes already in the protocol (:func:`pack`). An
+        error reply is returned in its place, as a ``ResponseError``, not raised."""
+        packed = b"".join([c if type(c) is bytes else pack(c) for c in commands])
+        n = len(commands)
         conn = self._get()
         try:
-            out = self._exchange(conn, commands)
-            if self.on_noscript is not None and any(isinstance(r, NoScriptError) for r in out):
-                # A restarted (or failed-over) server has an empty script
-                # cache: load the scripts and send the whole pipeline again.
-                self.on_noscript(conn)
-                out = self._exchange(conn, commands)
+            try:
+                out = self._once(conn, packed, n)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                # Dropped mid-call: redis-py's retry policy, on a new connection.
+                conn.disconnect()
+                if self._retry is None:
+                    raise
+                out = self._retry.call_with_retry(
+                    lambda: self._once(conn, packed, n), lambda error: conn.disconnect()
+                )
+            if self.on_noscript is not None:
+                for reply in out:
+                    if type(reply) is NoScriptError:
+                        # A restarted (or failed-over) server has an empty script
+                        # cache: load the scripts and send the whole pipeline again.
+                        self.on_noscript(conn)
+                        out = self._once(conn, packed, n)
+                        break
         except BaseException:
             conn.disconnect()  # a half-read reply must not reach the next caller
             self._put(conn)
@@ -88,19 +127,14 @@ class Link:
             raise reply
         return reply
 
-    def _exchange(self, conn: Any, commands: Sequence[Command]) -> list[Any]:
-        packed = conn.pack_commands(commands)
-
-        def once() -> list[Any]:
-            conn.send_packed_command(packed)
-            out: list[Any] = []
-            for _ in commands:
-                try:
-                    out.append(conn.read_response())
-                except ResponseError as exc:  # the reply was read whole: stay in step
-                    out.append(exc)
-            return out
-
-        if self._retry is None:
-            return once()
-        return self._retry.call_with_retry(once, lambda error: conn.disconnect())
+    @staticmethod
+    def _once(conn: Any, packed: bytes, n: int) -> list[Any]:
+        conn.send_packed_command([packed])
+        read = conn.read_response
+        out: list[Any] = []
+        for _ in range(n):
+            try:
+                out.append(read())
+            except ResponseError as exc:  # the reply was read whole: stay in step
+                out.append(exc)
+        return out
