@@ -23,7 +23,9 @@ does. Subclasses must be safe to call from several threads unless they set
 
 from __future__ import annotations
 
+import os
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +144,12 @@ class Backend(ABC):
     def __init__(self, url: str, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         self.url = url
         self.max_payload = max_payload
+        _LIVE.add(self)
+
+    def after_fork(self) -> None:
+        """Called in a child process after ``fork()``: forget the connections the
+        parent made (never close them: they are the parent's), so the child
+        makes its own on first use. Backends with connections override it."""
 
     # -- producer side -------------------------------------------------------
     def check_queue(self, queue: str) -> str:
@@ -342,6 +350,20 @@ class Backend(ABC):
 
     @abstractmethod
     def _take(self, queue: str, task_id: str) -> bytes | None: ...
+
+
+# Every backend object of this process, so a forked child can reset them all
+# (a web server that forks after importing the app, multiprocessing, ...).
+_LIVE: weakref.WeakSet[Backend] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for backend in list(_LIVE):
+        backend.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def truncate(text: str, limit: int = 4000) -> str:

@@ -233,6 +233,13 @@ class RedisBackend(Backend):
             assert link is not None
         return link
 
+    def after_fork(self) -> None:
+        # The Link and redis-py's pool notice the new pid themselves; the
+        # pub/sub listeners are the parent's sockets: listen afresh.
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._listeners = []
+
     @staticmethod
     def _load_scripts(conn: Any) -> None:
         for source, _ in _SCRIPTS.values():

@@ -84,6 +84,10 @@ class _Holder:
         self.close()
 
 
+# Connections a forked child inherited: kept alive (unclosed) for good.
+_INHERITED: list[_Holder] = []
+
+
 class _Conflict(Exception):
     pass
 
@@ -222,6 +226,15 @@ class SQLiteBackend(Backend):
             self._holders.clear()
             self._ready = False
         self._local = threading.local()
+
+    def after_fork(self) -> None:
+        # SQLite forbids using (or closing: a close can checkpoint the WAL) a
+        # connection opened before fork(). The parent's are kept referenced,
+        # never touched again, and this process opens its own.
+        _INHERITED.extend(self._holders)
+        self._holders = weakref.WeakSet()
+        self._local = threading.local()
+        self._lock = threading.Lock()
 
     # -- primitives ----------------------------------------------------------
     def _enqueue(self, messages: Sequence[Message]) -> None:

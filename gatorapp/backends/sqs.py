@@ -601,3 +601,10 @@ class SQSBackend(Backend):
     def close(self) -> None:
         self.stop_waiting()
         self.sqs.close()
+
+    def after_fork(self) -> None:
+        # A boto3 client's connection pool is the parent's: build a new client.
+        # What the parent's idle poll received is the parent's to hand out.
+        self.sqs.after_fork()
+        self._lock = threading.Lock()
+        self._stash = []

@@ -231,6 +231,11 @@ class SQSQueues:
         if client is not None:
             client.close()
 
+    def after_fork(self) -> None:
+        """In a forked child: the next call builds a client of this process's own."""
+        self._lock = threading.Lock()
+        self._client = None
+
 
 class Missing(BackendError):
     """The SQS queue does not exist."""

@@ -1,6 +1,6 @@
 """``gatorapp`` command line: worker, status, dead.
 
-    gatorapp worker -A myproj.app [-Q emails,images] [-c N] [--max-tasks N] [--burst]
+    gatorapp worker -A myproj.app [-Q emails,images] [-p N] [-c N] [--max-tasks N] [--burst]
                     [--prefetch N] [--worker-class pkg.mod:Cls] [-l LEVEL]
     gatorapp status -A myproj.app [-Q ...]
     gatorapp dead   -A myproj.app [-Q queue] ls | show ID | requeue ID | requeue --all | purge
@@ -22,11 +22,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .app import App
-from .envelope import Task
-from .errors import BackendError, GatorError
-from .worker import Worker
-from .worker.signals import EarlySignals
+from ..app import App
+from ..envelope import Task
+from ..errors import BackendError, GatorError
+from ..worker import Worker
+from ..worker.signals import EarlySignals
+from .supervisor import Supervisor, watch_lifeline
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -95,14 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     w = sub.add_parser("worker", parents=[common], help="run a worker")
-    w.add_argument("-c", "--concurrency", type=_positive, default=1, help="tasks at once (threads)")
+    w.add_argument(
+        "-p", "--processes", type=_positive, default=1, help="worker processes (default 1)"
+    )
+    w.add_argument(
+        "-c", "--concurrency", type=_positive, default=1, help="tasks at once, per process"
+    )
     w.add_argument("--max-tasks", type=_positive, default=None, help="exit after N attempts")
     w.add_argument("--burst", action="store_true", help="exit once the queues have nothing ready")
     w.add_argument(
         "--prefetch",
         type=_non_negative,
         default=None,
-        help="tasks reserved ahead of free threads (default: concurrency)",
+        help="tasks reserved ahead of free threads (default: adapts to task length)",
     )
     w.add_argument("--worker-class", default=None, help="pkg.mod:WorkerSubclass")
 
@@ -159,12 +165,41 @@ def _queue_list(app: App, chosen: list[str] | None) -> list[str]:
     return list(dict.fromkeys(app.queues() + app.backend.known_queues()))
 
 
-def cmd_worker(app: App, args: argparse.Namespace, early: EarlySignals | None = None) -> int:
+def _child_argv(args: argparse.Namespace, app_path: str) -> list[str]:
+    """The command line of one worker process under a supervisor: the same
+    worker, without -p."""
+    argv = ["worker", "-A", app_path, "-c", str(args.concurrency), "-l", args.loglevel]
+    if args.queues:
+        argv += ["-Q", ",".join(args.queues)]
+    if args.max_tasks is not None:
+        argv += ["--max-tasks", str(args.max_tasks)]
+    if args.burst:
+        argv.append("--burst")
+    if args.prefetch is not None:
+        argv += ["--prefetch", str(args.prefetch)]
+    if args.worker_class:
+        argv += ["--worker-class", args.worker_class]
+    return argv
+
+
+def cmd_worker(
+    app: App, args: argparse.Namespace, early: EarlySignals | None = None, app_path: str = ""
+) -> int:
     cls: type[Worker] = Worker
     if args.worker_class:
         cls = import_object(args.worker_class, None, "worker class")
         if not (isinstance(cls, type) and issubclass(cls, Worker)):
             raise UsageError(f"{args.worker_class!r} is not a subclass of gatorapp.Worker")
+    if args.processes > 1:
+        # The app imported and the worker class found: now the processes.
+        sup = Supervisor(
+            _child_argv(args, app_path),
+            args.processes,
+            restart_clean=not (args.burst or args.max_tasks),
+        )
+        if early is not None:
+            early.forward(sup.handle_signal)
+        return sup.run()
     worker = cls(
         app,
         queues=args.queues,
@@ -175,6 +210,7 @@ def cmd_worker(app: App, args: argparse.Namespace, early: EarlySignals | None = 
     )
     if early is not None:
         early.forward(worker.handle_signal)
+    watch_lifeline(worker.stop)  # (under a supervisor only)
     return worker.run_forever()
 
 
@@ -322,7 +358,7 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: Ea
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(args.loglevel)))
     app = load_app(app_path)
     if args.command == "worker":
-        return cmd_worker(app, args, early)
+        return cmd_worker(app, args, early, app_path)
     # Only a worker stops gracefully; other commands stop at a signal as usual.
     got = early.restore()
     if got is not None:
