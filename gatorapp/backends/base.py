@@ -27,7 +27,7 @@ import os
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
@@ -247,6 +247,28 @@ class Backend(ABC):
         """
         settled = self.settle(acks, retries, buries)
         return settled, self.reserve(queues, limit, lease, worker_id) if limit > 0 else []
+
+    def begin_settle_and_reserve(
+        self,
+        acks: Sequence[Reservation],
+        retries: Sequence[RetryItem],
+        buries: Sequence[Burial],
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker_id: str,
+    ) -> Callable[[], tuple[Settled, list[Reservation]]]:
+        """Start :meth:`settle_and_reserve`; the function returned finishes it
+        (its result, or its error raised).
+
+        A worker runs tasks between the two: a backend that can send the
+        request now and read the reply then (Redis) overrides this, so the
+        round trip and the backend's own work overlap the worker's. By default
+        the call is made when it is finished.
+        """
+        return lambda: self.settle_and_reserve(
+            acks, retries, buries, queues, limit, lease, worker_id
+        )
 
     def release(self, reservations: Sequence[Reservation]) -> list[bool]:
         """Give back tasks that were reserved but never started; they keep their

@@ -41,7 +41,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
@@ -486,68 +486,133 @@ class RedisBackend(Backend):
         limit: int,
         lease: float,
     ) -> tuple[list[Any], list[Reservation]]:
-        """Settle (if ``plan``) and reserve up to ``limit`` from ``queues`` in
-        order; the settle and the first queue's reserve share a round trip."""
+        return self._begin(plan, queues, limit, lease)()
+
+    def _begin(
+        self,
+        plan: list[tuple[tuple[str, str, list[Any]], list[tuple[int, int]]]],
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+    ) -> Callable[[], tuple[list[Any], list[Reservation]]]:
+        """Send the settle calls of ``plan`` and the first queue's reserve (one
+        round trip) now; the function returned reads the replies, then reserves
+        from later queues while ``limit`` is not reached."""
         calls = [call for call, _ in plan]
-        settle_replies: list[Any] | None = None if calls else []
-        out: list[Reservation] = []
-        soonest: float | None = None
-        looked_all = True
+        records = [(queue, self._record(queue)) for _, queue, _ in calls]
+        commands = [
+            self._command(name, queue, [self._record_ms, *args], keys)
+            for (name, queue, args), (_, keys) in zip(calls, records)
+        ]
         if limit > 0:
             self._drain_wakeups()  # before this look: any later wake-up ends wait()
-        for queue in queues:
-            if limit <= len(out):
-                looked_all = False
-                break
-            token = _new_token()
-            # The batch's key, then the records the reserve deletes in passing.
-            with self._lock:
-                spent = self._spent.pop(queue, [])
-            extra = [f"{self._tag(queue)}:b:{token}", *spent]
-            args = [limit - len(out), f"{lease:.6f}", token]
-            reserve = self._command("reserve", queue, args, extra)
-            try:
-                if settle_replies is None:
-                    replies = self._recorded_with("settle", calls, reserve)
-                    settle_replies, reply = replies[:-1], replies[-1]
-                else:
-                    reply = self._pipeline("reserve", [reserve])[0]
-            except BaseException:
-                self._spend(queue, spent)
-                raise
-            ids, datas, dlvs, next_due = reply
-            for task_id, data, dlv in zip(ids, datas, dlvs or [None] * len(ids)):
-                deliveries = 1 + int(dlv) if dlv else 1
-                out.append(
-                    Reservation(queue, _text(task_id), data or b"", token, deliveries, lease)
-                )
-            if not ids and next_due:
-                seconds = float(next_due)
-                soonest = seconds if soonest is None else min(soonest, seconds)
-        if settle_replies is None:
-            settle_replies = self._recorded("settle", calls)
-        listener = getattr(self._local, "generation", 0)
-        self._local.look = (
-            _Look(tuple(queues), soonest, listener)
-            if limit > 0 and looked_all and not out
-            else None
-        )
-        return settle_replies, out
-
-    def _recorded_with(
-        self, what: str, calls: list[tuple[str, str, list[Any]]], last: tuple[Any, ...]
-    ) -> list[Any]:
-        """:meth:`_recorded`, with one more command at the end of the same pipeline."""
-        keys = [(queue, self._record(queue)) for _, queue, _ in calls]
-        commands = [
-            self._command(name, queue, [self._record_ms, *args], ks)
-            for (name, queue, args), (_, ks) in zip(calls, keys)
-        ]
+        first = self._reserve_call(queues[0], limit, lease) if limit > 0 and queues else None
+        if first is not None:
+            commands.append(first[0])
+        sent = None
         try:
-            return self._pipeline(what, [*commands, last])
-        finally:
-            for queue, ks in keys:
-                self._spend(queue, ks)
+            if commands:
+                sent = self.link.send(commands)
+        except redis.RedisError as exc:
+            self._spent_after(records, first, failed=True)
+            raise self._error("reserve", exc) from exc
+
+        def finish() -> tuple[list[Any], list[Reservation]]:
+            replies: list[Any] = []
+            try:
+                if sent is not None:
+                    replies = sent.read()
+                    for reply in replies:
+                        if isinstance(reply, ResponseError):
+                            raise reply
+            except redis.RedisError as exc:
+                self._spent_after(records, first, failed=True)
+                raise self._error("settle" if calls else "reserve", exc) from exc
+            self._spent_after(records, first, failed=False)
+            out: list[Reservation] = []
+            soonest: float | None = None
+            looked_all = True
+            later = list(queues[1:]) if first is not None else []
+            reply = replies[-1] if first is not None else None
+            queue, token = (first[1], first[2]) if first is not None else ("", "")
+            while reply is not None:
+                ids, datas, dlvs, next_due = reply
+                for task_id, data, dlv in zip(ids, datas, dlvs or [None] * len(ids)):
+                    deliveries = 1 + int(dlv) if dlv else 1
+                    out.append(
+                        Reservation(queue, _text(task_id), data or b"", token, deliveries, lease)
+                    )
+                if not ids and next_due:
+                    seconds = float(next_due)
+                    soonest = seconds if soonest is None else min(soonest, seconds)
+                reply = None
+                if later:
+                    if len(out) >= limit:
+                        looked_all = False
+                        break
+                    queue = later.pop(0)
+                    command, _, token, spent = self._reserve_call(queue, limit - len(out), lease)
+                    try:
+                        reply = self._pipeline("reserve", [command])[0]
+                    except BaseException:
+                        self._spend(queue, spent)
+                        raise
+            listener = getattr(self._local, "generation", 0)
+            self._local.look = (
+                _Look(tuple(queues), soonest, listener)
+                if limit > 0 and looked_all and not out
+                else None
+            )
+            return replies[: len(calls)], out
+
+        return finish
+
+    def _reserve_call(
+        self, queue: str, limit: int, lease: float
+    ) -> tuple[bytes, str, str, list[str]]:
+        """A reserve of ``queue``: (command, queue, token, records it deletes)."""
+        token = _new_token()
+        # The batch's key, then the records the reserve deletes in passing.
+        with self._lock:
+            spent = self._spent.pop(queue, [])
+        extra = [f"{self._tag(queue)}:b:{token}", *spent]
+        command = self._command("reserve", queue, [limit, f"{lease:.6f}", token], extra)
+        return command, queue, token, spent
+
+    def _spent_after(
+        self,
+        records: list[tuple[str, list[str]]],
+        first: tuple[bytes, str, str, list[str]] | None,
+        *,
+        failed: bool,
+    ) -> None:
+        """Records to delete with later calls: those of the settle calls (their
+        replies came, or they may exist), and, after a failure, those the
+        reserve was to delete."""
+        for queue, keys in records:
+            self._spend(queue, keys)
+        if failed and first is not None:
+            self._spend(first[1], first[3])
+
+    def begin_settle_and_reserve(
+        self,
+        acks: Sequence[Reservation],
+        retries: Sequence[RetryItem],
+        buries: Sequence[Burial],
+        queues: Sequence[str],
+        limit: int,
+        lease: float,
+        worker_id: str,
+    ) -> Callable[[], tuple[Settled, list[Reservation]]]:
+        plan = self._settle_plan(acks, retries, buries)
+        finish = self._begin(plan, queues, limit, lease)
+        n = (len(acks), len(retries), len(buries))
+
+        def settled() -> tuple[Settled, list[Reservation]]:
+            replies, got = finish()
+            return self._settled(plan, replies, *n), got
+
+        return settled
 
     def _ack(self, reservations: Sequence[Reservation]) -> list[bool]:
         return self.settle(reservations).acked

@@ -91,34 +91,24 @@ class Link:
         """Send every command, then read every reply: one round trip. A command
         is its arguments, or bytes already in the protocol (:func:`pack`). An
         error reply is returned in its place, as a ``ResponseError``, not raised."""
+        return self.send(commands).read()
+
+    def send(self, commands: Sequence[Command]) -> Sent:
+        """Send the commands now; :meth:`Sent.read` reads their replies later,
+        so the caller can work while Redis does (a worker runs tasks)."""
         packed = b"".join([c if type(c) is bytes else pack(c) for c in commands])
-        n = len(commands)
         conn = self._get()
+        sent = Sent(self, conn, packed, len(commands))
         try:
-            try:
-                out = self._once(conn, packed, n)
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                # Dropped mid-call: redis-py's retry policy, on a new connection.
-                conn.disconnect()
-                if self._retry is None:
-                    raise
-                out = self._retry.call_with_retry(
-                    lambda: self._once(conn, packed, n), lambda error: conn.disconnect()
-                )
-            if self.on_noscript is not None:
-                for reply in out:
-                    if type(reply) is NoScriptError:
-                        # A restarted (or failed-over) server has an empty script
-                        # cache: load the scripts and send the whole pipeline again.
-                        self.on_noscript(conn)
-                        out = self._once(conn, packed, n)
-                        break
+            conn.send_packed_command([packed])
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+            sent.failed = True  # read() sends again, by the retry policy
         except BaseException:
-            conn.disconnect()  # a half-read reply must not reach the next caller
+            conn.disconnect()
             self._put(conn)
             raise
-        self._put(conn)
-        return out
+        return sent
 
     def call(self, *command: Any) -> Any:
         """One command; an error reply is raised."""
@@ -128,8 +118,9 @@ class Link:
         return reply
 
     @staticmethod
-    def _once(conn: Any, packed: bytes, n: int) -> list[Any]:
-        conn.send_packed_command([packed])
+    def _once(conn: Any, packed: bytes, n: int, send: bool = True) -> list[Any]:
+        if send:
+            conn.send_packed_command([packed])
         read = conn.read_response
         out: list[Any] = []
         for _ in range(n):
@@ -137,4 +128,49 @@ class Link:
                 out.append(read())
             except ResponseError as exc:  # the reply was read whole: stay in step
                 out.append(exc)
+        return out
+
+
+class Sent:
+    """Commands sent on a connection whose replies are not read yet."""
+
+    __slots__ = ("conn", "failed", "link", "n", "packed")
+
+    def __init__(self, link: Link, conn: Any, packed: bytes, n: int) -> None:
+        self.link = link
+        self.conn = conn
+        self.packed = packed
+        self.n = n
+        self.failed = False
+
+    def read(self) -> list[Any]:
+        """The replies, in order (an error reply as a ``ResponseError`` in its
+        place). A connection that dropped is retried by the Link's policy."""
+        link, conn, packed, n = self.link, self.conn, self.packed, self.n
+        try:
+            try:
+                if self.failed:
+                    raise redis.ConnectionError("the connection dropped while sending")
+                out = link._once(conn, packed, n, send=False)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                # Dropped mid-call: redis-py's retry policy, on a new connection.
+                conn.disconnect()
+                if link._retry is None:
+                    raise
+                out = link._retry.call_with_retry(
+                    lambda: link._once(conn, packed, n), lambda error: conn.disconnect()
+                )
+            if link.on_noscript is not None:
+                for reply in out:
+                    if type(reply) is NoScriptError:
+                        # A restarted (or failed-over) server has an empty script
+                        # cache: load the scripts and send the whole pipeline again.
+                        link.on_noscript(conn)
+                        out = link._once(conn, packed, n)
+                        break
+        except BaseException:
+            conn.disconnect()  # a half-read reply must not reach the next caller
+            link._put(conn)
+            raise
+        link._put(conn)
         return out

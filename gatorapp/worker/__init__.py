@@ -238,8 +238,13 @@ class Worker:
             except Exception:
                 log.exception("%s.result() failed", type(self).__name__)
 
+    def _left(self) -> int | None:
+        """Attempts ``max_tasks`` still allows."""
+        return None if self.max_tasks is None else self.max_tasks - self._executor.started
+
     def _loop(self) -> None:
         ex, outbox, fetch, held = self._executor, self._outbox, self._fetch, self._held
+        overlap = isinstance(ex, InlineExecutor)
         outage = self._outage
         stop = self._stop
         while True:
@@ -247,10 +252,10 @@ class Worker:
                 self._cold_stop()
             if stop.is_set():
                 return
-            # 1. Run what is buffered (here, or let the threads report).
+            # 1. Run what is buffered (here, down to the low-water mark; or let
+            #    the threads report).
             if ex.pending():
-                left = None if self.max_tasks is None else self.max_tasks - ex.started
-                ran, busy = ex.work(outbox, left)
+                ran, busy = ex.work(outbox, self._left(), fetch.low if overlap else 0)
                 fetch.observe(ran, busy)
                 if outbox.keep_results:
                     self._deliver_results()
@@ -261,11 +266,16 @@ class Worker:
                     return  # (the shutdown sends what is left)
                 ex.wait(OUTBOX_MAX_AGE)
                 continue
-            # 2. Settle and refill, in one call.
+            # 2. Settle and refill, in one call. Running tasks in this thread,
+            #    run what is left while the call travels.
             want = fetch.want(ex.pending(), self._budget())
             if want or outbox.due() or (len(outbox) and not ex.pending()):
                 try:
-                    got = fetch.exchange(outbox, held, want)
+                    finish = fetch.begin(outbox, held, want)
+                    if overlap and ex.pending():
+                        ran, busy = ex.work(outbox, self._left())
+                        fetch.observe(ran, busy)
+                    got = finish()
                 except Exception as exc:
                     what = "reserve" if want and not len(outbox) else "acknowledge"
                     outage.failed(what, exc, fatal=self.burst and not ex.running())
@@ -275,6 +285,11 @@ class Worker:
                 if got:
                     ex.submit(got)
                     continue
+            elif overlap and ex.pending():
+                # Nothing to send or fetch (max_tasks reached): run the rest.
+                ran, busy = ex.work(outbox, self._left())
+                fetch.observe(ran, busy)
+                continue
             # 3. Nothing new to run: wait for a task, or for the threads.
             if not ex.pending():
                 if len(outbox):

@@ -115,10 +115,10 @@ class InlineExecutor:
         """Tasks buffered or running."""
         return len(self.buffer)
 
-    def work(self, outbox: Outbox, budget: int | None) -> tuple[int, float]:
-        """Run buffered tasks until none is left, the outbox is due to be sent,
-        ``budget`` attempts were started, or the worker stops. Returns how many
-        ran and how long they took."""
+    def work(self, outbox: Outbox, budget: int | None, stop_at: int = 0) -> tuple[int, float]:
+        """Run buffered tasks until ``stop_at`` are left, the outbox is due to be
+        sent, ``budget`` attempts were started, or the worker stops. Returns how
+        many ran and how long they took."""
         buffer, run, stopping = self.buffer, self.run, self.stopping
         clock = time.perf_counter
         started = 0
@@ -126,7 +126,7 @@ class InlineExecutor:
         # The outbox is due by age only: it holds at most what the buffer held.
         check_at = t0 + outbox.max_age
         n = 0
-        while buffer and not stopping():
+        while len(buffer) > stop_at and not stopping():
             if budget is not None and started >= budget:
                 break
             if run(buffer.popleft()):
@@ -241,7 +241,7 @@ class ThreadExecutor:
             if len(outbox) >= outbox.max_items:
                 self.progress.set()
 
-    def work(self, outbox: Outbox, budget: int | None) -> tuple[int, float]:
+    def work(self, outbox: Outbox, budget: int | None, stop_at: int = 0) -> tuple[int, float]:
         """The threads run on their own: how many tasks finished since the last
         call, and the thread time they took."""
         with self._cond:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import tenacity
 
@@ -73,12 +73,24 @@ class Fetcher:
     def high(self) -> int:
         return self.concurrency + self.prefetch
 
+    @property
+    def low(self) -> int:
+        """Refill when this few tasks are buffered or running."""
+        if self.refill_early:
+            return self.concurrency + self.prefetch // 2
+        # A worker that runs tasks in its own thread sends the refill when a
+        # quarter of the batch is left and runs that quarter while the call
+        # travels (see exchange).
+        return self.high // 4
+
     def want(self, pending: int, budget: int | None = None) -> int:
         """How many to reserve now, with ``pending`` tasks buffered or running."""
-        low = self.concurrency + self.prefetch // 2 if self.refill_early else 0
-        if pending > low:
+        if pending > self.low:
             return 0
-        n = self.high - pending
+        # Threads keep running what is pending: top up to the high-water mark.
+        # A worker running tasks itself has run what is left by the time the
+        # refill arrives: a whole batch.
+        n = self.high - pending if self.refill_early else self.high
         if budget is not None:
             n = min(n, budget)
         return max(0, n)
@@ -100,28 +112,46 @@ class Fetcher:
         On failure the outbox keeps its entries (sent again next time) and the
         error propagates.
         """
+        return self.begin(outbox, held, want)()
+
+    def begin(self, outbox: Outbox, held: Held, want: int) -> Callable[[], list[Reservation]]:
+        """:meth:`exchange`, started now and finished by the function returned:
+        the caller may run tasks in between, while the call travels."""
         batch = outbox.take()
         if batch is None and not want:
-            return []
+            return list
         try:
             if batch is None:
-                got = self.backend.reserve(self.queues, want, self.lease, self.worker_id)
-            else:
-                settled, got = self.backend.settle_and_reserve(
-                    batch.acks,
-                    batch.retries,
-                    batch.buries,
-                    self.queues,
-                    want,
-                    self.lease,
-                    self.worker_id,
-                )
+                reserve = self.backend.reserve
+                queues, lease, worker_id = self.queues, self.lease, self.worker_id
+                return lambda: self._got(held, reserve(queues, want, lease, worker_id))
+            finish = self.backend.begin_settle_and_reserve(
+                batch.acks,
+                batch.retries,
+                batch.buries,
+                self.queues,
+                want,
+                self.lease,
+                self.worker_id,
+            )
         except BaseException:
-            if batch is not None:
-                outbox.unsent(batch)
+            outbox.unsent(batch)
             raise
-        if batch is not None:
+
+        def finished() -> list[Reservation]:
+            assert batch is not None
+            try:
+                settled, got = finish()
+            except BaseException:
+                outbox.unsent(batch)
+                raise
             outbox.sent(batch, settled)
+            return self._got(held, got)
+
+        return finished
+
+    @staticmethod
+    def _got(held: Held, got: list[Reservation]) -> list[Reservation]:
         if got:
             held.add(got)
         return got
