@@ -12,7 +12,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 from .backends.base import Backend, Message
-from .envelope import HOOK_NAMES, Task, envelope_dict, new_task_id, new_task_ids, pack_envelope
+from .envelope import (
+    HOOK_NAMES,
+    Task,
+    envelope_dict,
+    new_task_id,
+    new_task_ids,
+    pack_envelope,
+    pack_envelopes,
+)
 from .errors import ConfigurationError
 from .execution import Outcome, run_attempt
 from .options import as_bool, run_at
@@ -153,11 +161,14 @@ class Producer:
         """Enqueue one run per ``(args, kwargs)`` in one backend call."""
         queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
         ids = [task_id] * len(calls) if task_id else new_task_ids(len(calls))
-        encode = self._encode
-        datas = [
-            encode(tdef, i, args, kwargs, queue, retries, hooks, extra)
-            for i, (args, kwargs) in zip(ids, calls)
-        ]
+        if self.registry.task_class is Task:
+            datas = pack_envelopes(ids, tdef.name, queue, calls, retries, hooks, extra)
+        else:
+            encode = self._encode
+            datas = [
+                encode(tdef, i, args, kwargs, queue, retries, hooks, extra)
+                for i, (args, kwargs) in zip(ids, calls)
+            ]
         backend = self.backend()
         if eager:
             for data in datas:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatorapp import App, DecodeError, PayloadTooLarge, Rejected, Task
+from gatorapp import App, DecodeError, PayloadTooLarge, Rejected, SerializationError, Task
 from gatorapp.envelope import ENVELOPE_VERSION, unpack
 
 RAN: list[Any] = []
@@ -435,3 +435,26 @@ def test_unpack_refuses_what_is_not_plain_data() -> None:
             continue
         with pytest.raises(DecodeError):
             Task.from_dict(value)
+
+
+def test_bulk_envelopes_are_byte_for_byte_the_single_ones() -> None:
+    from gatorapp.envelope import envelope_dict, pack_envelope, pack_envelopes
+
+    calls = [
+        ((1,), {}),
+        ((), {}),
+        (("a", [1, {"x": b"y"}]), {"k": 2.5}),
+        ((None, True, -(2**40)), {}),
+    ]
+    ids = [f"{i:032x}" for i in range(len(calls))] + ["custom id"]
+    calls.append((("x" * 300,), {}))
+    for hooks in (None, {"on_error": "mod.hook"}):
+        for opts in (None, {"retries": 3}):
+            got = pack_envelopes(ids, "mod.fn", "q", calls, 2, hooks, opts)
+            want = [
+                pack_envelope(envelope_dict(i, "mod.fn", "q", list(a), k, 2, 0, hooks, opts))
+                for i, (a, k) in zip(ids, calls)
+            ]
+            assert got == want
+    with pytest.raises(SerializationError):
+        pack_envelopes(["a"], "mod.fn", "q", [((object(),), {})], 0)

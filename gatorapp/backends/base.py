@@ -172,9 +172,12 @@ class Backend(ABC):
     def enqueue(self, messages: Sequence[Message]) -> None:
         """Store tasks. Idempotent by (queue, task_id): a second enqueue of an
         id still in the queue changes nothing."""
-        for msg in messages:
-            self.check_queue(msg.queue)
-            self.check_size(msg.data)
+        for queue in {m.queue for m in messages}:
+            self.check_queue(queue)
+        limit = self.max_payload
+        for m in messages:
+            if len(m.data) > limit:
+                self.check_size(m.data)  # (says why, in the backend's words)
         if messages:
             self._enqueue(messages)
 

@@ -254,42 +254,36 @@ local function handout(ids)
 end
 
 -- @@ enqueue
--- needs: now fmt head_due wake_for add registered
--- ARGV[1]: msgpack [id, payload, due ('' = now, else seconds as a string), ...].
--- Idempotent by id: a task id already in the queue is left alone, so a
--- retried call adds nothing. Returns {tasks added, registered}.
+-- needs: now fmt head_due wake_for registered
+-- ARGV[1]: msgpack [id, payload, due ('' = now, else seconds as a string), ...],
+-- each id once. Idempotent by id: a task id already in the queue is left
+-- alone, so a retried call adds nothing. Returns {tasks added, registered}.
 local flat = cmsgpack.unpack(ARGV[1])
 local t = now()
 local t_due = fmt(t)
-local ids, seen = {}, {}
-for i = 1, #flat, 3 do
-  local id = flat[i]
-  if not seen[id] then
-    seen[id] = i
-    ids[#ids + 1] = id
-  end
-end
+local ids = {}
+for i = 1, #flat, 3 do ids[#ids + 1] = flat[i] end
 local have = redis.call('HMGET', K_DATA, unpack(ids))
-local n_ids, n_datas, n_dues, soonest = {}, {}, {}, nil
+local d, z, soonest, n = {}, {}, nil, 0
 for k = 1, #ids do
   if not have[k] then
-    local i = seen[ids[k]]
-    local due = flat[i + 2]
-    local at = t
+    local i = 3 * k - 2
+    local due, at = flat[i + 2], t
     if due == '' then due = t_due else at = tonumber(due) end
-    n_ids[#n_ids + 1] = ids[k]
-    n_datas[#n_ids] = flat[i + 1]
-    n_dues[#n_ids] = due
+    d[2 * n + 1], d[2 * n + 2] = ids[k], flat[i + 1]
+    z[2 * n + 1], z[2 * n + 2] = due, ids[k]
+    n = n + 1
     if soonest == nil or at < soonest then soonest = at end
   end
 end
-if #n_ids > 0 then
+if n > 0 then
   local head = nil
   if soonest > t then head = head_due() end
-  add(n_ids, n_datas, n_dues)
+  redis.call('HSET', K_DATA, unpack(d))
+  redis.call('ZADD', K_WAIT, unpack(z))
   wake_for(soonest, t, head)
 end
-return {#n_ids, registered()}
+return {n, registered()}
 
 -- @@ enqueue_one
 -- needs: head_due wake_for registered

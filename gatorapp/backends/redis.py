@@ -373,12 +373,13 @@ class RedisBackend(Backend):
             if not registered:
                 self._register({m.queue})
             return
-        by_queue: dict[str, list[Message]] = {}
+        by_queue: dict[str, dict[str, Message]] = {}
         for m in messages:
-            by_queue.setdefault(m.queue, []).append(m)
+            # Each id once per queue (the first one wins), as the script expects.
+            by_queue.setdefault(m.queue, {}).setdefault(m.task_id, m)
         commands, queues = [], []
-        for queue, msgs in by_queue.items():
-            for chunk in _chunks(msgs):
+        for queue, by_id in by_queue.items():
+            for chunk in _chunks(list(by_id.values())):
                 flat: list[Any] = []
                 for m in chunk:
                     flat += (m.task_id, m.data, f"{m.run_at:.6f}" if m.run_at else "")
