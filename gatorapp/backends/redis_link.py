@@ -110,6 +110,37 @@ class Link:
             raise
         return sent
 
+    def receive(self, sent: Sent) -> list[Any]:
+        """The replies to ``sent`` (see :meth:`Sent.read`)."""
+        conn, packed, n = sent.conn, sent.packed, sent.n
+        try:
+            try:
+                if sent.failed:
+                    raise redis.ConnectionError("the connection dropped while sending")
+                out = self._once(conn, packed, n, send=False)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                # Dropped mid-call: redis-py's retry policy, on a new connection.
+                conn.disconnect()
+                if self._retry is None:
+                    raise
+                out = self._retry.call_with_retry(
+                    lambda: self._once(conn, packed, n), lambda error: conn.disconnect()
+                )
+            if self.on_noscript is not None:
+                for reply in out:
+                    if type(reply) is NoScriptError:
+                        # A restarted (or failed-over) server has an empty script
+                        # cache: load the scripts and send the whole pipeline again.
+                        self.on_noscript(conn)
+                        out = self._once(conn, packed, n)
+                        break
+        except BaseException:
+            conn.disconnect()  # a half-read reply must not reach the next caller
+            self._put(conn)
+            raise
+        self._put(conn)
+        return out
+
     def call(self, *command: Any) -> Any:
         """One command; an error reply is raised."""
         (reply,) = self.pipeline([command])
@@ -146,31 +177,4 @@ class Sent:
     def read(self) -> list[Any]:
         """The replies, in order (an error reply as a ``ResponseError`` in its
         place). A connection that dropped is retried by the Link's policy."""
-        link, conn, packed, n = self.link, self.conn, self.packed, self.n
-        try:
-            try:
-                if self.failed:
-                    raise redis.ConnectionError("the connection dropped while sending")
-                out = link._once(conn, packed, n, send=False)
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                # Dropped mid-call: redis-py's retry policy, on a new connection.
-                conn.disconnect()
-                if link._retry is None:
-                    raise
-                out = link._retry.call_with_retry(
-                    lambda: link._once(conn, packed, n), lambda error: conn.disconnect()
-                )
-            if link.on_noscript is not None:
-                for reply in out:
-                    if type(reply) is NoScriptError:
-                        # A restarted (or failed-over) server has an empty script
-                        # cache: load the scripts and send the whole pipeline again.
-                        link.on_noscript(conn)
-                        out = link._once(conn, packed, n)
-                        break
-        except BaseException:
-            conn.disconnect()  # a half-read reply must not reach the next caller
-            link._put(conn)
-            raise
-        link._put(conn)
-        return out
+        return self.link.receive(self)

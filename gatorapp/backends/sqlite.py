@@ -32,7 +32,17 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import BackendError, ConfigurationError
-from .base import Backend, DeadLetter, Message, QueueStats, Reservation, truncate
+from .base import (
+    Backend,
+    Burial,
+    DeadLetter,
+    Message,
+    QueueStats,
+    Reservation,
+    RetryItem,
+    Settled,
+    truncate,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gatorapp_tasks (
@@ -57,6 +67,9 @@ CREATE TABLE IF NOT EXISTS gatorapp_dead (
     PRIMARY KEY (queue, task_id)
 );
 """
+
+# Ids per statement (SQLite allows 32,766 parameters; a statement this size is quick).
+_CHUNK = 500
 
 # A task is available to reserve when it is due and nobody holds a live lease.
 _AVAILABLE = "queue = ? AND run_at <= ? AND (token IS NULL OR lease_until <= ?)"
@@ -285,27 +298,65 @@ class SQLiteBackend(Backend):
 
     def _ack(self, reservations: Sequence[Reservation]) -> list[bool]:
         with self._tx() as conn:
-            return [
-                conn.execute(
-                    "DELETE FROM gatorapp_tasks WHERE queue = ? AND task_id = ? AND token = ?",
-                    (r.queue, r.task_id, r.token),
-                ).rowcount
-                == 1
-                for r in reservations
-            ]
+            return self._delete_held(conn, reservations)
 
-    def _retry(self, items: Sequence[tuple[Reservation, bytes, float]]) -> list[bool]:
+    @staticmethod
+    def _delete_held(conn: sqlite3.Connection, reservations: Sequence[Reservation]) -> list[bool]:
+        """Delete the tasks whose lease is still held: one statement per batch
+        (queue and token) and 500 ids; True for each one deleted."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, r in enumerate(reservations):
+            groups.setdefault((r.queue, r.token), []).append(i)
+        out = [False] * len(reservations)
+        for (queue, token), indexes in groups.items():
+            for start in range(0, len(indexes), _CHUNK):
+                chunk = indexes[start : start + _CHUNK]
+                ids = [reservations[i].task_id for i in chunk]
+                marks = ",".join("?" * len(ids))
+                gone = {
+                    row[0]
+                    for row in conn.execute(
+                        "DELETE FROM gatorapp_tasks WHERE queue = ? AND token = ? "
+                        f"AND task_id IN ({marks}) RETURNING task_id",
+                        (queue, token, *ids),
+                    )
+                }
+                for i, task_id in zip(chunk, ids):
+                    out[i] = task_id in gone
+        return out
+
+    def settle(
+        self,
+        acks: Sequence[Reservation],
+        retries: Sequence[RetryItem] = (),
+        buries: Sequence[Burial] = (),
+    ) -> Settled:
+        # One transaction, one commit, for all three.
+        if not (acks or retries or buries):
+            return Settled([], [], [])
         with self._tx() as conn:
-            return [
-                conn.execute(
-                    "UPDATE gatorapp_tasks SET data = ?, run_at = ?, token = NULL, "
-                    "lease_until = NULL, deliveries = 0 "
-                    "WHERE queue = ? AND task_id = ? AND token = ?",
-                    (data, run_at, r.queue, r.task_id, r.token),
-                ).rowcount
-                == 1
-                for r, data, run_at in items
-            ]
+            return Settled(
+                self._delete_held(conn, acks),
+                self._retry_in(conn, retries),
+                self._bury_in(conn, buries),
+            )
+
+    def _retry(self, items: Sequence[RetryItem]) -> list[bool]:
+        with self._tx() as conn:
+            return self._retry_in(conn, items)
+
+    @staticmethod
+    def _retry_in(conn: sqlite3.Connection, items: Sequence[RetryItem]) -> list[bool]:
+        return [
+            conn.execute(
+                "UPDATE gatorapp_tasks SET data = ?, run_at = ?, token = NULL, "
+                "lease_until = NULL, deliveries = 0 "
+                "WHERE queue = ? AND task_id = ? AND token = ?",
+                (data, run_at, r.queue, r.task_id, r.token),
+            ).rowcount
+            == 1
+            for r, data, run_at in items
+        ]
 
     def _release(self, reservations: Sequence[Reservation]) -> list[bool]:
         with self._tx() as conn:
@@ -333,22 +384,26 @@ class SQLiteBackend(Backend):
                 for r in reservations
             ]
 
-    def _bury(self, items: Sequence[tuple[Reservation, str, str]]) -> list[bool]:
+    def _bury(self, items: Sequence[Burial]) -> list[bool]:
+        with self._tx() as conn:
+            return self._bury_in(conn, items)
+
+    @staticmethod
+    def _bury_in(conn: sqlite3.Connection, items: Sequence[Burial]) -> list[bool]:
         now = time.time()
         out = []
-        with self._tx() as conn:
-            for r, reason, error in items:
-                row = conn.execute(
-                    "DELETE FROM gatorapp_tasks WHERE queue = ? AND task_id = ? AND token = ? "
-                    "RETURNING data",
-                    (r.queue, r.task_id, r.token),
-                ).fetchone()
-                if row is not None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO gatorapp_dead VALUES (?, ?, ?, ?, ?, ?)",
-                        (r.queue, r.task_id, row[0], reason, truncate(error), now),
-                    )
-                out.append(row is not None)
+        for r, reason, error in items:
+            row = conn.execute(
+                "DELETE FROM gatorapp_tasks WHERE queue = ? AND task_id = ? AND token = ? "
+                "RETURNING data",
+                (r.queue, r.task_id, r.token),
+            ).fetchone()
+            if row is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO gatorapp_dead VALUES (?, ?, ?, ?, ?, ?)",
+                    (r.queue, r.task_id, row[0], reason, truncate(error), now),
+                )
+            out.append(row is not None)
         return out
 
     def _take(self, queue: str, task_id: str) -> bytes | None:
@@ -439,6 +494,7 @@ class SQLiteBackend(Backend):
 
 # Every entry point that touches the database reports sqlite3 errors as BackendError.
 for _name in (
+    "settle",
     "_enqueue",
     "_reserve",
     "_ack",
