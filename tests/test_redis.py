@@ -348,9 +348,11 @@ def test_no_keys_are_left_behind_after_a_drain_or_get_and_cancel(redis_server) -
     thread.start()
     try:
         settled = wait_for(lambda: app.backend.len("default") == 0, 20)
-        # Left: the queue registry and the queue's counter. The worker's
-        # next reserve deletes the records of its last calls.
-        drained = wait_for(lambda: admin.dbsize() == 2, 3)
+        # Left: the queue registry and the queue's counter, and, while the
+        # worker waits, its waiter entry. The worker's next reserve deletes
+        # the records of its last calls.
+        waiting = {b"{left:default}:waiters"}
+        drained = wait_for(lambda: len(set(admin.keys("*")) - waiting) == 2, 3)
     finally:
         worker.stop()
         thread.join(10)
@@ -371,6 +373,92 @@ def test_no_keys_are_left_behind_after_a_drain_or_get_and_cancel(redis_server) -
     app.close()
     admin.flushdb()
     admin.close()
+
+
+# -- a task due now goes straight to a waiting worker ---------------------------------
+def _wait_in_thread(b: RedisBackend, queue: str, timeout: float) -> tuple[threading.Thread, dict]:
+    """wait() in a thread of its own, then that thread's next reserve."""
+    out: dict = {}
+
+    def run() -> None:
+        b.reserve([queue], 10, 30, "w")  # the thread's look: it finds nothing
+        t0 = time.monotonic()
+        b.wait([queue], timeout)
+        out["waited"] = time.monotonic() - t0
+        out["stats"] = b.stats(queue)
+        out["got"] = b.reserve([queue], 10, 30, "w")
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def test_a_task_enqueued_while_a_worker_waits_is_handed_to_it(redis_url: str) -> None:
+    b = load_backend(redis_url)
+    q = _queue()
+    thread, out = _wait_in_thread(b, q, 5.0)
+    assert wait_for(lambda: b.client.zcard(f"{{{b.prefix}:{q}}}:waiters") == 1, 5)
+    b.enqueue([Message(q, "a", b"payload")])
+    thread.join(10)
+    assert out["waited"] < 1.0  # woken at once, not at the timeout
+    assert out["stats"].running == 1  # leased to it at enqueue, before any reserve
+    (r,) = out["got"]
+    assert (r.task_id, r.data, r.deliveries) == ("a", b"payload", 1)
+    assert b.ack([r]) == [True]
+    assert b.stats(q) == type(b.stats(q))()
+    b.close()
+
+
+def test_a_worker_that_stops_waiting_hands_back_what_it_was_handed(redis_url: str) -> None:
+    b = load_backend(redis_url)
+    q = _queue()
+    b.reserve([q], 10, 30, "w")
+    b.wait([q], 0.05)  # registered: the next task due now is handed to this thread
+    b.enqueue([Message(q, "a", b"x")])
+    assert b.stats(q).running == 1
+    b.wait([q], 5.0)  # returns at once: it holds a handed task
+    b.stop_waiting()  # the worker stops instead of reserving
+    s = b.stats(q)
+    assert (s.ready, s.running) == (1, 0)
+    assert [r.task_id for r in b.reserve([q], 10, 30, "w2")] == ["a"]
+    b.close()
+
+
+def test_a_task_handed_to_a_worker_that_died_waiting_comes_back(redis_url: str) -> None:
+    # The worker registered, then vanished (SIGKILL): its waiter entry lives
+    # two seconds at most, and a task handed to it in that time comes back
+    # when its lease expires.
+    dead, alive = load_backend(redis_url), load_backend(redis_url)
+    q = _queue()
+    dead.reserve([q], 10, 0.5, "dead")  # lease 0.5 s: what a task handed to it gets
+    dead.wait([q], 0.05)
+    alive.enqueue([Message(q, "a", b"x")])
+    assert alive.stats(q).running == 1
+    assert alive.reserve([q], 10, 30, "alive") == []
+    time.sleep(0.8)
+    (r,) = alive.reserve([q], 10, 30, "alive")
+    assert (r.task_id, r.deliveries) == ("a", 2)
+    assert alive.ack([r]) == [True]
+    time.sleep(2.1)  # the dead one's waiter entry is gone: nothing more is handed to it
+    alive.enqueue([Message(q, "b", b"y")])
+    assert [r.task_id for r in alive.reserve([q], 10, 30, "alive")] == ["b"]
+    for b in (dead, alive):
+        b.close()
+
+
+def test_waiting_workers_each_get_a_task(redis_url: str) -> None:
+    b = load_backend(redis_url)
+    q = _queue()
+    waiters = [_wait_in_thread(b, q, 5.0) for _ in range(2)]
+    assert wait_for(lambda: b.client.zcard(f"{{{b.prefix}:{q}}}:waiters") == 2, 5)
+    b.enqueue([Message(q, "a", b"1")])
+    b.enqueue([Message(q, "b", b"2")])
+    got = []
+    for thread, out in waiters:
+        thread.join(10)
+        got += [r.task_id for r in out["got"]]
+    assert sorted(got) == ["a", "b"]
+    b.close()
 
 
 # -- an idle worker wakes at once ---------------------------------------------------
@@ -422,9 +510,12 @@ def test_idle_worker_picks_up_new_and_delayed_tasks_quickly(redis_url: str) -> N
     assert max(ms) < 450 and max(late) < 450
 
 
-def test_idle_worker_survives_its_listener_being_cut_off(redis_url: str, redis_server) -> None:
-    # Redis drops subscribers that fall behind (client-output-buffer-limit
-    # pubsub); the worker must listen afresh, not stop hearing wake-ups.
+def test_idle_worker_survives_its_blocking_connection_being_cut_off(
+    redis_url: str, redis_server
+) -> None:
+    # An idle worker blocks in BLPOP; Redis may drop that connection (a
+    # timeout, an operator's CLIENT KILL): the worker must wait afresh, not
+    # stop hearing about new tasks.
     app = App(redis_url, lease=5)
     ran = threading.Event()
 
@@ -437,8 +528,16 @@ def test_idle_worker_survives_its_listener_being_cut_off(redis_url: str, redis_s
     thread.start()
     admin = redis.Redis(port=redis_server.port)
     try:
-        time.sleep(0.3)
-        assert admin.client_kill_filter(_type="pubsub") >= 1
+        blocked: list[int] = []
+        assert wait_for(
+            lambda: bool(
+                blocked.extend(c["id"] for c in admin.client_list() if c.get("cmd") == "blpop")
+                or blocked
+            ),
+            5,
+        )
+        for client_id in blocked:
+            admin.client_kill_filter(_id=client_id)
         time.sleep(0.1)
         mark.delay()
         assert ran.wait(3)

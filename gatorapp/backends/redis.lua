@@ -22,7 +22,10 @@
 --   8 dead    zset  task id -> failed_at
 --   9 ddata   hash  task id -> payload of a dead letter
 --  10 dwhy    hash  task id -> reason .. "\n" .. error
---  11 wake    a pub/sub channel name (not a key): idle workers listen on it
+--  11 waiters zset  "<listener>|<lease>" -> until when that idle worker waits
+--                   here; its inbox is the list "<tag>:in:<listener>", where a
+--                   task due now is handed to it, leased, or an empty string
+--                   wakes it
 --  12 rec     the record of this call (settle, release, take): what it did,
 --             kept for the client's retry window, so the same call sent again
 --             after a lost reply returns the same; for reserve, the key of
@@ -48,10 +51,12 @@
 -- @@ common
 local K_DATA, K_WAIT, K_OWN, K_DLV, K_LEASES, K_HELD, K_META =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local K_DEAD, K_DDATA, K_DWHY, K_WAKE, K_REC = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local K_DEAD, K_DDATA, K_DWHY, K_WAITERS, K_REC = KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 -- "{prefix:queue}:data" -> "{prefix:queue}:"
 local TAG = string.sub(K_DATA, 1, -5)
 local TOKEN_LEN = 64
+-- An inbox outlives its waiter by this much (a worker that died waiting).
+local INBOX_MS = 600000
 
 -- @@ lib now
 local function now()
@@ -99,13 +104,51 @@ local function next_due(t)
   return fmt(math.max(0, soonest - t))
 end
 
+-- @@ lib inbox
+local function inbox(listener)
+  return TAG .. 'in:' .. listener
+end
+
+-- @@ lib wake_all
+-- needs: fmt inbox
+-- Every worker waiting on this queue gets an empty string in its inbox, which
+-- ends its wait (it then reserves, or computes how long to sleep again).
+local function wake_all(t)
+  local ws = redis.call('ZRANGEBYSCORE', K_WAITERS, fmt(t), '+inf')
+  redis.call('DEL', K_WAITERS)
+  for _, w in ipairs(ws) do
+    local box = inbox(string.match(w, '^[^|]*'))
+    redis.call('RPUSH', box, '')
+    redis.call('PEXPIRE', box, INBOX_MS)
+  end
+end
+
 -- @@ lib wake_for
+-- needs: wake_all
 -- Wake idle workers when a task is ready now or becomes the earliest one due,
 -- so they re-compute how long to sleep.
 local function wake_for(soonest, t, head)
   if soonest ~= nil and (soonest <= t or head == nil or soonest < head) then
-    redis.call('PUBLISH', K_WAKE, '1')
+    if redis.call('EXISTS', K_WAITERS) == 1 then wake_all(t) end
   end
+end
+
+-- @@ lib collect
+-- needs: inbox
+-- A listener stops waiting here: its registration goes, and what its inbox
+-- held comes back (tasks handed to it, as msgpack [token, lease, id, payload];
+-- wake-ups are dropped).
+local function collect(member)
+  redis.call('ZREM', K_WAITERS, member)
+  local box = inbox(string.match(member, '^[^|]*'))
+  local got = redis.call('LRANGE', box, 0, -1)
+  if #got == 0 then return got end
+  redis.call('DEL', box)
+  local handed = {}
+  for _, m in ipairs(got) do
+    if m ~= '' then handed[#handed + 1] = m end
+  end
+  return handed
 end
 
 -- @@ lib add
@@ -245,12 +288,13 @@ local function reclaim(t)
 end
 
 -- @@ lib handout
--- The tasks of a batch as a reply: ids, payloads, earlier deliveries, ''.
-local function handout(ids)
-  if #ids == 0 then return {{}, {}, {}, ''} end
+-- The tasks of a batch as a reply: ids, payloads, earlier deliveries, '',
+-- then what was handed to the caller.
+local function handout(ids, handed)
+  if #ids == 0 then return {{}, {}, {}, '', handed} end
   local dlvs = {}
   if redis.call('EXISTS', K_DLV) == 1 then dlvs = redis.call('HMGET', K_DLV, unpack(ids)) end
-  return {ids, redis.call('HMGET', K_DATA, unpack(ids)), dlvs, ''}
+  return {ids, redis.call('HMGET', K_DATA, unpack(ids)), dlvs, '', handed}
 end
 
 -- @@ enqueue
@@ -286,15 +330,34 @@ end
 return {n, registered()}
 
 -- @@ enqueue_one
--- needs: head_due wake_for registered
+-- needs: head_due wake_for registered batch_key fmt inbox
 -- ARGV: id, payload, due ('' = now). enqueue for a single task, as .delay()
--- sends it: fewer calls and no msgpack, which halves the server's time.
+-- sends it: fewer calls and no msgpack, which halves the server's time. A
+-- task due now goes straight to a waiting worker, leased to it in a batch of
+-- its own: it starts without a reserve of its own.
 local id, due = ARGV[1], ARGV[3]
 local clock = redis.call('TIME')
 local t = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local at = t
 if due == '' then due = string.format('%.6f', t) else at = tonumber(due) end
 if redis.call('HSETNX', K_DATA, id, ARGV[2]) == 0 then return {0, registered()} end
+if at <= t then
+  local ws = redis.call('ZRANGEBYSCORE', K_WAITERS, string.format('%.6f', t), '+inf', 'LIMIT', 0, 1)
+  if #ws > 0 then
+    local w = ws[1]
+    redis.call('ZREM', K_WAITERS, w)
+    local listener, lease = string.match(w, '^([^|]*)|(.*)$')
+    local token = string.format('h%063d', redis.call('HINCRBY', K_META, 'hand', 1))
+    redis.call('HSET', K_OWN, id, token .. due)
+    redis.call('RPUSH', batch_key(token), id)
+    redis.call('ZADD', K_LEASES, fmt(t + tonumber(lease)), token)
+    redis.call('HSET', K_HELD, token, 1)
+    local box = inbox(listener)
+    redis.call('RPUSH', box, cmsgpack.pack({token, lease, id, ARGV[2]}))
+    redis.call('PEXPIRE', box, INBOX_MS)
+    return {1, registered()}
+  end
+end
 local head = nil
 if at > t then head = head_due() end
 redis.call('ZADD', K_WAIT, due, id)
@@ -302,14 +365,20 @@ wake_for(at, t, head)
 return {1, registered()}
 
 -- @@ reserve
--- needs: now fmt owner next_due drop_spent reclaim handout
--- ARGV: limit, lease seconds, token (new for every call; 64 characters).
+-- needs: now fmt owner next_due drop_spent reclaim handout collect
+-- ARGV: limit, lease seconds, token (new for every call; 64 characters), the
+-- caller's waiter entry ('' if it never waited), and, if the caller will wait
+-- when this finds nothing, seconds to register it as a waiter for (else '').
 -- Leases up to limit due tasks as one batch. Returns {ids, payloads, earlier
--- deliveries, next}: next is '' when tasks were handed out, else the
--- seconds until something may be (see next_due).
+-- deliveries, next, handed}: next is '' when tasks were handed out, else the
+-- seconds until something may be (see next_due); handed is what the
+-- caller's inbox held (see collect). Registered or not, the caller is awake:
+-- it no longer waits here unless this found nothing.
 local limit, lease, token = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local bk = K_REC
 drop_spent()
+local handed = {}
+if ARGV[4] ~= '' then handed = collect(ARGV[4]) end
 local earlier = redis.call('LRANGE', bk, 0, -1)
 if #earlier > 0 then
   -- The same call again (its reply was lost): hand out the same batch.
@@ -318,13 +387,20 @@ if #earlier > 0 then
   for i, id in ipairs(earlier) do
     if owner(cur[i]) == token then ids[#ids + 1] = id end
   end
-  return handout(ids)
+  return handout(ids, handed)
 end
 local t = now()
 -- Expired leases first, so their tasks keep their place in line.
 reclaim(t)
 local zs = redis.call('ZRANGEBYSCORE', K_WAIT, '-inf', fmt(t), 'WITHSCORES', 'LIMIT', 0, limit)
-if #zs == 0 then return {{}, {}, {}, next_due(t)} end
+if #zs == 0 then
+  local nd = next_due(t)
+  if ARGV[5] ~= '' and #handed == 0 and nd ~= '0' then
+    -- It waits next (see listen): registered in the same call as the look.
+    redis.call('ZADD', K_WAITERS, fmt(t + tonumber(ARGV[5])), ARGV[4])
+  end
+  return {{}, {}, {}, nd, handed}
+end
 local ids, owners = {}, {}
 for i = 1, #zs, 2 do
   ids[#ids + 1] = zs[i]
@@ -335,7 +411,7 @@ redis.call('HSET', K_OWN, unpack(owners))
 redis.call('RPUSH', bk, unpack(ids))
 redis.call('ZADD', K_LEASES, fmt(t + lease), token)
 redis.call('HSET', K_HELD, token, #ids)
-return handout(ids)
+return handout(ids, handed)
 
 -- @@ settle
 -- needs: now fmt head_due wake_for replay remember forget check settle_batches
@@ -426,7 +502,7 @@ end
 return remember(out)
 
 -- @@ release
--- needs: replay remember release_from check rewait
+-- needs: now replay remember release_from check rewait wake_all
 -- ARGV: record ttl, msgpack [id, token, ...]. Tasks that never started go
 -- back in their place; their delivery is not counted. '1'/'0' per task.
 local done = replay()
@@ -448,8 +524,29 @@ if #back == 0 then return out end
 for token, n in pairs(per_token) do release_from(token, n) end
 rewait(back, own)
 redis.call('HDEL', K_OWN, unpack(back))
-redis.call('PUBLISH', K_WAKE, '1')
+if redis.call('EXISTS', K_WAITERS) == 1 then wake_all(now()) end
 return remember(out)
+
+-- @@ listen
+-- needs: now fmt next_due collect
+-- ARGV: the listener's waiter entry ("<listener>|<lease>"), seconds to stay
+-- registered. An idle worker is about to wait: it looks (next, as reserve
+-- does), and unless something is ready registers as a waiter, so a task
+-- enqueued from now on is handed to it or wakes it. Returns {handed, next}:
+-- what its inbox held (a task handed since it last looked: no wait then).
+local t = now()
+local handed = collect(ARGV[1])
+local nd = next_due(t)
+if #handed == 0 and nd ~= '0' then
+  redis.call('ZADD', K_WAITERS, fmt(t + tonumber(ARGV[2])), ARGV[1])
+end
+return {handed, nd}
+
+-- @@ unlisten
+-- needs: collect
+-- ARGV: the listener's waiter entry. It stops waiting (the worker stops):
+-- returns what its inbox held, for the worker to hand back.
+return collect(ARGV[1])
 
 -- @@ extend
 -- needs: now fmt batch_key check
@@ -514,7 +611,7 @@ redis.call('HSET', K_DWHY, id, ARGV[3] .. '\n' .. ARGV[4])
 return {1, registered()}
 
 -- @@ dead_requeue
--- needs: now fmt add
+-- needs: now fmt add wake_all
 -- ARGV: id, '1' to replace the payload with ARGV[3] (else keep it).
 local id = ARGV[1]
 if not redis.call('ZSCORE', K_DEAD, id) then return 0 end
@@ -525,8 +622,9 @@ if ARGV[2] == '1' then data = ARGV[3] end
 redis.call('ZREM', K_DEAD, id)
 redis.call('HDEL', K_DDATA, id)
 redis.call('HDEL', K_DWHY, id)
-add({id}, {data}, {fmt(now())})
-redis.call('PUBLISH', K_WAKE, '1')
+local t = now()
+add({id}, {data}, {fmt(t)})
+if redis.call('EXISTS', K_WAITERS) == 1 then wake_all(t) end
 return 1
 
 -- @@ dead_read

@@ -48,7 +48,6 @@ from typing import Any
 
 import msgpack
 import redis
-from redis.client import PubSub
 from redis.connection import parse_url as redis_parse_url
 from redis.exceptions import ResponseError
 
@@ -66,7 +65,7 @@ from .base import (
     truncate,
 )
 from .redis_config import parse_redis_url, record_ttl
-from .redis_link import Link, bulk
+from .redis_link import Link, bulk, pack
 
 # The per-queue keys, in the order every script receives them (see redis.lua).
 _SUFFIXES = (
@@ -80,10 +79,15 @@ _SUFFIXES = (
     "dead",
     "ddata",
     "dwhy",
-    "wake",
+    "waiters",
 )
-_WAKE = _SUFFIXES.index("wake")
 _DEAD = _SUFFIXES.index("dead")
+
+# Seconds an idle worker stays registered as a waiter after its last look:
+# longer than any wait (the worker's loop waits at most 0.5 s at a time). A
+# task due now is handed to a registered worker; one that died registered
+# gets it only within this time, and it comes back when its lease expires.
+_WAIT_TTL = 2.0
 _META = _SUFFIXES.index("meta")
 
 # Tasks per script call: large batches are split so one call never blocks
@@ -146,29 +150,8 @@ def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]
         yield items[start : start + size]
 
 
-def _drain(ps: PubSub, limit: int = 10_000) -> None:
-    """Discard wake-ups that came while the worker was busy: the look that
-    follows covers them. Bounded, so a flood cannot keep the worker here."""
-    for _ in range(limit):
-        if ps.get_message(timeout=0.0) is None:
-            return
-
-
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-class _Look:
-    """What the last reserve of a thread saw when it found nothing: an idle
-    wait right after needs no look of its own."""
-
-    __slots__ = ("at", "listener", "queues", "soonest")
-
-    def __init__(self, queues: tuple[str, ...], soonest: float | None, listener: int) -> None:
-        self.queues = queues
-        self.soonest = soonest
-        self.listener = listener
-        self.at = time.monotonic()
 
 
 class RedisBackend(Backend):
@@ -202,8 +185,9 @@ class RedisBackend(Backend):
         self._keys_of: dict[str, list[str]] = {}
         self._heads: dict[tuple[str, str, int], bytes] = {}
         self._spent: dict[str, list[str]] = {}  # queue -> records no retry needs any more
-        self._local = threading.local()  # each thread's pub/sub listener and last look
-        self._listeners: list[PubSub] = []
+        # Each thread's waiting state: its listener id, the queues it waits on,
+        # and tasks handed to it that no reserve has returned yet.
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self.url!r} prefix={self.prefix!r}>"
@@ -235,10 +219,9 @@ class RedisBackend(Backend):
 
     def after_fork(self) -> None:
         # The Link and redis-py's pool notice the new pid themselves; the
-        # pub/sub listeners are the parent's sockets: listen afresh.
+        # parent's waiting state (its inboxes, its handed tasks) is the parent's.
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._listeners = []
 
     @staticmethod
     def _load_scripts(conn: Any) -> None:
@@ -248,15 +231,9 @@ class RedisBackend(Backend):
 
     def close(self) -> None:
         with self._lock:
-            listeners, self._listeners = self._listeners, []
             client, self._client = self._client, None
             link, self._link = self._link, None
             self._local = threading.local()
-        for ps in listeners:
-            try:
-                ps.close()
-            except redis.RedisError:
-                pass
         if link is not None:
             link.close()
         if client is not None:
@@ -500,14 +477,37 @@ class RedisBackend(Backend):
         round trip) now; the function returned reads the replies, then reserves
         from later queues while ``limit`` is not reached."""
         calls = [call for call, _ in plan]
+        local = self._local
+        if not calls and getattr(local, "stash", None) and limit > 0:
+            # Tasks were handed to this thread while it waited: they are
+            # leased already, so they start now, without a round trip. (Its
+            # waiter entries go with its next call.)
+            handed = self._stashed(limit)
+            return lambda: ([], handed)
         records = [(queue, self._record(queue)) for _, queue, _ in calls]
         commands = [
             self._command(name, queue, [self._record_ms, *args], keys)
             for (name, queue, args), (_, keys) in zip(calls, records)
         ]
-        if limit > 0:
-            self._drain_wakeups()  # before this look: any later wake-up ends wait()
-        first = self._reserve_call(queues[0], limit, lease) if limit > 0 and queues else None
+        local.lease = lease  # what a task handed to this thread is leased for
+        # Awake again after a wait: stop waiting on every queue, and take what
+        # was handed over meanwhile (the first queue's reserve does it for its own).
+        listened: list[str] = getattr(local, "listened", [])
+        member: str = getattr(local, "member", "") if listened else ""
+        local.listened = []
+        # A thread that waits when it finds nothing (it has waited before)
+        # registers as a waiter with the look itself: its wait then needs no
+        # call of its own.
+        waits = getattr(local, "member", "") if getattr(local, "waits", False) else ""
+        first = (
+            self._reserve_call(
+                queues[0], limit, lease, member if queues[0] in listened else "", waits
+            )
+            if limit > 0 and queues
+            else None
+        )
+        collect = [q for q in listened if first is None or q != first[1]]
+        commands += [self._command("unlisten", q, [member]) for q in collect]
         if first is not None:
             commands.append(first[0])
         sent = None
@@ -530,54 +530,63 @@ class RedisBackend(Backend):
                 self._spent_after(records, first, failed=True)
                 raise self._error("settle" if calls else "reserve", exc) from exc
             self._spent_after(records, first, failed=False)
-            out: list[Reservation] = []
-            soonest: float | None = None
-            looked_all = True
+            out: list[Reservation] = self._stashed(limit)
+            for q, blobs in zip(collect, replies[len(calls) : len(calls) + len(collect)]):
+                out += [self._handed(q, blob) for blob in blobs]
             later = list(queues[1:]) if first is not None else []
             reply = replies[-1] if first is not None else None
             queue, token = (first[1], first[2]) if first is not None else ("", "")
+            soonest: float | None = None
             while reply is not None:
-                ids, datas, dlvs, next_due = reply
+                ids, datas, dlvs, next_due, handed = reply
+                out += [self._handed(queue, blob) for blob in handed]
+                if next_due and not ids:
+                    seconds = float(_text(next_due))
+                    soonest = seconds if soonest is None else min(soonest, seconds)
                 for task_id, data, dlv in zip(ids, datas, dlvs or [None] * len(ids)):
                     deliveries = 1 + int(dlv) if dlv else 1
                     out.append(
                         Reservation(queue, _text(task_id), data or b"", token, deliveries, lease)
                     )
-                if not ids and next_due:
-                    seconds = float(next_due)
-                    soonest = seconds if soonest is None else min(soonest, seconds)
                 reply = None
-                if later:
-                    if len(out) >= limit:
-                        looked_all = False
-                        break
+                if later and len(out) < limit:
                     queue = later.pop(0)
-                    command, _, token, spent = self._reserve_call(queue, limit - len(out), lease)
+                    command, _, token, spent = self._reserve_call(
+                        queue, limit - len(out), lease, "", waits
+                    )
                     try:
                         reply = self._pipeline("reserve", [command])[0]
                     except BaseException:
                         self._spend(queue, spent)
                         raise
-            listener = getattr(self._local, "generation", 0)
-            self._local.look = (
-                _Look(tuple(queues), soonest, listener)
-                if limit > 0 and looked_all and not out
+            # Found nothing anywhere, and registered as a waiter on every queue:
+            # the look a wait would make is made.
+            local.look = (
+                (tuple(queues), soonest, time.monotonic())
+                if waits and not out and limit > 0 and not later
                 else None
             )
+            if local.look is not None:
+                local.listened = list(queues)
             return replies[: len(calls)], out
 
         return finish
 
     def _reserve_call(
-        self, queue: str, limit: int, lease: float
+        self, queue: str, limit: int, lease: float, member: str, waits: str = ""
     ) -> tuple[bytes, str, str, list[str]]:
-        """A reserve of ``queue``: (command, queue, token, records it deletes)."""
+        """A reserve of ``queue``: (command, queue, token, records it deletes);
+        ``member``: this thread's waiter entry, when it waited on ``queue``;
+        ``waits``: the same, when it will wait if the reserve finds nothing."""
         token = _new_token()
         # The batch's key, then the records the reserve deletes in passing.
         with self._lock:
             spent = self._spent.pop(queue, [])
         extra = [f"{self._tag(queue)}:b:{token}", *spent]
-        command = self._command("reserve", queue, [limit, f"{lease:.6f}", token], extra)
+        ttl = f"{_WAIT_TTL:.3f}" if waits else ""
+        command = self._command(
+            "reserve", queue, [limit, f"{lease:.6f}", token, member or waits, ttl], extra
+        )
         return command, queue, token, spent
 
     def _spent_after(
@@ -680,114 +689,119 @@ class RedisBackend(Backend):
         return bytes(data)
 
     # -- waiting -------------------------------------------------------------
-    def _drain_wakeups(self) -> None:
-        ps: PubSub | None = getattr(self._local, "pubsub", None)
-        if ps is None:
-            return
-        try:
-            _drain(ps)
-        except redis.RedisError:
-            self._drop_listener()
+    def _handed(self, queue: str, blob: bytes) -> Reservation:
+        """A task a waiting worker was handed: msgpack [token, lease, id, payload]."""
+        token, lease, task_id, data = msgpack.unpackb(blob, raw=True)
+        return Reservation(queue, _text(task_id), data, _text(token), 1, float(lease))
+
+    def _stashed(self, limit: int) -> list[Reservation]:
+        """Handed tasks a wait received, up to ``limit`` (the rest stay)."""
+        stash: list[Reservation] = getattr(self._local, "stash", [])
+        if not stash:
+            return []
+        out, self._local.stash = stash[:limit], stash[limit:]
+        return out
+
+    def _member(self) -> str:
+        """This thread's waiter entry, "<listener>|<lease>"."""
+        local = self._local
+        listener = getattr(local, "listener", None)
+        if listener is None:
+            listener = local.listener = os.urandom(8).hex()
+        local.member = f"{listener}|{getattr(local, 'lease', 30.0):.6f}"
+        return local.member
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Block until a task may be ready in ``queues`` or ``timeout`` passes.
 
-        Listens first, then looks: a task enqueued after the look publishes a
-        wake-up this listener already receives, so none is missed. The look
-        is the last reserve's when it found nothing, after this listener was
-        in place; otherwise one more call here.
+        Registers this thread as a waiter and looks, in one call per queue: a
+        task enqueued after the look is handed to it (already leased, kept
+        for the next reserve) or wakes it through its inbox, so none is
+        missed. The block is a BLPOP on its inboxes, cut short from this side
+        (Redis applies blocking timeouts on its own clock tick, 100 ms).
         """
-        if not queues:
+        local = self._local
+        if not queues or getattr(local, "stash", None):
             return
-        look: _Look | None = getattr(self._local, "look", None)
-        self._local.look = None
-        with self._io("wait"):
-            try:
-                ps = self._listener(queues)
-                if (
-                    look is not None
-                    and look.queues == tuple(queues)
-                    and look.listener == self._local.generation
-                ):
-                    soonest = (
-                        None
-                        if look.soonest is None
-                        else look.soonest - (time.monotonic() - look.at)
-                    )
-                else:
-                    _drain(ps)
-                    soonest = self._next_due(queues)
-                if soonest is not None and soonest <= 0:
-                    return
-                ps.get_message(timeout=timeout if soonest is None else min(timeout, soonest))
-            except (redis.ConnectionError, redis.TimeoutError):
-                # The listener's connection broke: Redis restarted, or it cut
-                # off a subscriber that fell behind while this worker was busy.
-                # Listen afresh next time; if Redis is down, the caller's next
-                # call says so. The pause keeps a listener that keeps failing
-                # from turning the worker's loop into a busy one.
-                self._drop_listener()
-                time.sleep(min(timeout, self.poll_interval))
-            except redis.RedisError:
-                self._drop_listener()
-                raise
+        member = self._member()
+        local.waits = True  # from now on, an empty reserve registers it too
+        look = getattr(local, "look", None)
+        local.look = None
+        if look is not None and look[0] == tuple(queues) and look[1] != 0:
+            # The reserve that found nothing registered it and looked.
+            soonest = None if look[1] is None else look[1] - (time.monotonic() - look[2])
+        else:
+            ttl = f"{_WAIT_TTL:.3f}"
+            replies = self._pipeline(
+                "wait", [self._command("listen", q, [member, ttl]) for q in queues]
+            )
+            local.listened = list(queues)
+            handed: list[Reservation] = []
+            soonest = None
+            for queue, (blobs, next_due) in zip(queues, replies):
+                handed += [self._handed(queue, blob) for blob in blobs]
+                if next_due:
+                    seconds = float(_text(next_due))
+                    soonest = seconds if soonest is None else min(soonest, seconds)
+            if handed:
+                local.stash = handed
+                return
+        if soonest is not None and soonest <= 0:
+            return
+        block = timeout if soonest is None else min(timeout, soonest)
+        listener = member.partition("|")[0]
+        boxes = [f"{self._tag(q)}:in:{listener}" for q in queues]
+        try:
+            reply = self._block(boxes, block)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # The connection broke (Redis restarted?): if Redis is down, the
+            # caller's next call says so. The pause keeps a failing wait from
+            # turning the worker's loop into a busy one.
+            time.sleep(min(timeout, self.poll_interval))
+            return
+        except redis.RedisError as exc:
+            raise self._error("wait", exc) from exc
+        if reply:
+            box, value = _text(reply[0]), reply[1]
+            if value:
+                self._local.stash = [self._handed(queues[boxes.index(box)], value)]
+
+    def _block(self, boxes: list[str], seconds: float) -> Any:
+        """BLPOP on ``boxes`` for ``seconds`` at most, timed here."""
+        with self.link.connection() as conn:
+            conn.send_packed_command([pack(("BLPOP", *boxes, math.ceil(seconds) + 1))])
+            if not conn.can_read(timeout=seconds):
+                # Time's up: end the BLPOP with a wake-up of our own; a task
+                # handed over meanwhile comes first, the wake-up is dropped later.
+                self.link.call("RPUSH", boxes[0], "")
+            return conn.read_response()
+
+    def stop_waiting(self) -> None:
+        """This thread stops waiting: its waiter entries go, and the tasks handed
+        to it that no reserve returned go back to their queues."""
+        local = self._local
+        listened: list[str] = getattr(local, "listened", [])
+        member: str = getattr(local, "member", "")
+        handed: list[Reservation] = getattr(local, "stash", [])
+        local.listened, local.stash = [], []
+        if listened and member:
+            replies = self._pipeline(
+                "stop_waiting", [self._command("unlisten", q, [member]) for q in listened]
+            )
+            for queue, blobs in zip(listened, replies):
+                handed += [self._handed(queue, blob) for blob in blobs]
+        if handed:
+            self.release(handed)
 
     def _next_due(self, queues: Sequence[str]) -> float | None:
         soonest: float | None = None
-        replies = self.link.pipeline([self._command("next_due", q, []) for q in queues])
+        replies = self._pipeline("next_due", [self._command("next_due", q, []) for q in queues])
         for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise reply
             value = _text(reply)
             if value:
                 seconds = float(value)
                 soonest = seconds if soonest is None else min(soonest, seconds)
         return soonest
-
-    def _listener(self, queues: Sequence[str]) -> PubSub:
-        ps: PubSub | None = getattr(self._local, "pubsub", None)
-        if ps is None:
-            ps = self.client.pubsub()
-            with self._lock:
-                self._listeners.append(ps)
-            self._local.pubsub = ps
-            self._local.channels = set()
-            self._local.generation = getattr(self._local, "generation", 0) + 1
-        channels: set[str] = self._local.channels
-        want = {self._keys(q)[_WAKE] for q in queues}
-        if want - channels:
-            new = sorted(want - channels)
-            ps.subscribe(*new)
-            self._confirm(ps, set(new))
-            channels |= want
-            self._local.generation += 1  # a look from before covered fewer queues
-        return ps
-
-    def _confirm(self, ps: PubSub, pending: set[str]) -> None:
-        # Subscribing is asynchronous: wait for Redis to confirm, or a task
-        # published between our look and the subscription would be missed.
-        limit = self._client_options.get("socket_timeout") or 10.0
-        deadline = time.monotonic() + limit
-        while pending:
-            left = deadline - time.monotonic()
-            msg = ps.get_message(timeout=left) if left > 0 else None
-            if msg is None:
-                raise redis.TimeoutError(f"no confirmation of SUBSCRIBE {sorted(pending)}")
-            if msg["type"] == "subscribe":
-                pending.discard(_text(msg["channel"]))
-
-    def _drop_listener(self) -> None:
-        ps: PubSub | None = getattr(self._local, "pubsub", None)
-        self._local.pubsub = None
-        self._local.look = None
-        if ps is not None:
-            with self._lock:
-                if ps in self._listeners:
-                    self._listeners.remove(ps)
-            try:
-                ps.close()
-            except redis.RedisError:
-                pass
 
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -80,6 +81,19 @@ class Link:
         with self._lock:
             if self._pid == os.getpid():
                 self._free.append(conn)
+
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A connection of the pool, for a command the caller drives itself (a
+        blocking one); disconnected if anything goes wrong, then put back."""
+        conn = self._get()
+        try:
+            yield conn
+        except BaseException:
+            conn.disconnect()  # a half-read reply must not reach the next caller
+            self._put(conn)
+            raise
+        self._put(conn)
 
     def close(self) -> None:
         with self._lock:

@@ -32,6 +32,8 @@ log = logging.getLogger("gatorapp.worker")
 WINDOW = 0.25
 #: The most tasks held ahead of the threads, and so the largest batch.
 MAX_PREFETCH = 500
+#: A worker running tasks in its own thread overlaps a refill with no fewer tasks.
+OVERLAP_MIN = 16
 
 RECONNECT_BACKOFF = tenacity.wait_exponential(multiplier=0.1, max=5) + tenacity.wait_random(0, 0.1)
 
@@ -87,6 +89,10 @@ class Fetcher:
         """How many to reserve now, with ``pending`` tasks buffered or running."""
         if pending > self.low:
             return 0
+        if not self.refill_early and 0 < pending < OVERLAP_MIN:
+            # A handful it runs first: the refill then settles them too, and a
+            # worker fed one task at a time makes one call per task, not two.
+            return 0
         # Threads keep running what is pending: top up to the high-water mark.
         # A worker running tasks itself has run what is left by the time the
         # refill arrives: a whole batch.
@@ -121,31 +127,29 @@ class Fetcher:
         if batch is None and not want:
             return list
         try:
-            if batch is None:
-                reserve = self.backend.reserve
-                queues, lease, worker_id = self.queues, self.lease, self.worker_id
-                return lambda: self._got(held, reserve(queues, want, lease, worker_id))
             finish = self.backend.begin_settle_and_reserve(
-                batch.acks,
-                batch.retries,
-                batch.buries,
+                batch.acks if batch else (),
+                batch.retries if batch else (),
+                batch.buries if batch else (),
                 self.queues,
                 want,
                 self.lease,
                 self.worker_id,
             )
         except BaseException:
-            outbox.unsent(batch)
+            if batch is not None:
+                outbox.unsent(batch)
             raise
 
         def finished() -> list[Reservation]:
-            assert batch is not None
             try:
                 settled, got = finish()
             except BaseException:
-                outbox.unsent(batch)
+                if batch is not None:
+                    outbox.unsent(batch)
                 raise
-            outbox.sent(batch, settled)
+            if batch is not None:
+                outbox.sent(batch, settled)
             return self._got(held, got)
 
         return finished
