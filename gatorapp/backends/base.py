@@ -13,7 +13,10 @@ worker holds it, a lease. Delivery is reserve, then acknowledge:
   lease was taken over is refused, and the call returns ``False`` for it.
 
 Every call takes a batch (a one-task call is the batch of one), so a backend
-can fetch and acknowledge many tasks per round trip.
+can fetch and acknowledge many tasks per round trip. A worker settles what
+finished (acknowledgements, retries, dead letters) with :meth:`Backend.settle`
+and refills with :meth:`Backend.settle_and_reserve`, one call per batch; a
+backend that can do either in one round trip overrides it.
 
 Public methods here do the shared bookkeeping (validation, size limits) and
 call the small abstract ``_primitives`` a backend implements, as SAQ's Queue

@@ -154,6 +154,23 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+class _Waiting:
+    """One thread's waiting state: its listener id and waiter entry, the queues
+    it waits on, tasks handed to it that no reserve returned yet, and what its
+    last reserve saw when it found nothing."""
+
+    __slots__ = ("lease", "listened", "listener", "look", "member", "stash", "waits")
+
+    def __init__(self) -> None:
+        self.listener = os.urandom(8).hex()
+        self.lease = 30.0
+        self.member = ""
+        self.listened: list[str] = []
+        self.stash: list[Reservation] = []
+        self.look: tuple[tuple[str, ...], float | None, float] | None = None
+        self.waits = False  # it waits when a reserve finds nothing
+
+
 class RedisBackend(Backend):
     """The delivery contract of :class:`~gatorapp.backends.base.Backend` on Redis.
 
@@ -185,9 +202,10 @@ class RedisBackend(Backend):
         self._keys_of: dict[str, list[str]] = {}
         self._heads: dict[tuple[str, str, int], bytes] = {}
         self._spent: dict[str, list[str]] = {}  # queue -> records no retry needs any more
-        # Each thread's waiting state: its listener id, the queues it waits on,
-        # and tasks handed to it that no reserve has returned yet.
+        # Each thread's waiting state (see _Waiting), and all of them, so a
+        # worker that stops at once can hand back what any thread was handed.
         self._local = threading.local()
+        self._waiting: list[_Waiting] = []
 
     def __repr__(self) -> str:
         return f"<RedisBackend {self.url!r} prefix={self.prefix!r}>"
@@ -222,6 +240,7 @@ class RedisBackend(Backend):
         # parent's waiting state (its inboxes, its handed tasks) is the parent's.
         self._lock = threading.Lock()
         self._local = threading.local()
+        self._waiting = []
 
     @staticmethod
     def _load_scripts(conn: Any) -> None:
@@ -234,6 +253,7 @@ class RedisBackend(Backend):
             client, self._client = self._client, None
             link, self._link = self._link, None
             self._local = threading.local()
+            self._waiting = []
         if link is not None:
             link.close()
         if client is not None:
@@ -477,8 +497,8 @@ class RedisBackend(Backend):
         round trip) now; the function returned reads the replies, then reserves
         from later queues while ``limit`` is not reached."""
         calls = [call for call, _ in plan]
-        local = self._local
-        if not calls and getattr(local, "stash", None) and limit > 0:
+        local = self._state()
+        if not calls and local.stash and limit > 0:
             # Tasks were handed to this thread while it waited: they are
             # leased already, so they start now, without a round trip. (Its
             # waiter entries go with its next call.)
@@ -492,13 +512,13 @@ class RedisBackend(Backend):
         local.lease = lease  # what a task handed to this thread is leased for
         # Awake again after a wait: stop waiting on every queue, and take what
         # was handed over meanwhile (the first queue's reserve does it for its own).
-        listened: list[str] = getattr(local, "listened", [])
-        member: str = getattr(local, "member", "") if listened else ""
+        listened = local.listened
+        member = local.member if listened else ""
         local.listened = []
         # A thread that waits when it finds nothing (it has waited before)
         # registers as a waiter with the look itself: its wait then needs no
         # call of its own.
-        waits = getattr(local, "member", "") if getattr(local, "waits", False) else ""
+        waits = local.member if local.waits else ""
         first = (
             self._reserve_call(
                 queues[0], limit, lease, member if queues[0] in listened else "", waits
@@ -696,19 +716,24 @@ class RedisBackend(Backend):
 
     def _stashed(self, limit: int) -> list[Reservation]:
         """Handed tasks a wait received, up to ``limit`` (the rest stay)."""
-        stash: list[Reservation] = getattr(self._local, "stash", [])
-        if not stash:
+        local = self._state()
+        if not local.stash:
             return []
-        out, self._local.stash = stash[:limit], stash[limit:]
+        out, local.stash = local.stash[:limit], local.stash[limit:]
         return out
+
+    def _state(self) -> _Waiting:
+        state: _Waiting | None = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _Waiting()
+            with self._lock:
+                self._waiting.append(state)
+        return state
 
     def _member(self) -> str:
         """This thread's waiter entry, "<listener>|<lease>"."""
-        local = self._local
-        listener = getattr(local, "listener", None)
-        if listener is None:
-            listener = local.listener = os.urandom(8).hex()
-        local.member = f"{listener}|{getattr(local, 'lease', 30.0):.6f}"
+        local = self._state()
+        local.member = f"{local.listener}|{local.lease:.6f}"
         return local.member
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
@@ -720,12 +745,12 @@ class RedisBackend(Backend):
         missed. The block is a BLPOP on its inboxes, cut short from this side
         (Redis applies blocking timeouts on its own clock tick, 100 ms).
         """
-        local = self._local
-        if not queues or getattr(local, "stash", None):
+        local = self._state()
+        if not queues or local.stash:
             return
         member = self._member()
         local.waits = True  # from now on, an empty reserve registers it too
-        look = getattr(local, "look", None)
+        look = local.look
         local.look = None
         if look is not None and look[0] == tuple(queues) and look[1] != 0:
             # The reserve that found nothing registered it and looked.
@@ -764,7 +789,7 @@ class RedisBackend(Backend):
         if reply:
             box, value = _text(reply[0]), reply[1]
             if value:
-                self._local.stash = [self._handed(queues[boxes.index(box)], value)]
+                local.stash = [self._handed(queues[boxes.index(box)], value)]
 
     def _block(self, boxes: list[str], seconds: float) -> Any:
         """BLPOP on ``boxes`` for ``seconds`` at most, timed here."""
@@ -777,18 +802,24 @@ class RedisBackend(Backend):
             return conn.read_response()
 
     def stop_waiting(self) -> None:
-        """This thread stops waiting: its waiter entries go, and the tasks handed
-        to it that no reserve returned go back to their queues."""
-        local = self._local
-        listened: list[str] = getattr(local, "listened", [])
-        member: str = getattr(local, "member", "")
-        handed: list[Reservation] = getattr(local, "stash", [])
-        local.listened, local.stash = [], []
-        if listened and member:
-            replies = self._pipeline(
-                "stop_waiting", [self._command("unlisten", q, [member]) for q in listened]
-            )
-            for queue, blobs in zip(listened, replies):
+        """The worker stops waiting: the waiter entries of its threads go, and
+        the tasks handed to them that no reserve returned go back to their
+        queues. (Called from any thread: a worker stopping at once calls it
+        from a thread of its own.)"""
+        with self._lock:
+            states = list(self._waiting)
+        handed: list[Reservation] = []
+        commands = []
+        for state in states:
+            listened, state.listened = state.listened, []
+            handed += state.stash
+            state.stash = []
+            state.waits = False
+            if listened and state.member:
+                commands += [(q, self._command("unlisten", q, [state.member])) for q in listened]
+        if commands:
+            replies = self._pipeline("stop_waiting", [c for _, c in commands])
+            for (queue, _), blobs in zip(commands, replies):
                 handed += [self._handed(queue, blob) for blob in blobs]
         if handed:
             self.release(handed)
