@@ -91,10 +91,11 @@ _WAIT_TTL = 2.0
 _META = _SUFFIXES.index("meta")
 
 # Tasks per script call: large batches are split so one call never blocks
-# Redis for long (and Lua's unpack() stays within its limit). Each chunk is
-# atomic and safe to send again, and every chunk of one batch goes in one
-# pipeline: one round trip.
-_CHUNK = 500
+# Redis for long (a few milliseconds; Lua's unpack() takes up to about 8,000
+# values). A worker's batch (up to 500 plus its threads) fits in one call.
+# Each chunk is atomic and safe to send again, and every chunk of one batch
+# goes in one pipeline: one round trip.
+_CHUNK = 1000
 
 # Records of calls whose replies came, kept per queue until the next call on
 # that queue deletes them; more than this are left to their time to live.

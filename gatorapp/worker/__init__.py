@@ -51,7 +51,7 @@ log = logging.getLogger("gatorapp.worker")
 SHUTDOWN_FLUSH_DEADLINE = 30.0
 
 #: Seconds the oldest outcome may wait in the outbox before it is sent.
-OUTBOX_MAX_AGE = 0.01
+OUTBOX_MAX_AGE = 0.05
 
 
 class AppLike(Protocol):
@@ -184,7 +184,9 @@ class Worker:
                 refill_early=not inline,
             )
             outbox = self._outbox
-            outbox.max_items = self.concurrency + MAX_PREFETCH
+            # (More than a worker ever holds: a full batch is settled with the next
+            # reserve, not on its own.)
+            outbox.max_items = 2 * (self.concurrency + MAX_PREFETCH)
             outbox.keep_results = type(self).result is not Worker.result
             outbox.shared = not inline
             self._heartbeat = Heartbeat(backend, self._held, self.app.lease, outbox.pending)
