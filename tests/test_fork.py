@@ -4,7 +4,9 @@ touches the parent's (a web server that forks after importing the app, or
 
 from __future__ import annotations
 
+import gc
 import os
+import threading
 
 import pytest
 
@@ -50,4 +52,25 @@ def test_a_forked_child_uses_connections_of_its_own(fork_url: str) -> None:
             break
     assert sorted(r.task_id for r in got) == ["child", "parent-1", "parent-2"]
     assert all(b.ack(got))
+    b.close()
+
+
+def test_a_forked_child_leaves_the_parents_temporary_sqlite_database() -> None:
+    # sqlite:// with no path keeps its database in a temporary folder, deleted
+    # when the backend goes: by the process that made it, not by a child.
+    b = load_backend("sqlite://")
+    b.enqueue([Message("q", "a", b"x")])
+    pid = os.fork()
+    if pid == 0:
+        try:
+            del b  # the child's copy goes: its finalizer runs here
+            gc.collect()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(b.reserve(["q"], 10, 30, "w")))
+    reader.start()  # a new thread opens a connection of its own: the file must be there
+    reader.join(10)
+    assert [r.task_id for r in got] == ["a"]
     b.close()

@@ -461,6 +461,104 @@ def test_waiting_workers_each_get_a_task(redis_url: str) -> None:
     b.close()
 
 
+def _waiters(b: RedisBackend, q: str) -> int:
+    return int(b.client.zcard(f"{{{b.prefix}:{q}}}:waiters"))
+
+
+def test_a_thread_busy_with_one_queue_is_no_waiter_on_another(redis_url: str) -> None:
+    # A task handed to a thread that is busy would wait in its inbox, its lease
+    # not renewed, while another worker idles: only a thread about to block
+    # may be registered, on every queue it consumes or on none.
+    b = load_backend(redis_url)
+    q1, q2 = _queue(), _queue()
+    b.reserve([q1, q2], 10, 30, "w")
+    b.wait([q1, q2], 0.05)
+    assert _waiters(b, q1) == _waiters(b, q2) == 1
+    b.enqueue([Message(q2, "a", b"x")])  # handed to it on q2
+    b.wait([q1, q2], 5.0)  # returns at once: it holds a task
+    got = b.reserve([q1, q2], 10, 30, "w")
+    assert [r.task_id for r in got] == ["a"]
+    assert _waiters(b, q1) == _waiters(b, q2) == 0
+    # A reserve that finds q1 empty and q2 not leaves no entry on q1 either.
+    b.enqueue([Message(q2, "b", b"y")])
+    more = b.reserve([q1, q2], 10, 30, "w")
+    assert [r.task_id for r in more] == ["b"]
+    assert _waiters(b, q1) == 0
+    b.enqueue([Message(q1, "c", b"z")])
+    assert b.stats(q1).ready == 1  # waiting for a reserve, not in a busy inbox
+    assert b.ack(got + more) == [True, True]
+    b.close()
+
+
+def test_a_reserve_never_returns_more_than_its_limit(redis_url: str) -> None:
+    b = load_backend(redis_url)
+    q1, q2 = _queue(), _queue()
+    b.reserve([q1, q2], 10, 30, "w")
+    b.wait([q1, q2], 0.05)
+    b.enqueue([Message(q1, "a", b"x")])  # handed over on q1
+    b.enqueue([Message(q2, "b", b"y")])  # and on q2
+    b.wait([q1, q2], 5.0)
+    first = b.reserve([q1, q2], 1, 30, "w")
+    second = b.reserve([q1, q2], 1, 30, "w")
+    assert (len(first), len(second)) == (1, 1)
+    assert sorted(r.task_id for r in first + second) == ["a", "b"]
+    assert b.ack(first + second) == [True, True]
+    b.close()
+
+
+def test_a_failed_reserve_of_a_later_queue_keeps_what_earlier_ones_leased(
+    redis_url: str,
+) -> None:
+    b = load_backend(redis_url)
+    q1, q2 = _queue(), _queue()
+    b.enqueue([Message(q1, "a", b"x"), Message(q1, "b", b"y")])
+    broken = f"{{{b.prefix}:{q2}}}:wait"
+    b.client.set(broken, "not a sorted set")  # q2's reserve fails (WRONGTYPE)
+    with pytest.raises(BackendError):
+        b.reserve([q1, q2], 10, 30, "w")
+    b.client.delete(broken)
+    # The thread's next reserve returns what q1 leased, at once and unchanged.
+    got = b.reserve([q1, q2], 10, 30, "w")
+    assert sorted((r.task_id, r.deliveries) for r in got) == [("a", 1), ("b", 1)]
+    assert b.ack(got) == [True, True]
+    b.close()
+
+
+def test_a_worker_on_several_queues_with_max_tasks_stops_and_leaves_no_waiter(
+    redis_url: str,
+) -> None:
+    q1, q2 = _queue(), _queue()
+    ran: list[str] = []
+
+    def make() -> tuple[App, dict]:
+        app = App(redis_url, lease=5.0)
+        tasks = {
+            "x": app.task(name="x", queue=q1)(lambda: (ran.append("x"), time.sleep(0.5))),
+            "y": app.task(name="y", queue=q2)(lambda: ran.append("y")),
+            "z": app.task(name="z", queue=q1)(lambda: ran.append("z")),
+        }
+        return app, tasks
+
+    producer, tasks = make()
+    worker = Worker(make()[0], [q1, q2], max_tasks=2)
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    b = producer.backend
+    assert isinstance(b, RedisBackend)
+    assert wait_for(lambda: _waiters(b, q1) == _waiters(b, q2) == 1, 5)
+    tasks["x"].delay()
+    time.sleep(0.1)
+    tasks["z"].delay()
+    tasks["y"].delay()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(ran) == 2
+    assert _waiters(b, q1) == _waiters(b, q2) == 0
+    left = b.stats(q1).ready + b.stats(q2).ready
+    assert left == 1 and b.stats(q1).running + b.stats(q2).running == 0
+    producer.close()
+
+
 # -- an idle worker wakes at once ---------------------------------------------------
 def test_idle_worker_picks_up_new_and_delayed_tasks_quickly(redis_url: str) -> None:
     app = App(redis_url, lease=5)

@@ -342,7 +342,9 @@ local at = t
 if due == '' then due = string.format('%.6f', t) else at = tonumber(due) end
 if redis.call('HSETNX', K_DATA, id, ARGV[2]) == 0 then return {0, registered()} end
 if at <= t then
-  local ws = redis.call('ZRANGEBYSCORE', K_WAITERS, string.format('%.6f', t), '+inf', 'LIMIT', 0, 1)
+  -- The waiter that registered last: the likeliest to be blocked on its
+  -- inbox now (one that died waiting has the oldest entry).
+  local ws = redis.call('ZREVRANGEBYSCORE', K_WAITERS, '+inf', string.format('%.6f', t), 'LIMIT', 0, 1)
   if #ws > 0 then
     local w = ws[1]
     redis.call('ZREM', K_WAITERS, w)

@@ -71,7 +71,7 @@ from .redis_scripts import (
     pack_args,
     text,
 )
-from .redis_wait import WAIT_TTL, Waiters, handed
+from .redis_wait import WAIT_TTL, Waiters, WaitState, handed
 
 
 class RedisBackend(Backend):
@@ -142,9 +142,11 @@ class RedisBackend(Backend):
         return link
 
     def after_fork(self) -> None:
-        # The Link and redis-py's pool notice the new pid themselves; the
+        # Locks another thread held at the fork would stay held here; the
         # parent's waiting state (its inboxes, its handed tasks) is the parent's.
         self._lock = threading.Lock()
+        if self._link is not None:
+            self._link.after_fork()
         self.calls.after_fork()
         self.waiters.reset()
 
@@ -362,10 +364,16 @@ class RedisBackend(Backend):
         from later queues while ``limit`` is not reached."""
         calls = [call for call, _ in plan]
         local = self.waiters.state()
-        if not calls and local.stash and limit > 0:
+        if (
+            not calls
+            and local.stash
+            and limit > 0
+            and set(local.listened) <= {r.queue for r in local.stash}
+        ):
             # Tasks were handed to this thread while it waited: they are
-            # leased already, so they start now, without a round trip. (Its
-            # waiter entries go with its next call.)
+            # leased already, so they start now, without a round trip. Its
+            # waiter entry went with the hand-over; one on another queue would
+            # still take tasks for a busy thread, so then the call is made.
             stashed = local.stashed(limit)
             return lambda: ([], stashed)
         records = [(queue, self.calls.record(queue)) for _, queue, _ in calls]
@@ -378,11 +386,12 @@ class RedisBackend(Backend):
         # was handed over meanwhile (the first queue's reserve does it for its own).
         listened = local.listened
         member = local.member if listened else ""
-        local.listened = []
         # A thread that waits when it finds nothing (it has waited before)
         # registers as a waiter with the look itself: its wait then needs no
-        # call of its own.
-        waits = local.member if local.waits else ""
+        # call of its own. Only on a single queue: with several, one queue's
+        # reserve cannot know whether a later one finds tasks, and a busy
+        # thread must not stay registered (its wait registers instead).
+        waits = local.member if local.waits and len(queues) == 1 else ""
         first = (
             self._reserve_call(
                 queues[0], limit, lease, member if queues[0] in listened else "", waits
@@ -400,6 +409,7 @@ class RedisBackend(Backend):
                 sent = self.link.send(commands)
         except redis.RedisError as exc:
             self._spent_after(records, first, failed=True)
+            self._maybe_listening(local, queues, waits)
             raise self._error("reserve", exc) from exc
 
         def finish() -> tuple[list[Any], list[Reservation]]:
@@ -412,8 +422,10 @@ class RedisBackend(Backend):
                             raise reply
             except redis.RedisError as exc:
                 self._spent_after(records, first, failed=True)
+                self._maybe_listening(local, queues, waits)
                 raise self._error("settle" if calls else "reserve", exc) from exc
             self._spent_after(records, first, failed=False)
+            local.listened = []  # (kept until now: a failed call leaves them registered)
             out: list[Reservation] = local.stashed(limit)
             for q, blobs in zip(collect, replies[len(calls) : len(calls) + len(collect)]):
                 out += [handed(q, blob) for blob in blobs]
@@ -442,6 +454,9 @@ class RedisBackend(Backend):
                         reply = self._pipeline("reserve", [command])[0]
                     except BaseException:
                         self.calls.spend(queue, spent)
+                        # What earlier queues leased is this thread's: its next
+                        # reserve returns it (or stop_waiting hands it back).
+                        local.stash[:0] = out
                         raise
             # Found nothing anywhere, and registered as a waiter on every queue:
             # the look a wait would make is made.
@@ -452,9 +467,22 @@ class RedisBackend(Backend):
             )
             if local.look is not None:
                 local.listened = list(queues)
+            if len(out) > limit:
+                # Inboxes held more than asked for: the rest waits in the stash
+                # for the next reserve, so a worker never holds beyond its
+                # limit (its max_tasks budget, its lease bound).
+                local.stash[:0] = out[limit:]
+                del out[limit:]
             return replies[: len(calls)], out
 
         return finish
+
+    @staticmethod
+    def _maybe_listening(local: WaitState, queues: Sequence[str], waits: str) -> None:
+        """A reserve that registers this thread failed: it may have registered,
+        so stopping unregisters it (its entry expires anyway, see WAIT_TTL)."""
+        if waits and queues:
+            local.listened = list(dict.fromkeys([*local.listened, queues[0]]))
 
     def _reserve_call(
         self, queue: str, limit: int, lease: float, member: str, waits: str = ""

@@ -95,6 +95,14 @@ class Link:
             raise
         self._put(conn)
 
+    def after_fork(self) -> None:
+        """In a forked child: a lock another thread of the parent held at the
+        fork would stay held here for good, and the parent's connections are
+        the parent's."""
+        self._lock = threading.Lock()
+        self._free = []
+        self._pid = os.getpid()
+
     def close(self) -> None:
         with self._lock:
             free, self._free = self._free, []

@@ -79,6 +79,11 @@ _R = TypeVar("_R")
 log = logging.getLogger("gatorapp.sqlite")
 
 
+def _remove_folder(folder: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:
+        shutil.rmtree(folder, True)
+
+
 class _Holder:
     """One thread's connection; closed when the thread's locals are dropped."""
 
@@ -194,7 +199,9 @@ class SQLiteBackend(Backend):
     def _setup(self) -> None:
         if not self._target:
             folder = tempfile.mkdtemp(prefix="gatorapp-sqlite-")
-            weakref.finalize(self, shutil.rmtree, folder, True)
+            # Deleted by the process that made it only: a forked child that
+            # exits must not take its parent's database with it.
+            weakref.finalize(self, _remove_folder, folder, os.getpid())
             self._target = os.path.join(folder, "queue.db")
         conn = self._connect()
         try:

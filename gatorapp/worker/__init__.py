@@ -53,6 +53,10 @@ SHUTDOWN_FLUSH_DEADLINE = 30.0
 #: Seconds the oldest outcome may wait in the outbox before it is sent.
 OUTBOX_MAX_AGE = 0.05
 
+#: Seconds a cold stop (second signal) spends handing tasks back before it
+#: exits regardless (an unreachable backend: the leases expire instead).
+COLD_STOP_DEADLINE = 5.0
+
 
 class AppLike(Protocol):
     """What a worker needs from an app (:class:`gatorapp.App` has it)."""
@@ -110,6 +114,7 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._cold = 0
+        self._cold_once = threading.Lock()
         self._held = Held()
         self._outbox = Outbox(self._held, max_age=OUTBOX_MAX_AGE)
 
@@ -264,8 +269,10 @@ class Worker:
                 if stop.is_set():
                     return
             if self.max_tasks is not None and ex.started >= self.max_tasks:
-                if not ex.pending():
-                    return  # (the shutdown sends what is left)
+                if not ex.running():
+                    # (The shutdown hands back anything still buffered and
+                    # sends the outbox.)
+                    return
                 ex.wait(OUTBOX_MAX_AGE)
                 continue
             # 2. Settle and refill, in one call. Running tasks in this thread,
@@ -357,13 +364,27 @@ class Worker:
                 time.sleep(0.2)
 
     def _cold_stop(self) -> None:
-        """Settle what has finished, hand back everything else, exit at once."""
+        """Settle what has finished, hand back everything else, exit at once.
+
+        Called by the signal's thread and by the loop: the first does it, the
+        other waits for the exit. The hand-back gets COLD_STOP_DEADLINE
+        seconds; what it cannot send comes back when its lease expires.
+        """
+        if not self._cold_once.acquire(blocking=False):
+            threading.Event().wait()  # the other caller ends the process
         signum = self._cold
-        handed_back = hand_back(self._fetch, self._outbox, self._held)
+        counted: list[int] = []
+        sender = threading.Thread(
+            target=lambda: counted.append(hand_back(self._fetch, self._outbox, self._held)),
+            name="gatorapp-hand-back",
+            daemon=True,
+        )
+        sender.start()
+        sender.join(COLD_STOP_DEADLINE)
         log.warning(
-            "%s stopping now (second signal): %d task(s) handed back, %d done",
+            "%s stopping now (second signal): %s task(s) handed back, %d done",
             self.ident(),
-            handed_back,
+            counted[0] if counted else "no",
             self.tasks_complete,
         )
         logging.shutdown()

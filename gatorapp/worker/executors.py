@@ -233,8 +233,11 @@ class ThreadExecutor:
             t0 = time.perf_counter()
             try:
                 ran = run(r)
-            except BaseException:  # never lose the thread: the task's lease brings it back
+            except BaseException:
+                # Never lose the thread. The task is no longer renewed, so its
+                # lease expires and it runs again.
                 log.exception("unexpected error running task %s", r.task_id)
+                self.run.held.forget([r])
                 ran = False
             elapsed = time.perf_counter() - t0
             finished = True
