@@ -160,6 +160,10 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 # -- phases ------------------------------------------------------------------------------
+#: What --phases may name (procs: memory has none; latency and ceiling: Redis only).
+PHASES = ("enqueue", "bulk", "drain", "drain-c4", "procs", "latency", "ceiling")
+
+
 def make_app(url: str) -> tuple[App, Callable[..., object]]:
     app = App(url, default_queue=QUEUE, lease=60)
 
@@ -272,7 +276,7 @@ def phase_latency(url: str, rounds: int, workdir: Path) -> tuple[float, float]:
         "-Q",
         QUEUE,
         "-l",
-        "WARNING",
+        "ERROR",  # (its stop at the end logs a WARNING)
     ]
     proc = subprocess.Popen(cmd, env=env, cwd=workdir)
     try:
@@ -358,7 +362,9 @@ def main() -> None:
     parser.add_argument("--url", help="the backend URL (default: a temporary one)")
     parser.add_argument("--n", type=int, default=20_000, help="tasks per run")
     parser.add_argument("--reps", type=int, default=5, help="runs per phase")
-    parser.add_argument("--phases", default="all", help="comma-separated, default: all")
+    parser.add_argument(
+        "--phases", default="all", help=f"comma-separated of {', '.join(PHASES)}; default: all"
+    )
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="gatorapp-bench-"))
@@ -373,6 +379,9 @@ def main() -> None:
         else:
             server, url = start_redis(workdir)
     wanted = set(args.phases.split(",")) if args.phases != "all" else None
+    unknown = sorted((wanted or set()) - set(PHASES))
+    if unknown:
+        parser.error(f"unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES)}")
 
     def on(name: str) -> bool:
         return wanted is None or name in wanted
