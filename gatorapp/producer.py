@@ -125,9 +125,9 @@ class Producer:
         retries = tdef.retries if opts.get("retries") is None else opts["retries"]
         check_retries(retries, self.registry.max_attempts)
         task_id = opts.get("task_id")
-        if task_id is not None and not isinstance(task_id, str):
-            # the envelope carries string ids only: a worker would refuse any other
-            raise ConfigurationError(f"task_id must be a string, not {type(task_id).__name__}")
+        if task_id is not None and (not isinstance(task_id, str) or not task_id):
+            # the envelope carries non-empty string ids only: a worker would refuse any other
+            raise ConfigurationError(f"task_id must be a non-empty string, not {task_id!r}")
         hooks = {
             kind: self.registry.hook_name(kind, opts[kind])
             for kind in HOOK_NAMES

@@ -44,7 +44,7 @@ from collections.abc import Iterator
 import pytest
 
 from gatorapp.backends import Backend, Message, Reservation, load_backend
-from gatorapp.errors import PayloadTooLarge
+from gatorapp.errors import ConfigurationError, PayloadTooLarge
 
 TICK = 0.3  # lease and delay length for timing tests
 SLOW_TICK = 1.0  # the same for backends without subsecond_timing
@@ -99,6 +99,25 @@ def test_enqueue_then_reserve(backend: Backend, q: str) -> None:
     assert isinstance(r.token, str) and r.token
     assert r.deliveries == 1
     assert reserve(backend, q) == []  # leased: nobody else gets it
+
+
+@pytest.mark.parametrize(
+    "message, says",
+    [
+        (("t1", "a str"), "payload must be bytes"),
+        (("t1", 1.5), "payload must be bytes"),
+        (("", b"x"), "task id must be a non-empty string"),
+    ],
+)
+def test_enqueue_refuses_what_no_worker_could_run(
+    backend: Backend, q: str, message: tuple, says: str
+) -> None:
+    task_id, data = message
+    with pytest.raises(ConfigurationError, match=says):
+        backend.enqueue([Message(q, "ok", b"x"), Message(q, task_id, data)])
+    with pytest.raises(ConfigurationError, match=says):
+        backend.push(q, task_id, data)
+    assert reserve(backend, q) == []  # nothing of the call was stored
 
 
 def test_reserve_empty_and_unknown_queue(backend: Backend, q: str) -> None:

@@ -109,6 +109,18 @@ class QueueStats:
     dead: int = 0
 
 
+def check_message(m: Message) -> None:
+    """Refuse what no worker could run or settle: a payload that is not bytes
+    (a str is not an envelope), an empty or non-string task id."""
+    if not isinstance(m.data, bytes):
+        raise ConfigurationError(
+            f"task {m.task_id!r}: payload must be bytes (an encoded task), "
+            f"not {type(m.data).__name__}"
+        )
+    if not isinstance(m.task_id, str) or not m.task_id:
+        raise ConfigurationError(f"task id must be a non-empty string, not {m.task_id!r}")
+
+
 def check_queue_name(queue: str) -> str:
     if not isinstance(queue, str) or not queue or len(queue) > 200:
         raise ConfigurationError(
@@ -179,6 +191,8 @@ class Backend(ABC):
             self.check_queue(queue)
         limit = self.max_payload
         for m in messages:
+            if type(m.data) is not bytes or type(m.task_id) is not str or not m.task_id:
+                check_message(m)
             if len(m.data) > limit:
                 self.check_size(m.data)  # (says why, in the backend's words)
         if messages:

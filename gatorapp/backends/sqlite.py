@@ -79,6 +79,17 @@ _R = TypeVar("_R")
 log = logging.getLogger("gatorapp.sqlite")
 
 
+def _blob(value: object) -> bytes:
+    """A payload column as bytes. A row written by hand may hold TEXT, a number
+    or NULL: it comes out as bytes all the same, fails to decode, and becomes
+    that task's dead letter instead of failing the whole batch's reserve."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    return b"" if value is None else str(value).encode()
+
+
 def _remove_folder(folder: str, owner_pid: int) -> None:
     if os.getpid() == owner_pid:
         shutil.rmtree(folder, True)
@@ -287,7 +298,7 @@ class SQLiteBackend(Backend):
             (token, now + lease, queue, now, now, limit),
         ).fetchall()
         rows.sort(key=lambda r: (r[1], r[0]))
-        return [Reservation(queue, r[2], bytes(r[3]), token, r[4], lease) for r in rows]
+        return [Reservation(queue, r[2], _blob(r[3]), token, r[4], lease) for r in rows]
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         deadline = time.time() + timeout
@@ -421,7 +432,7 @@ class SQLiteBackend(Backend):
                 "AND (token IS NULL OR lease_until <= ?) RETURNING data",
                 (queue, task_id, now),
             ).fetchone()
-        return bytes(row[0]) if row else None
+        return _blob(row[0]) if row else None
 
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
@@ -437,7 +448,7 @@ class SQLiteBackend(Backend):
             "WHERE queue = ? ORDER BY failed_at LIMIT ?",
             (queue, limit),
         ).fetchall()
-        return [DeadLetter(r[0], r[1], bytes(r[2]), r[3], r[4], r[5]) for r in rows]
+        return [DeadLetter(r[0], r[1], _blob(r[2]), r[3], r[4], r[5]) for r in rows]
 
     def dead_get(self, queue: str, task_id: str) -> DeadLetter | None:
         r = self._conn.execute(
@@ -445,7 +456,7 @@ class SQLiteBackend(Backend):
             "WHERE queue = ? AND task_id = ?",
             (queue, task_id),
         ).fetchone()
-        return DeadLetter(r[0], r[1], bytes(r[2]), r[3], r[4], r[5]) if r else None
+        return DeadLetter(r[0], r[1], _blob(r[2]), r[3], r[4], r[5]) if r else None
 
     def dead_requeue(self, queue: str, task_id: str, data: bytes | None = None) -> bool:
         try:

@@ -1,0 +1,89 @@
+"""Odd or hostile input that reached the store anyway (written by hand, by an
+older version, by a client of the five methods): each such task ends as a
+dead letter, and the good tasks next to it run."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+
+from gatorapp import App, Worker
+from gatorapp.backends import Message
+
+
+def test_a_sqlite_row_with_a_text_payload_is_a_dead_letter_and_holds_nothing_up(
+    tmp_path,
+) -> None:
+    url = f"sqlite:///{tmp_path}/queue.db"
+    app = App(url)
+    ran: list[int] = []
+
+    @app.task(queue="q")
+    def job(i: int) -> None:
+        ran.append(i)
+
+    job.map(list(range(40)))
+    conn = sqlite3.connect(tmp_path / "queue.db")
+    with conn:  # between the good tasks, as a hand-written row would land
+        conn.execute(
+            "INSERT INTO gatorapp_tasks (queue, task_id, data, run_at) VALUES (?, ?, ?, ?)",
+            ("q", "bad-text", "a str", 0),
+        )
+        conn.execute(
+            "INSERT INTO gatorapp_tasks (queue, task_id, data, run_at) VALUES (?, ?, ?, ?)",
+            ("q", "bad-real", 1.5, 0),
+        )
+    conn.close()
+    Worker(app, ["q"], burst=True, concurrency=8).run_forever()
+    assert sorted(ran) == list(range(40))
+    dead = {d.task_id: d for d in app.backend.dead_list("q")}
+    assert sorted(dead) == ["bad-real", "bad-text"]
+    assert {d.reason for d in dead.values()} == {"decode_error"}
+    assert dead["bad-text"].data == b"a str"  # what was stored, kept for a look
+    s = app.backend.stats("q")
+    assert (s.ready, s.running, s.dead) == (0, 0, 2)
+    app.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/queue.db"
+    return str(request.getfixturevalue("redis_url"))
+
+
+def test_a_task_stored_with_an_empty_id_is_a_dead_letter_not_a_loop(url: str) -> None:
+    app = App(url, lease=1.0)
+    ran: list[int] = []
+
+    @app.task(name="job", queue="q")
+    def job(x: int) -> None:
+        ran.append(x)
+
+    job.options(task_id="model").delay(1)
+    data = app.backend.take("q", "model")
+    assert data is not None
+    # Every way in refuses an empty id; the primitive under them does not check.
+    app.backend._enqueue([Message("q", "", data)])  # written by hand
+    t0 = time.monotonic()
+    Worker(app, ["q"], burst=True).run_forever()
+    assert time.monotonic() - t0 < 5  # no lease expiries, no redeliveries
+    assert ran == []
+    ((task_id, reason),) = [(d.task_id, d.reason) for d in app.backend.dead_list("q")]
+    assert (task_id, reason) == ("", "decode_error")
+    assert app.backend.stats("q").running == 0
+    app.close()
+
+
+def test_an_empty_task_id_option_is_refused() -> None:
+    app = App("memory://")
+
+    @app.task
+    def job() -> None: ...
+
+    with pytest.raises(ValueError, match="task_id must be a non-empty string"):
+        job.options(task_id="").delay()
