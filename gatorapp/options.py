@@ -7,6 +7,7 @@ own call, and an unknown option is an error rather than a silent kwarg.
 from __future__ import annotations
 
 import math
+import reprlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -63,14 +64,38 @@ def check_retries(value: Any, max_attempts: int) -> int:
     return value
 
 
+def _as_float(number: int | float) -> float:
+    """A number as a float; an int too large for one is infinite (and refused)."""
+    try:
+        return float(number)
+    except OverflowError:
+        return math.inf if number > 0 else -math.inf
+
+
+def check_text(what: str, value: str) -> str:
+    """A queue name or task id must be text msgpack can carry: no lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"{what} must be valid Unicode text (it has a lone surrogate at {exc.start}): {value!r}"
+        ) from None
+    return value
+
+
 def to_timestamp(when: Any) -> float:
     """An epoch timestamp from an aware datetime, a naive one (taken as UTC) or a number."""
     if isinstance(when, datetime):
         if when.tzinfo is None:
             when = when.replace(tzinfo=timezone.utc)
         return when.timestamp()
-    if isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when):
-        return float(when)
+    if isinstance(when, (int, float)) and not isinstance(when, bool):
+        seconds = _as_float(when)
+        if math.isfinite(seconds):
+            return seconds
+        raise ConfigurationError(
+            f"delay_until must be a finite epoch timestamp, not {reprlib.repr(when)}"
+        )
     raise ConfigurationError(
         f"delay_until must be a datetime or epoch seconds, not {type(when).__name__}"
     )
@@ -85,7 +110,7 @@ def run_at(opts: dict[str, Any], now: float) -> float | None:
         if isinstance(delay_by, timedelta):
             seconds = delay_by.total_seconds()
         elif isinstance(delay_by, (int, float)) and not isinstance(delay_by, bool):
-            seconds = float(delay_by)
+            seconds = _as_float(delay_by)
         else:
             raise ConfigurationError(
                 f"delay_by must be seconds or a timedelta, not {type(delay_by).__name__}"
@@ -93,10 +118,15 @@ def run_at(opts: dict[str, Any], now: float) -> float | None:
         if not math.isfinite(seconds) or not 0 <= seconds <= MAX_DELAY:
             raise ConfigurationError(
                 f"delay_by must be a finite number of seconds from 0 to {MAX_DELAY:.0f} "
-                f"(100 years), not {delay_by!r}"
+                f"(100 years), not {reprlib.repr(delay_by)}"
             )
         return now + seconds if seconds > 0 else None
     if delay_until is not None:
         ts = to_timestamp(delay_until)
+        if ts - now > MAX_DELAY:
+            raise ConfigurationError(
+                f"delay_until must be at most {MAX_DELAY:.0f} seconds (100 years) from now, "
+                f"not {reprlib.repr(delay_until)}"
+            )
         return ts if ts > now else None
     return None

@@ -23,7 +23,7 @@ from .envelope import (
 )
 from .errors import ConfigurationError
 from .execution import Outcome, run_attempt
-from .options import as_bool, run_at
+from .options import as_bool, check_text, run_at
 from .registry import Registry, TaskDef, check_retries
 
 R = TypeVar("R")
@@ -128,6 +128,8 @@ class Producer:
         if task_id is not None and (not isinstance(task_id, str) or not task_id):
             # the envelope carries non-empty string ids only: a worker would refuse any other
             raise ConfigurationError(f"task_id must be a non-empty string, not {task_id!r}")
+        if task_id is not None and not task_id.isascii():
+            check_text("task_id", task_id)
         hooks = {
             kind: self.registry.hook_name(kind, opts[kind])
             for kind in HOOK_NAMES

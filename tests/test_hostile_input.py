@@ -11,6 +11,7 @@ import pytest
 
 from gatorapp import App, Worker
 from gatorapp.backends import Message
+from gatorapp.errors import ConfigurationError
 
 
 def test_a_sqlite_row_with_a_text_payload_is_a_dead_letter_and_holds_nothing_up(
@@ -87,3 +88,27 @@ def test_an_empty_task_id_option_is_refused() -> None:
 
     with pytest.raises(ValueError, match="task_id must be a non-empty string"):
         job.options(task_id="").delay()
+
+
+@pytest.mark.parametrize(
+    "opts, says",
+    [
+        ({"delay_by": 10**400}, "delay_by must be a finite number of seconds"),
+        ({"delay_by": -(10**400)}, "delay_by must be a finite number of seconds"),
+        ({"delay_until": 10**400}, "delay_until must be a finite epoch timestamp"),
+        ({"delay_until": 1e18}, r"delay_until must be at most \d+ seconds \(100 years\)"),
+        ({"queue": "q\ud800"}, "queue name must be valid Unicode text"),
+        ({"task_id": "a\udc00"}, "task_id must be valid Unicode text"),
+    ],
+)
+def test_out_of_range_options_name_the_field_and_the_limit(opts: dict, says: str) -> None:
+    app = App("memory://")
+
+    @app.task
+    def job() -> None: ...
+
+    with pytest.raises(ConfigurationError, match=says):
+        job.options(**opts).delay()
+    with pytest.raises(ConfigurationError, match=says):
+        app.enqueue_many(job, [()], **opts)
+    assert app.backend.stats("default").ready == 0

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
 from ..errors import ConfigurationError, PayloadTooLarge
+from ..options import check_text
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # 1 MiB, measured on the encoded payload
 
@@ -126,7 +127,7 @@ def check_queue_name(queue: str) -> str:
         raise ConfigurationError(
             f"queue name must be a non-empty string of at most 200 chars: {queue!r}"
         )
-    return queue
+    return queue if queue.isascii() else check_text("queue name", queue)
 
 
 class Backend(ABC):
