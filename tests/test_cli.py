@@ -88,6 +88,45 @@ def test_dead_ls_show_requeue_purge(app, capsys):
     assert app.app.backend.stats("default").dead == 0
 
 
+def test_dead_listings_escape_control_characters(app, capsys):
+    # A name with a line break and a tab would forge a listing line; an escape
+    # sequence in an error would reach the operator's terminal.
+    backend = app.app.backend
+    backend.dead_add(
+        "default",
+        "id\nforged\tline",
+        b"not an envelope",
+        "decode_error",
+        "x\x1b]0;pwned\x07\x1b[2J",
+    )
+    assert run("dead", "-A", "cli_app", "ls") == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    (line,) = out.splitlines()
+    assert "id\\nforged\\tline" in line and "\\x1b]0;pwned" in line
+    assert run("dead", "-A", "cli_app", "show", "id\nforged\tline") == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\\x1b[2J" in out
+
+
+def test_a_hand_written_dead_letter_row_is_listed_without_a_traceback(app, capsys, tmp_path):
+    import sqlite3
+
+    app.app.backend.dead_purge("default")  # (the table exists)
+    conn = sqlite3.connect(tmp_path / "queue.db")
+    with conn:
+        conn.execute(
+            "INSERT INTO gatorapp_dead VALUES (?, ?, ?, ?, ?, ?)",
+            ("default", "by-hand", "text, not bytes", "decode_error", "oops", "yesterday"),
+        )
+    conn.close()
+    assert run("dead", "-A", "cli_app", "ls") == 0
+    out = capsys.readouterr().out
+    assert "by-hand" in out and "Traceback" not in out
+    assert run("dead", "-A", "cli_app", "requeue", "--all") == 0
+    assert app.app.backend.stats("default").ready == 1
+
+
 def test_dead_unknown_id(app, capsys):
     assert run("dead", "-A", "cli_app", "show", "nope") == 1
     assert run("dead", "-A", "cli_app", "requeue", "nope") == 1

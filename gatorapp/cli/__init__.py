@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from ..app import App
+from ..backends import DeadLetter
 from ..envelope import Task
 from ..errors import BackendError, GatorError
 from ..worker import Worker
@@ -216,13 +217,13 @@ def cmd_worker(
 
 def cmd_status(app: App, args: argparse.Namespace) -> int:
     rows = [(q, app.backend.stats(q)) for q in _queue_list(app, args.queues)]
-    width = max([5, *(len(q) for q, _ in rows)])
+    width = max([5, *(len(_safe(q)) for q, _ in rows)])
     print(f"{'queue':<{width}}  {'ready':>7}  {'delayed':>7}  {'running':>7}  {'dead':>7}")
     unknown = app.backend.unsupported.get("stats_detail")
     for q, s in rows:
         # A count the backend cannot know is shown as "-", never as a false 0.
         delayed, running = ("-", "-") if unknown else (s.delayed, s.running)
-        print(f"{q:<{width}}  {s.ready:>7}  {delayed:>7}  {running:>7}  {s.dead:>7}")
+        print(f"{_safe(q):<{width}}  {s.ready:>7}  {delayed:>7}  {running:>7}  {s.dead:>7}")
     why = app.backend.unsupported.get("exact_stats")
     if why:
         print(f"(approximate counts: {why})")
@@ -248,7 +249,32 @@ def _attempts(task: Task, reason: str) -> int:
 
 
 def _when(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+def _safe(value: object, keep: str = "") -> str:
+    """Text from the queue, fit for a terminal: control characters (a forged
+    line break, an escape sequence) are shown escaped, not obeyed. ``keep``
+    names the ones to leave (the line breaks of a traceback)."""
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
+
+
+def _ls_line(app: App, q: str, letter: DeadLetter) -> str:
+    try:
+        task = _describe(app, letter.data)
+        name = task.name if task else "?"
+        error = letter.error.strip()
+        first = error.splitlines()[-1] if error else ""
+        fields = [q, letter.task_id, name, letter.reason, _when(letter.failed_at), first[:120]]
+        return "\t".join(_safe(f) for f in fields)
+    except Exception as exc:  # a letter written by hand: say so, list the rest
+        return f"{_safe(q)}\t{_safe(letter.task_id)}\t(unreadable dead letter: {_safe(exc)})"
 
 
 def cmd_dead(app: App, args: argparse.Namespace) -> int:
@@ -269,12 +295,7 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
         count = 0
         for q in queues:
             for letter in backend.dead_list(q):
-                task = _describe(app, letter.data)
-                name = task.name if task else "?"
-                first = letter.error.strip().splitlines()[-1] if letter.error.strip() else ""
-                print(
-                    f"{q}\t{letter.task_id}\t{name}\t{letter.reason}\t{_when(letter.failed_at)}\t{first[:120]}"
-                )
+                print(_ls_line(app, q, letter))
                 count += 1
         print(f"{count} dead letter(s)", file=sys.stderr)
         return 0
@@ -285,16 +306,16 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
                 continue
             letter = found
             task = _describe(app, letter.data)
-            print(f"task id:   {letter.task_id}\nqueue:     {q}\nreason:    {letter.reason}")
-            print(f"failed at: {_when(letter.failed_at)}")
+            print(f"task id:   {_safe(letter.task_id)}\nqueue:     {_safe(q)}")
+            print(f"reason:    {_safe(letter.reason)}\nfailed at: {_when(letter.failed_at)}")
             if task is not None:
                 print(
-                    f"task:      {task.name}\nargs:      {task.func_args!r}\n"
+                    f"task:      {_safe(task.name)}\nargs:      {task.func_args!r}\n"
                     f"kwargs:    {task.func_kwargs!r}\nattempts:  {_attempts(task, letter.reason)}"
                 )
             else:
                 print(f"payload:   {len(letter.data)} bytes, not decodable")
-            print(f"error:\n{letter.error}")
+            print(f"error:\n{_safe(letter.error, keep=chr(10))}")
             return 0
         print(f"gatorapp: no dead letter {args.task_id!r} in {', '.join(queues)}", file=sys.stderr)
         return 1
