@@ -198,3 +198,40 @@ def test_subprocess_exit_codes_and_no_traceback(tmp_path):
     assert "stopped: 0 tasks done" in ok.stderr
     helped = subprocess.run(["gatorapp", "--help"], capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0 and "worker" in helped.stdout
+
+
+def test_a_thread_a_task_leaked_does_not_keep_the_worker_alive_after_sigterm(tmp_path):
+    import os
+    import signal
+    import time
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(APPS),
+        "GATORAPP_TEST_URL": f"sqlite:///{tmp_path}/q.db",
+        "PYTHONUNBUFFERED": "1",
+    }
+    marker = tmp_path / "ran"
+    subprocess.run(
+        [sys.executable, "-c", f"import cli_app; cli_app.leak_thread.delay({str(marker)!r})"],
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    worker = subprocess.Popen(
+        ["gatorapp", "worker", "-A", "cli_app"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists()
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=30)
+    finally:
+        worker.kill()
+    assert worker.returncode == 0, err
+    assert "still running" in err and "leaked-by-task" in err

@@ -19,6 +19,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
@@ -388,6 +390,35 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: Ea
     return command(app, args)
 
 
+#: Seconds the command waits at exit for threads it did not start (a task's).
+LEFTOVER_GRACE = 2.0
+
+
 def run() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    # A thread a task started and never stopped would keep the process alive
+    # for good after the worker stopped (Python waits for non-daemon threads
+    # at exit): give it a moment, then exit anyway and say what was left.
+    deadline = time.monotonic() + LEFTOVER_GRACE
+    for thread in _leftover_threads():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    leftover = _leftover_threads()
+    if leftover:
+        logging.getLogger("gatorapp.worker").warning(
+            "exiting with %d thread(s) still running, started by a task and never stopped: %s",
+            len(leftover),
+            ", ".join(_safe(t.name) for t in leftover),
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _leftover_threads() -> list[threading.Thread]:
+    main_thread = threading.main_thread()
+    return [
+        t for t in threading.enumerate() if t is not main_thread and not t.daemon and t.is_alive()
+    ]

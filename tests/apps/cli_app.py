@@ -29,3 +29,13 @@ class LoggingWorker(Worker):
 
 
 not_a_worker = object()
+
+
+@app.task
+def leak_thread(marker):
+    """Starts a thread that never ends, and is not a daemon."""
+    import threading
+
+    threading.Thread(target=threading.Event().wait, name="leaked-by-task").start()
+    with open(marker, "w") as f:
+        f.write("started")
