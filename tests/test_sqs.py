@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -694,3 +695,27 @@ def test_task_running_three_visibility_timeouts_runs_once(sqs_url: str, tmp_path
     starts = runs(ledger, "start")
     report(f"SQS heartbeat: a 6.5 s task and one prefetched behind it, 2 s lease: {dict(starts)}")
     assert starts == {key: 1, key + "-b": 1}
+
+
+def test_a_foreign_message_too_large_for_its_dead_letter_is_buried_cut(
+    sqs_url: str, sqs_server: str
+) -> None:
+    # Its raw body grows by a third in base64: the whole of it no longer fits
+    # the dead-letter queue, and a refused dead letter would bring it back
+    # every lease, forever.
+    app = App(sqs_url, lease=5)
+
+    @app.task
+    def note() -> None: ...
+
+    url = app.backend.sqs.url("default")
+    limit = app.backend.sqs.limit(str(app.backend.sqs.url("default", dead=True)))
+    body = "<" + "x" * int(limit * 0.8) + "/>"
+    raw_client(sqs_server).send_message(QueueUrl=url, MessageBody=body)
+    Worker(app, burst=True).run_forever()
+    (letter,) = app.backend.dead_list("default")
+    assert letter.reason == "too_large"  # (over what a task may be: it is not one)
+    assert f"{len(body)} bytes, sha256 {hashlib.sha256(body.encode()).hexdigest()}" in letter.error
+    assert body.encode().startswith(letter.data) and 0 < len(letter.data) < len(body)
+    assert app.backend.stats("default").ready == 0
+    app.close()

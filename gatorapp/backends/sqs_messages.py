@@ -15,6 +15,7 @@ letters.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import re
 import time
@@ -97,7 +98,30 @@ def task_entry(task_id: str, data: bytes, run_at: float | None, max_delay: int) 
 
 
 def dead_entry(task_id: str, data: bytes, reason: str, error: str, limit: int) -> dict[str, Any]:
-    """The entry of a dead letter; its error text is shortened to fit ``limit`` bytes."""
+    """The entry of a dead letter; its error text is shortened to fit ``limit`` bytes.
+
+    A payload too large for the dead-letter queue once in base64 (a foreign
+    message's raw body grows by a third) keeps its first bytes, and the error
+    says so, with the whole payload's size and SHA-256: a dead letter is
+    always made, so the message never comes back.
+    """
+    new = _dead_entry(task_id, data, reason, error, limit)
+    if entry_size(new) <= limit:
+        return new
+    note = (
+        f"[payload cut to fit the dead-letter queue: {len(data)} bytes, "
+        f"sha256 {hashlib.sha256(data).hexdigest()}] "
+    )
+    new = _dead_entry(task_id, b"", reason, note + truncate(legal(error), 400), limit)
+    room = limit - entry_size(new) - 64  # (and the words added to the error below)
+    kept = data[: max(0, room // 4 * 3)]
+    attrs = new["MessageAttributes"]
+    attrs[ERROR] = attr(f"{attrs[ERROR]['StringValue']} (kept the first {len(kept)} bytes)")
+    new["MessageBody"] = base64.b64encode(kept).decode()
+    return new
+
+
+def _dead_entry(task_id: str, data: bytes, reason: str, error: str, limit: int) -> dict[str, Any]:
     new = task_entry(task_id, data, None, 0)
     attrs = new["MessageAttributes"]
     attrs[REASON] = attr(truncate(legal(reason), REASON_MAX) or "?")
