@@ -5,9 +5,11 @@ dead letter, and the good tasks next to it run."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 
 import pytest
+from worker_proc import wait_for
 
 from gatorapp import App, Worker
 from gatorapp.backends import Message
@@ -112,3 +114,42 @@ def test_out_of_range_options_name_the_field_and_the_limit(opts: dict, says: str
     with pytest.raises(ConfigurationError, match=says):
         app.enqueue_many(job, [()], **opts)
     assert app.backend.stats("default").ready == 0
+
+
+@pytest.mark.parametrize("how", ["replaced", "deleted"])
+def test_a_sqlite_file_replaced_or_deleted_under_a_worker_is_reopened_loudly(
+    tmp_path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    path = tmp_path / "queue.db"
+    url = f"sqlite:///{path}"
+    ran: list[str] = []
+
+    def make() -> tuple[App, object]:
+        app = App(url)
+        return app, app.task(name="job", queue="q")(ran.append)
+
+    worker_app, _ = make()
+    worker = Worker(worker_app, ["q"])
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    first, job = make()
+    job.delay("before")
+    assert wait_for(lambda: ran == ["before"], 10)
+    first.close()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"queue.db{suffix}").unlink(missing_ok=True)
+    if how == "replaced":
+        second, job = make()
+        job.delay("after")  # into a new file at the same path
+    else:
+        time.sleep(1.5)  # the worker notices and makes the file again
+        second, job = make()
+        job.delay("after")
+    try:
+        assert wait_for(lambda: ran == ["before", "after"], 10)
+        assert any(f"was {how} while in use" in r.getMessage() for r in caplog.records)
+    finally:
+        worker.stop()
+        thread.join(10)
+        second.close()
+        worker_app.close()

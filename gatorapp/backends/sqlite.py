@@ -98,10 +98,11 @@ def _remove_folder(folder: str, owner_pid: int) -> None:
 class _Holder:
     """One thread's connection; closed when the thread's locals are dropped."""
 
-    __slots__ = ("__weakref__", "conn")
+    __slots__ = ("__weakref__", "conn", "generation")
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, generation: int) -> None:
         self.conn = conn
+        self.generation = generation  # of the file it was opened on
 
     def close(self) -> None:
         try:
@@ -176,6 +177,12 @@ class SQLiteBackend(Backend):
         self._lock = threading.Lock()
         self._ready = False
         self._holders: weakref.WeakSet[_Holder] = weakref.WeakSet()
+        # The database file's identity when it was set up, and how many times
+        # it was found deleted or replaced since (connections of an earlier
+        # generation are reopened).
+        self._identity: tuple[int, int] | None = None
+        self._generation = 0
+        self._checked = 0.0
 
     # -- connections -----------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -196,11 +203,13 @@ class SQLiteBackend(Backend):
     @property
     def _conn(self) -> sqlite3.Connection:
         holder: _Holder | None = getattr(self._local, "holder", None)
-        if holder is None:
+        if holder is None or holder.generation != self._generation:
+            if holder is not None:
+                holder.close()  # (on a file deleted or replaced: see _check_file)
             with self._lock:
                 if not self._ready:
                     self._setup()
-                holder = _Holder(self._connect())
+                holder = _Holder(self._connect(), self._generation)
                 self._holders.add(holder)
             # Only the thread keeps it: when the thread ends, the connection is
             # closed (a thread-per-request web server must not leak them).
@@ -234,7 +243,40 @@ class SQLiteBackend(Backend):
             conn.executescript(_SCHEMA)
         finally:
             conn.close()
+        self._identity = self._file_identity()
         self._ready = True
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._target)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def _check_file(self) -> None:
+        """The database file deleted or replaced while in use (a deploy that
+        recreated it, a cleanup job): this process would go on with the old,
+        unlinked file, and never see a task enqueued into the new one. Say so
+        loudly and reopen. Called on idle polls and at most once a second
+        from reserve."""
+        known = self._identity
+        if known is None:
+            return
+        found = self._file_identity()
+        if found == known:
+            return
+        with self._lock:
+            if self._identity != known:
+                return  # another thread saw it first
+            log.error(
+                "sqlite database %s was %s while in use; reopening it (tasks left in the "
+                "old file are not seen any more)",
+                self._target,
+                "deleted" if found is None else "replaced",
+            )
+            self._identity = None
+            self._ready = False  # a deleted file is made again, with its tables
+            self._generation += 1
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -280,6 +322,9 @@ class SQLiteBackend(Backend):
 
     def _reserve(self, queue: str, limit: int, lease: float, worker_id: str) -> list[Reservation]:
         now = time.time()
+        if now - self._checked > 1.0:
+            self._checked = now
+            self._check_file()
         conn = self._conn
         # A read first: idle workers polling must not take the write lock.
         if (
@@ -302,8 +347,9 @@ class SQLiteBackend(Backend):
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         deadline = time.time() + timeout
-        conn = self._conn
         while True:
+            self._check_file()
+            conn = self._conn
             now = time.time()
             for queue in queues:
                 if conn.execute(
