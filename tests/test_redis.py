@@ -719,3 +719,30 @@ def test_redis_py_is_what_speaks_to_the_server(redis_url: str) -> None:
     assert isinstance(b.client, redis.Redis)
     assert b.client.ping()
     b.close()
+
+
+def test_malformed_entries_written_by_hand_fail_only_themselves(redis_url: str) -> None:
+    b = load_backend(redis_url)
+    q = _queue()
+    tag = f"{{{b.prefix}:{q}}}"
+    b.enqueue([Message(q, "good", b"g"), Message(q, "bad", b"b")])
+    b.client.hset(f"{tag}:dlv", "bad", "not-a-number")  # a delivery count
+    b.client.zadd(f"{tag}:wait", {"ghost": 0})  # waiting, with no payload
+    got = b.reserve([q], 10, 1.0, "w")
+    assert sorted((r.task_id, r.deliveries) for r in got) == [
+        ("bad", 1),
+        ("ghost", 1),
+        ("good", 1),
+    ]
+    assert next(r for r in got if r.task_id == "ghost").data == b""  # a decode_error to be
+    assert b.extend(got) == [True, True, True]
+    time.sleep(1.2)  # the lease expires: the expiry counts a delivery for each
+    again = b.reserve([q], 10, 30, "w")
+    assert sorted((r.task_id, r.deliveries) for r in again) == [
+        ("bad", 2),
+        ("ghost", 2),
+        ("good", 2),
+    ]
+    assert b.ack(again) == [True, True, True]
+    assert b.stats(q) == type(b.stats(q))()
+    b.close()

@@ -279,7 +279,13 @@ local function reclaim(t)
         end
       end
       rewait(back, own)
-      for _, id in ipairs(back) do redis.call('HINCRBY', K_DLV, id, 1) end
+      for _, id in ipairs(back) do
+        -- (A count written by hand that is no number starts again: one bad
+        -- entry must not fail every reserve of the queue.)
+        if type(redis.pcall('HINCRBY', K_DLV, id, 1)) == 'table' then
+          redis.call('HSET', K_DLV, id, 1)
+        end
+      end
     end
     redis.call('DEL', bk)
     redis.call('HDEL', K_HELD, token)

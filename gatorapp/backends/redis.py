@@ -74,6 +74,15 @@ from .redis_scripts import (
 from .redis_wait import WAIT_TTL, Waiters, WaitState, handed
 
 
+def count(value: bytes | str) -> int:
+    """A counter Redis holds; one written by hand that is not a number counts 0
+    (it must not fail the reserve of the batch it came with)."""
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return 0
+
+
 class RedisBackend(Backend):
     """The delivery contract of :class:`~gatorapp.backends.base.Backend` on Redis.
 
@@ -440,7 +449,7 @@ class RedisBackend(Backend):
                     seconds = float(text(next_due))
                     soonest = seconds if soonest is None else min(soonest, seconds)
                 for task_id, data, dlv in zip(ids, datas, dlvs or [None] * len(ids)):
-                    deliveries = 1 + int(dlv) if dlv else 1
+                    deliveries = 1 + count(dlv) if dlv else 1
                     out.append(
                         Reservation(queue, text(task_id), data or b"", token, deliveries, lease)
                     )
