@@ -365,7 +365,14 @@ def main() -> None:
     parser.add_argument(
         "--phases", default="all", help=f"comma-separated of {', '.join(PHASES)}; default: all"
     )
+    parser.add_argument(
+        "--signed",
+        action="store_true",
+        help="sign every task (sets GATORAPP_SIGNING_KEY for this run and its workers)",
+    )
     args = parser.parse_args()
+    if args.signed:
+        os.environ["GATORAPP_SIGNING_KEY"] = "bench-" + "k" * 32
 
     workdir = Path(tempfile.mkdtemp(prefix="gatorapp-bench-"))
     (workdir / "bench_app.py").write_text(textwrap.dedent(APP_SOURCE))
@@ -389,7 +396,7 @@ def main() -> None:
     try:
         for line in describe(url):
             print(line)
-        print(f"backend: {url}   N={args.n}   reps={args.reps}")
+        print(f"backend: {url}   N={args.n}   reps={args.reps}   signed={args.signed}")
         reps, n = args.reps, args.n
         if on("enqueue"):
             median_of(".delay() one at a time", [phase_enqueue(url, n // 4) for _ in range(reps)])

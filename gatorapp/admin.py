@@ -69,7 +69,8 @@ def cancel(
         return None
     q, data = found
     try:
-        task = producer.registry.task_class.deserialize(data)
+        registry = producer.registry
+        task = registry.task_class.deserialize(registry.unseal(data))
     except Exception:
         task = Task("?", task_id=task_id, queue=q)
     task.status = CANCELED
@@ -91,7 +92,7 @@ def requeue_letter(producer: Producer, letter: DeadLetter) -> bool:
         else:
             task.retries = tdef.retries
         task.attempt = 0
-        data = task.serialize()
+        data = registry.seal(task.serialize())
     except (Rejected, DecodeError):
         pass  # requeue as it was: a later deploy may know how to run it
     return producer.backend().dead_requeue(letter.queue, letter.task_id, data)

@@ -25,6 +25,7 @@ from .execution import Outcome, run_attempt
 from .options import as_bool, check_option_names
 from .producer import Producer
 from .registry import Hooks, Registry, TaskDef, qualified_name
+from .signing import Signer
 from .tasks import Options, TaskFunction, TaskHandle, bound_options
 from .worker import Worker
 
@@ -65,6 +66,11 @@ class App:
     :param max_deliveries: a task handed out this many times without an outcome
         (its workers kept dying) goes to the dead letters as ``worker_lost``.
     :param eager: run every ``.delay()`` inline, as with ``is_async=False``.
+    :param signing_key: sign every task enqueued (HMAC-SHA256) and refuse, as a
+        ``bad_signature`` dead letter, any payload not signed by one of the keys:
+        a key, or a list of keys of which the first signs (rotation). Default:
+        ``$GATORAPP_SIGNING_KEY`` (comma-separated), else no signing. See
+        docs/security.md.
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class App:
         max_attempts: int = 100,
         max_deliveries: int = 5,
         eager: bool = False,
+        signing_key: str | bytes | Sequence[str | bytes] | None = None,
     ) -> None:
         if url is not None and not isinstance(url, str):
             raise ConfigurationError(f"backend URL must be a string, not {type(url).__name__}")
@@ -100,6 +107,7 @@ class App:
                 f"max_deliveries must be an integer >= 1, not {max_deliveries!r}"
             )
         self.registry = Registry(task_class, max_attempts)
+        self.registry.signer = Signer.from_env() if signing_key is None else Signer(signing_key)
         self.default_queue = check_queue_name(default_queue)
         self.backend_class = backend_class
         self.lease = float(lease)

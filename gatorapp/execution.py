@@ -205,7 +205,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
     summary = summarize(exc) if exc is not None else ""
     if kind == "retry":
         try:
-            payload = task.serialize()
+            payload = registry.seal(task.serialize())
         except Exception as err:
             return Settlement(
                 "dead",

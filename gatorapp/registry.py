@@ -19,6 +19,7 @@ import tenacity
 
 from .envelope import HOOK_NAMES, Task
 from .errors import ConfigurationError, Rejected, UnknownTaskError
+from .signing import Signer, unsigned
 
 #: The default backoff: exponential from 1 s, doubling, capped at 5 minutes,
 #: plus up to 1 s of random jitter so retries of many tasks spread out.
@@ -111,6 +112,8 @@ class Registry:
         self.hooks: dict[str, Callable[..., Any]] = {}
         self.hook_names: dict[Any, str] = {}
         self._by_fn: dict[Any, TaskDef] = {}
+        #: Signs what is enqueued and verifies what is decoded (App(signing_key=...)).
+        self.signer: Signer | None = None
 
     # -- registration --------------------------------------------------------
     def register(
@@ -220,12 +223,25 @@ class Registry:
             for kind in HOOK_NAMES
         }
 
+    def seal(self, data: bytes) -> bytes:
+        """An encoded task as it is stored: signed when the app has keys."""
+        return data if self.signer is None else self.signer.sign(data)
+
+    def unseal(self, data: bytes) -> bytes:
+        """The encoded task inside a stored payload; :class:`Rejected`
+        (``bad_signature``) when its signature is missing or wrong, before any
+        of it is decoded."""
+        if self.signer is not None:
+            return self.signer.verify(data)
+        return unsigned(data) if data[:1] == b"\xc1" else data
+
     def decode(self, data: bytes, max_payload: int | None = None) -> tuple[Task, TaskDef]:
         """Decode a payload and find its registered task, or raise :class:`Rejected`."""
         if max_payload is not None and len(data) > max_payload:
             raise Rejected(
                 "too_large", f"encoded task is {len(data)} bytes; the limit is {max_payload}"
             )
+        data = self.unseal(data)
         try:
             task = self.task_class.deserialize(data)
         except Exception as exc:  # a custom task class may raise anything

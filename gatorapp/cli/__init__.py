@@ -236,7 +236,7 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
 
 def _describe(app: App, data: bytes) -> Task | None:
     try:
-        return app.task_class.deserialize(data)
+        return app.task_class.deserialize(app.registry.unseal(data))
     except Exception:
         return None
 
