@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from . import admin
 from .backends import Backend, DeadLetter, load_backend
 from .backends.base import check_queue_name
+from .encryption import Cipher
 from .envelope import Task
 from .errors import ConfigurationError, GatorError, Rejected
 from .execution import Outcome, run_attempt
@@ -71,6 +72,10 @@ class App:
         a key, or a list of keys of which the first signs (rotation). Default:
         ``$GATORAPP_SIGNING_KEY`` (comma-separated), else no signing. See
         docs/security.md.
+    :param encryption_key: encrypt every task enqueued (AES-GCM, needs
+        ``gatorapp[encryption]``) and decrypt what is decoded: a key or a list
+        of keys of which the first encrypts. Default:
+        ``$GATORAPP_ENCRYPTION_KEY`` (comma-separated), else none.
     """
 
     def __init__(
@@ -86,6 +91,7 @@ class App:
         max_deliveries: int = 5,
         eager: bool = False,
         signing_key: str | bytes | Sequence[str | bytes] | None = None,
+        encryption_key: str | bytes | Sequence[str | bytes] | None = None,
     ) -> None:
         if url is not None and not isinstance(url, str):
             raise ConfigurationError(f"backend URL must be a string, not {type(url).__name__}")
@@ -108,6 +114,9 @@ class App:
             )
         self.registry = Registry(task_class, max_attempts)
         self.registry.signer = Signer.from_env() if signing_key is None else Signer(signing_key)
+        self.registry.cipher = (
+            Cipher.from_env() if encryption_key is None else Cipher(encryption_key)
+        )
         self.default_queue = check_queue_name(default_queue)
         self.backend_class = backend_class
         self.lease = float(lease)

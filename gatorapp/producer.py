@@ -150,8 +150,8 @@ class Producer:
         task_id = task_id or new_task_id()
         data = self._encode(tdef, task_id, args, kwargs, queue, retries, hooks, extra)
         registry = self.registry
-        if registry.signer is not None:
-            data = registry.signer.sign(data)
+        if registry.sealing:
+            data = registry.seal(data)
         backend = self.backend()
         if eager:
             backend.check_size(data)  # what the backend would refuse, eager mode refuses too
@@ -174,9 +174,9 @@ class Producer:
                 encode(tdef, i, args, kwargs, queue, retries, hooks, extra)
                 for i, (args, kwargs) in zip(ids, calls)
             ]
-        signer = self.registry.signer
-        if signer is not None:
-            datas = [signer.sign(d) for d in datas]
+        registry = self.registry
+        if registry.sealing:
+            datas = [registry.seal(d) for d in datas]
         backend = self.backend()
         if eager:
             for data in datas:

@@ -17,6 +17,7 @@ from typing import Any
 
 import tenacity
 
+from .encryption import Cipher, without_key
 from .envelope import HOOK_NAMES, Task
 from .errors import ConfigurationError, Rejected, UnknownTaskError
 from .signing import Signer, unsigned
@@ -114,6 +115,8 @@ class Registry:
         self._by_fn: dict[Any, TaskDef] = {}
         #: Signs what is enqueued and verifies what is decoded (App(signing_key=...)).
         self.signer: Signer | None = None
+        #: Encrypts what is enqueued and decrypts what is decoded (App(encryption_key=...)).
+        self.cipher: Cipher | None = None
 
     # -- registration --------------------------------------------------------
     def register(
@@ -223,17 +226,31 @@ class Registry:
             for kind in HOOK_NAMES
         }
 
+    @property
+    def sealing(self) -> bool:
+        """Whether stored payloads are signed or encrypted (else they are the
+        encoded tasks themselves)."""
+        return self.signer is not None or self.cipher is not None
+
     def seal(self, data: bytes) -> bytes:
-        """An encoded task as it is stored: signed when the app has keys."""
+        """An encoded task as it is stored: encrypted, then signed, as the
+        app's keys say."""
+        if self.cipher is not None:
+            data = self.cipher.encrypt(data)
         return data if self.signer is None else self.signer.sign(data)
 
     def unseal(self, data: bytes) -> bytes:
         """The encoded task inside a stored payload; :class:`Rejected`
-        (``bad_signature``) when its signature is missing or wrong, before any
-        of it is decoded."""
+        (``bad_signature``, ``decrypt_error``) when its signature is missing or
+        wrong or it does not decrypt, before any of it is decoded. Both
+        envelopes start with 0xc1, a byte msgpack never uses."""
         if self.signer is not None:
-            return self.signer.verify(data)
-        return unsigned(data) if data[:1] == b"\xc1" else data
+            data = self.signer.verify(data)
+        elif data[:1] == b"\xc1":
+            data = unsigned(data)
+        if data[:1] == b"\xc1":
+            data = self.cipher.decrypt(data) if self.cipher is not None else without_key(data)
+        return data
 
     def decode(self, data: bytes, max_payload: int | None = None) -> tuple[Task, TaskDef]:
         """Decode a payload and find its registered task, or raise :class:`Rejected`."""

@@ -20,7 +20,7 @@ from gatorapp import App, testing
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gatorapp"
 
-# What each module may import from gatorapp (besides errors, options, signing and the
+# What each module may import from gatorapp (besides errors, options, signing, encryption and the
 # backends' own modules, which any layer may use).
 LAYERS = {
     "gatorapp.envelope": set(),
@@ -30,7 +30,7 @@ LAYERS = {
     "gatorapp.admin": {"gatorapp.envelope", "gatorapp.execution", "gatorapp.producer"},
     "gatorapp.tasks": {"gatorapp.registry", "gatorapp.producer"},
 }
-BASE = {"gatorapp.errors", "gatorapp.options", "gatorapp.signing"}
+BASE = {"gatorapp.errors", "gatorapp.options", "gatorapp.signing", "gatorapp.encryption"}
 
 
 def _imports() -> dict[str, set[str]]:
