@@ -13,6 +13,7 @@ from .errors import (
     Rejected,
     Retry,
     SerializationError,
+    TaskRunning,
     UnknownTaskError,
 )
 from .tasks import BoundTask, Options, TaskFunction, TaskHandle
@@ -37,6 +38,7 @@ __all__ = [
     "Task",
     "TaskFunction",
     "TaskHandle",
+    "TaskRunning",
     "UnknownTaskError",
     "Worker",
     "__version__",

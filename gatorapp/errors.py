@@ -41,6 +41,13 @@ class BackendError(GatorError):
     """The backend could not be reached or refused an operation."""
 
 
+class TaskRunning(GatorError):
+    """An enqueue that names the id of a task running now, with another payload
+    (other arguments or options). Refused, nothing of the call stored: the new
+    task would otherwise be dropped. Enqueue it once the task has finished, or
+    under another id."""
+
+
 class LeaseLost(GatorError):
     """The task's lease expired and another worker took it over."""
 

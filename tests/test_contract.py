@@ -44,7 +44,7 @@ from collections.abc import Iterator
 import pytest
 
 from gatorapp.backends import Backend, Message, Reservation, load_backend
-from gatorapp.errors import ConfigurationError, PayloadTooLarge
+from gatorapp.errors import ConfigurationError, PayloadTooLarge, TaskRunning
 
 TICK = 0.3  # lease and delay length for timing tests
 SLOW_TICK = 1.0  # the same for backends without subsecond_timing
@@ -137,6 +137,22 @@ def test_binary_payload_round_trips(backend: Backend, q: str) -> None:
     assert r.data == data and isinstance(r.data, bytes)
 
 
+def test_enqueue_of_a_running_id_as_another_task_is_refused(backend: Backend, q: str) -> None:
+    # Dropping it would lose the new task (its new arguments) without a word.
+    needs(backend, "idempotent_enqueue")
+    backend.enqueue([Message(q, "t1", b"first")])
+    (r,) = reserve(backend, q)
+    backend.enqueue([Message(q, "t1", b"first")])  # the same call again: nothing changes
+    with pytest.raises(TaskRunning, match=r"'t1' on queue .* is running now"):
+        backend.enqueue([Message(q, "other", b"x"), Message(q, "t1", b"second")])
+    with pytest.raises(TaskRunning):
+        backend.enqueue([Message(q, "t1", b"second")])
+    assert reserve(backend, q) == []  # nothing of the refused calls was stored
+    assert backend.ack([r]) == [True]
+    backend.enqueue([Message(q, "t1", b"second")])  # finished: the id is free again
+    assert [x.data for x in reserve(backend, q)] == [b"second"]
+
+
 def test_enqueue_is_idempotent_by_queue_and_id(backend: Backend, q: str) -> None:
     needs(backend, "idempotent_enqueue")
     backend.enqueue([Message(q, "same", b"first")])
@@ -145,8 +161,9 @@ def test_enqueue_is_idempotent_by_queue_and_id(backend: Backend, q: str) -> None
     got = reserve(backend, q)
     assert sorted(ids(got)) == ["other", "same"]
     assert next(r.data for r in got if r.task_id == "same") == b"first"
-    # Still a no-op while the task is running.
-    backend.enqueue([Message(q, "same", b"fourth")])
+    # While it runs, the same task again changes nothing (another one is
+    # refused: see the test below).
+    backend.enqueue([Message(q, "same", b"first")])
     assert reserve(backend, q) == []
     # Once acknowledged, the id is free again.
     assert backend.ack(got) == [True, True]

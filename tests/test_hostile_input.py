@@ -13,7 +13,7 @@ from worker_proc import wait_for
 
 from gatorapp import App, Worker
 from gatorapp.backends import Message
-from gatorapp.errors import ConfigurationError
+from gatorapp.errors import ConfigurationError, TaskRunning
 
 
 def test_a_sqlite_row_with_a_text_payload_is_a_dead_letter_and_holds_nothing_up(
@@ -153,3 +153,34 @@ def test_a_sqlite_file_replaced_or_deleted_under_a_worker_is_reopened_loudly(
         thread.join(10)
         second.close()
         worker_app.close()
+
+
+def test_delay_with_the_id_of_a_running_task_raises_task_running(url: str) -> None:
+    app = App(url)
+    started, release = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    @app.task(name="job", queue="q")
+    def job(x: int) -> None:
+        seen.append(x)
+        started.set()
+        release.wait(10)
+
+    job.options(task_id="X").delay(1)
+    worker = Worker(app, ["q"], burst=True)
+    thread = threading.Thread(target=worker.run_forever)
+    thread.start()
+    try:
+        assert started.wait(10)
+        job.options(task_id="X").delay(1)  # the same task again: nothing changes
+        with pytest.raises(TaskRunning, match="'X' on queue 'q' is running now"):
+            job.options(task_id="X").delay(2)
+        with pytest.raises(TaskRunning):
+            app.enqueue_many(job, [(3,)], task_id="X")
+    finally:
+        release.set()
+        thread.join(10)
+    job.options(task_id="X").delay(4)  # finished: the id is free again
+    app.drain()
+    assert seen == [1, 4]
+    app.close()

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
 
-from ..errors import ConfigurationError, PayloadTooLarge
+from ..errors import ConfigurationError, PayloadTooLarge, TaskRunning
 from ..options import check_text
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # 1 MiB, measured on the encoded payload
@@ -108,6 +108,14 @@ class QueueStats:
     delayed: int = 0
     running: int = 0
     dead: int = 0
+
+
+def running_error(queue: str, task_id: str) -> TaskRunning:
+    return TaskRunning(
+        f"task {task_id!r} on queue {queue!r} is running now: an enqueue of its id with "
+        "other arguments or options is refused while it runs (nothing of this call was "
+        "stored); enqueue it again once it has finished, or give it another id"
+    )
 
 
 def check_message(m: Message) -> None:

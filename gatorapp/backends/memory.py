@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import GatorError
-from .base import Backend, DeadLetter, Message, QueueStats, Reservation
+from .base import Backend, DeadLetter, Message, QueueStats, Reservation, running_error
 
 
 @dataclass(slots=True)
@@ -80,6 +80,11 @@ class MemoryBackend(Backend):
     def _enqueue(self, messages: Sequence[Message]) -> None:
         now = time.time()
         with self._cond:
+            for m in messages:  # first: is any of them running, as another task?
+                q = self._queues.get(m.queue)
+                entry = q.entries.get(m.task_id) if q is not None else None
+                if entry is not None and not _available(entry, now) and entry.data != m.data:
+                    raise running_error(m.queue, m.task_id)
             for m in messages:
                 q = self._q(m.queue)
                 if m.task_id not in q.entries:

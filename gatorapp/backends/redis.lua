@@ -151,6 +151,21 @@ local function collect(member)
   return handed
 end
 
+-- @@ lib running
+-- needs: owner
+-- Whether an enqueue of id (already in the queue) with payload must be
+-- refused: the task runs now (leased, its lease alive) as another task (its
+-- payload differs). A waiting task, or the same payload again (a call sent
+-- twice), is left alone as before.
+local function running(id, payload, t)
+  if redis.call('ZSCORE', K_WAIT, id) then return false end
+  if redis.call('HGET', K_DATA, id) == payload then return false end
+  local token = owner(redis.call('HGET', K_OWN, id))
+  if not token then return false end
+  local until_ = redis.call('ZSCORE', K_LEASES, token)
+  return until_ ~= false and until_ ~= nil and tonumber(until_) > t
+end
+
 -- @@ lib add
 -- Add new tasks: ids, payloads and due times (strings) in three lists.
 local function add(ids, datas, dues)
@@ -304,16 +319,21 @@ local function handout(ids, handed)
 end
 
 -- @@ enqueue
--- needs: now fmt head_due wake_for registered
+-- needs: now fmt head_due wake_for registered running
 -- ARGV[1]: msgpack [id, payload, due ('' = now, else seconds as a string), ...],
 -- each id once. Idempotent by id: a task id already in the queue is left
--- alone, so a retried call adds nothing. Returns {tasks added, registered}.
+-- alone, so a retried call adds nothing. Returns {tasks added, registered},
+-- or {-1, registered, id} and nothing added when that id runs now as another
+-- task (see running).
 local flat = cmsgpack.unpack(ARGV[1])
 local t = now()
 local t_due = fmt(t)
 local ids = {}
 for i = 1, #flat, 3 do ids[#ids + 1] = flat[i] end
 local have = redis.call('HMGET', K_DATA, unpack(ids))
+for k = 1, #ids do
+  if have[k] and running(ids[k], flat[3 * k - 1], t) then return {-1, registered(), ids[k]} end
+end
 local d, z, soonest, n = {}, {}, nil, 0
 for k = 1, #ids do
   if not have[k] then
@@ -336,17 +356,21 @@ end
 return {n, registered()}
 
 -- @@ enqueue_one
--- needs: head_due wake_for registered batch_key fmt inbox
+-- needs: head_due wake_for registered batch_key fmt inbox running
 -- ARGV: id, payload, due ('' = now). enqueue for a single task, as .delay()
 -- sends it: fewer calls and no msgpack, which halves the server's time. A
 -- task due now goes straight to a waiting worker, leased to it in a batch of
--- its own: it starts without a reserve of its own.
+-- its own: it starts without a reserve of its own. Returns {1 added, 0 there
+-- already, or -1 refused (see running), registered}.
 local id, due = ARGV[1], ARGV[3]
 local clock = redis.call('TIME')
 local t = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local at = t
 if due == '' then due = string.format('%.6f', t) else at = tonumber(due) end
-if redis.call('HSETNX', K_DATA, id, ARGV[2]) == 0 then return {0, registered()} end
+if redis.call('HSETNX', K_DATA, id, ARGV[2]) == 0 then
+  if running(id, ARGV[2], t) then return {-1, registered()} end
+  return {0, registered()}
+end
 if at <= t then
   -- The waiter that registered last: the likeliest to be blocked on its
   -- inbox now (one that died waiting has the oldest entry).

@@ -57,6 +57,7 @@ from .base import (
     Reservation,
     RetryItem,
     Settled,
+    running_error,
     truncate,
 )
 from .redis_config import parse_redis_url, record_ttl
@@ -239,11 +240,13 @@ class RedisBackend(Backend):
         if len(messages) == 1:  # .delay(): the common case, kept short
             m = messages[0]
             args = (m.task_id, m.data, f"{m.run_at:.6f}" if m.run_at else "")
-            _, registered = self._pipeline(
+            added, registered = self._pipeline(
                 "enqueue", [self.calls.command("enqueue_one", m.queue, args)]
             )[0]
             if not registered:
                 self._register({m.queue})
+            if added == -1:
+                raise running_error(m.queue, m.task_id)
             return
         by_queue: dict[str, dict[str, Message]] = {}
         for m in messages:
@@ -258,9 +261,13 @@ class RedisBackend(Backend):
                 commands.append(self.calls.command("enqueue", queue, [pack_args(flat)]))
                 queues.append(queue)
         replies = self._pipeline("enqueue", commands)
-        unregistered = {q for q, (_, registered) in zip(queues, replies) if not registered}
+        unregistered = {q for q, (_, registered, *_) in zip(queues, replies) if not registered}
         if unregistered:
             self._register(unregistered)
+        for queue, (added, _, *refused) in zip(queues, replies):
+            if added == -1:
+                # (Calls of more than CHUNK tasks: the other chunks are stored.)
+                raise running_error(queue, text(refused[0]))
 
     def _reserve(self, queue: str, limit: int, lease: float, worker_id: str) -> list[Reservation]:
         return self.reserve([queue], limit, lease, worker_id)

@@ -41,6 +41,7 @@ from .base import (
     Reservation,
     RetryItem,
     Settled,
+    running_error,
     truncate,
 )
 
@@ -314,11 +315,23 @@ class SQLiteBackend(Backend):
         now = time.time()
         rows = [(m.queue, m.task_id, m.data, m.run_at or now) for m in messages]
         with self._tx() as conn:
+            before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO gatorapp_tasks (queue, task_id, data, run_at) "
                 "VALUES (?, ?, ?, ?)",
                 rows,
             )
+            if conn.total_changes - before < len(rows):
+                # Some ids are in the queue already: fine while they wait, refused
+                # (the transaction undone) where one runs now as another task.
+                for m in messages:
+                    held = conn.execute(
+                        "SELECT data FROM gatorapp_tasks WHERE queue = ? AND task_id = ? "
+                        "AND token IS NOT NULL AND lease_until > ?",
+                        (m.queue, m.task_id, now),
+                    ).fetchone()
+                    if held is not None and _blob(held[0]) != m.data:
+                        raise running_error(m.queue, m.task_id)
 
     def _reserve(self, queue: str, limit: int, lease: float, worker_id: str) -> list[Reservation]:
         now = time.time()
