@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 from worker_proc import APPS
@@ -116,7 +117,8 @@ def test_a_hand_written_dead_letter_row_is_listed_without_a_traceback(app, capsy
     conn = sqlite3.connect(tmp_path / "queue.db")
     with conn:
         conn.execute(
-            "INSERT INTO gatorapp_dead VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO gatorapp_dead (queue, task_id, data, reason, error, failed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
             ("default", "by-hand", "text, not bytes", "decode_error", "oops", "yesterday"),
         )
     conn.close()
@@ -235,3 +237,17 @@ def test_a_thread_a_task_leaked_does_not_keep_the_worker_alive_after_sigterm(tmp
         worker.kill()
     assert worker.returncode == 0, err
     assert "still running" in err and "leaked-by-task" in err
+
+
+def test_dead_show_prints_every_letter_of_an_id_newest_first(app, capsys):
+    backend = app.app.backend
+    backend.dead_add("default", "dup", b"junk", "decode_error", "the first time")
+    time.sleep(0.01)
+    backend.dead_add("default", "dup", b"junk", "decode_error", "the second time")
+    capsys.readouterr()
+    assert run("dead", "-A", "cli_app", "show", "dup") == 0
+    out = capsys.readouterr().out
+    assert "-- letter 1 of 2" in out and "-- letter 2 of 2" in out
+    assert out.index("the second time") < out.index("the first time")
+    assert run("dead", "-A", "cli_app", "ls") == 0
+    assert capsys.readouterr().out.count("\tdup\t") == 2

@@ -697,3 +697,35 @@ def test_concurrent_reserves_never_share_a_task(backend: Backend, q: str) -> Non
     for th in threads:
         th.join(30)
     assert sorted(seen) == sorted(f"t{i}" for i in range(n))
+
+
+def test_a_second_dead_letter_of_an_id_keeps_the_first(backend: Backend, q: str) -> None:
+    # A task id that dies twice (requeued by hand, or enqueued again) keeps
+    # both letters: the first one's payload and error are not overwritten.
+    backend.dead_add(q, "t1", b"first", "retries_exhausted", "error one")
+    time.sleep(tick(backend))
+    backend.dead_add(q, "t1", b"second", "unknown_task", "error two")
+    time.sleep(tick(backend))
+    backend.dead_add(q, "t2", b"other", "decode_error", "error three")
+    letters = backend.dead_list(q)
+    assert [(d.task_id, d.data, d.error) for d in letters] == [
+        ("t1", b"first", "error one"),
+        ("t1", b"second", "error two"),
+        ("t2", b"other", "error three"),
+    ]
+    newest = backend.dead_get(q, "t1")
+    assert newest is not None and newest.data == b"second"
+    assert backend.stats(q).dead == 3 or backend.unsupported.get("exact_stats")
+    # Requeue takes the newest; the earlier one stays, and is the newest now.
+    assert backend.dead_requeue(q, "t1")
+    (r,) = reserve(backend, q)
+    assert r.data == b"second"
+    left = backend.dead_get(q, "t1")
+    assert left is not None and (left.data, left.error) == (b"first", "error one")
+    assert backend.ack([r]) == [True]
+    assert backend.dead_requeue(q, "t1")
+    (r,) = reserve(backend, q)
+    assert r.data == b"first" and backend.dead_get(q, "t1") is None
+    assert backend.ack([r]) == [True]
+    assert backend.dead_purge(q) == 1
+    assert backend.dead_list(q) == []

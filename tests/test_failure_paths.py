@@ -90,8 +90,9 @@ def test_a_failed_commit_leaves_no_open_transaction(tmp_path):
     conn = backend._conn
     with pytest.raises(sqlite3.Error):
         with backend._tx() as c:
-            c.execute("INSERT INTO gatorapp_dead VALUES ('q', 't', x'00', 'r', 'e', 0)")
-            c.execute("INSERT INTO gatorapp_dead VALUES ('q', 't', x'00', 'r', 'e', 0)")
+            insert = "INSERT INTO gatorapp_tasks (queue, task_id, data, run_at) VALUES (?, ?, ?, ?)"
+            c.execute(insert, ("q", "t", b"\0", 0))
+            c.execute(insert, ("q", "t", b"\0", 0))  # (queue, task_id) is unique
     assert not conn.in_transaction
     backend.dead_add("q", "t2", b"x", "r", "e")  # the connection still works
 

@@ -184,3 +184,47 @@ def test_delay_with_the_id_of_a_running_task_raises_task_running(url: str) -> No
     app.drain()
     assert seen == [1, 4]
     app.close()
+
+
+def test_a_task_id_that_dies_twice_keeps_both_letters(url: str) -> None:
+    app = App(url)
+
+    @app.task(name="boom", queue="q")
+    def boom(n: int) -> None:
+        raise ValueError(f"failure {n}")
+
+    boom.options(task_id="X").delay(1)
+    app.drain()
+    time.sleep(0.01)
+    boom.options(task_id="X").delay(2)  # the id is free again: a new task
+    app.drain()
+    letters = [d for d in app.backend.dead_list("q") if d.task_id == "X"]
+    assert [d.error.strip().splitlines()[-1] for d in letters] == [
+        "ValueError: failure 1",
+        "ValueError: failure 2",
+    ]
+    app.close()
+
+
+def test_dead_letters_of_an_earlier_sqlite_schema_are_kept(tmp_path) -> None:
+    # Earlier versions kept one letter per (queue, task id): the table is
+    # moved to the new layout the first time a new version opens the file.
+    path = tmp_path / "queue.db"
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executescript(
+            "CREATE TABLE gatorapp_dead (queue TEXT NOT NULL, task_id TEXT NOT NULL, "
+            "data BLOB NOT NULL, reason TEXT NOT NULL, error TEXT NOT NULL, "
+            "failed_at REAL NOT NULL, PRIMARY KEY (queue, task_id));"
+        )
+        conn.execute(
+            "INSERT INTO gatorapp_dead VALUES (?, ?, ?, ?, ?, ?)",
+            ("q", "old", b"payload", "retries_exhausted", "it failed", 1.0),
+        )
+    conn.close()
+    app = App(f"sqlite:///{path}")
+    (letter,) = app.backend.dead_list("q")
+    assert (letter.task_id, letter.data, letter.error) == ("old", b"payload", "it failed")
+    app.backend.dead_add("q", "old", b"again", "decode_error", "second")
+    assert [d.data for d in app.backend.dead_list("q")] == [b"payload", b"again"]
+    app.close()

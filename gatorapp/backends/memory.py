@@ -33,6 +33,14 @@ def _available(entry: _Entry, now: float) -> bool:
     return entry.token is None or entry.lease_until <= now
 
 
+def _newest(letters: list[DeadLetter], task_id: str) -> int | None:
+    """Where the newest dead letter of ``task_id`` is."""
+    for i in range(len(letters) - 1, -1, -1):
+        if letters[i].task_id == task_id:
+            return i
+    return None
+
+
 class _Queue:
     __slots__ = ("dead", "entries", "heap", "leased")
 
@@ -41,7 +49,7 @@ class _Queue:
         # (run_at, seq, task_id); stale items are skipped when popped
         self.heap: list[tuple[float, int, str]] = []
         self.leased: set[str] = set()
-        self.dead: dict[str, DeadLetter] = {}
+        self.dead: list[DeadLetter] = []  # oldest first; an id may have several
 
 
 class MemoryBackend(Backend):
@@ -227,9 +235,7 @@ class MemoryBackend(Backend):
                 if entry is not None and q is not None:
                     del q.entries[r.task_id]
                     q.leased.discard(r.task_id)
-                    q.dead[r.task_id] = DeadLetter(
-                        r.queue, r.task_id, entry.data, reason, error, now
-                    )
+                    q.dead.append(DeadLetter(r.queue, r.task_id, entry.data, reason, error, now))
                 out.append(entry is not None)
             self._cond.notify_all()
         return out
@@ -251,26 +257,26 @@ class MemoryBackend(Backend):
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
         with self._cond:
-            self._q(queue).dead[task_id] = DeadLetter(
-                queue, task_id, data, reason, error, time.time()
-            )
+            self._q(queue).dead.append(DeadLetter(queue, task_id, data, reason, error, time.time()))
 
     def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]:
         with self._cond:
             q = self._queues.get(queue)
-            return list(q.dead.values())[:limit] if q else []
+            return q.dead[:limit] if q else []
 
     def dead_get(self, queue: str, task_id: str) -> DeadLetter | None:
         with self._cond:
             q = self._queues.get(queue)
-            return q.dead.get(task_id) if q else None
+            i = _newest(q.dead, task_id) if q else None
+            return None if q is None or i is None else q.dead[i]
 
     def dead_requeue(self, queue: str, task_id: str, data: bytes | None = None) -> bool:
         with self._cond:
             q = self._queues.get(queue)
-            if q is None or task_id not in q.dead or task_id in q.entries:
+            i = _newest(q.dead, task_id) if q else None
+            if q is None or i is None or task_id in q.entries:
                 return False
-            dead = q.dead.pop(task_id)
+            dead = q.dead.pop(i)
             self._push(q, task_id, data if data is not None else dead.data, time.time())
             self._cond.notify_all()
             return True

@@ -166,6 +166,40 @@ local function running(id, payload, t)
   return until_ ~= false and until_ ~= nil and tonumber(until_) > t
 end
 
+-- @@ lib shelve
+-- An id's newest dead letter is the dead member named by the id. A letter a
+-- newer one replaces as the newest moves to "<id>\0<n>" (n = 1, 2, ...), its
+-- why starting with "\0<id>\0", and comes back under the id when the newer
+-- one is requeued: no letter is ever overwritten.
+local function shelve(id)
+  local at = redis.call('ZSCORE', K_DEAD, id)
+  if not at then return end
+  local n = redis.call('HINCRBY', K_META, 'shelf:' .. id, 1)
+  local member = id .. '\0' .. n
+  redis.call('ZADD', K_DEAD, at, member)
+  redis.call('ZREM', K_DEAD, id)
+  redis.call('HSET', K_DDATA, member, redis.call('HGET', K_DDATA, id) or '')
+  redis.call('HSET', K_DWHY, member, '\0' .. id .. '\0' .. (redis.call('HGET', K_DWHY, id) or ''))
+  redis.call('HDEL', K_DDATA, id)
+  redis.call('HDEL', K_DWHY, id)
+end
+
+local function unshelve(id)
+  local key = 'shelf:' .. id
+  local n = tonumber(redis.call('HGET', K_META, key) or '0')
+  if n == 0 then return end
+  if n == 1 then redis.call('HDEL', K_META, key) else redis.call('HSET', K_META, key, n - 1) end
+  local member = id .. '\0' .. n
+  local at = redis.call('ZSCORE', K_DEAD, member)
+  if not at then return end
+  redis.call('ZADD', K_DEAD, at, id)
+  redis.call('ZREM', K_DEAD, member)
+  redis.call('HSET', K_DDATA, id, redis.call('HGET', K_DDATA, member) or '')
+  redis.call('HSET', K_DWHY, id, string.sub(redis.call('HGET', K_DWHY, member) or '', #id + 3))
+  redis.call('HDEL', K_DDATA, member)
+  redis.call('HDEL', K_DWHY, member)
+end
+
 -- @@ lib add
 -- Add new tasks: ids, payloads and due times (strings) in three lists.
 local function add(ids, datas, dues)
@@ -446,7 +480,7 @@ redis.call('HSET', K_HELD, token, #ids)
 return handout(ids, handed)
 
 -- @@ settle
--- needs: now fmt head_due wake_for replay remember forget check settle_batches
+-- needs: now fmt head_due wake_for replay remember forget check settle_batches shelve
 -- ARGV: record ttl, msgpack [acks, retries, buries] where acks is
 -- [token, [id, ...], ...], retries [id, token, payload, due, ...] and buries
 -- [id, token, reason, error, ...]. Returns one '1' or '0' per item (acks in
@@ -488,6 +522,7 @@ for k = 1, #buries / 4 do
   end
 end
 if #dead_ids > 0 then
+  for _, id in ipairs(dead_ids) do shelve(id) end
   local payloads = redis.call('HMGET', K_DATA, unpack(dead_ids))
   local dd = {}
   for i, id in ipairs(dead_ids) do
@@ -634,16 +669,17 @@ redis.call('SET', K_REC, data, 'PX', ARGV[1])
 return data
 
 -- @@ dead_add
--- needs: now fmt registered
+-- needs: now fmt registered shelve
 -- ARGV: id, data, reason, error. Returns {1, registered}.
 local id = ARGV[1]
+shelve(id)
 redis.call('ZADD', K_DEAD, fmt(now()), id)
 redis.call('HSET', K_DDATA, id, ARGV[2])
 redis.call('HSET', K_DWHY, id, ARGV[3] .. '\n' .. ARGV[4])
 return {1, registered()}
 
 -- @@ dead_requeue
--- needs: now fmt add wake_all
+-- needs: now fmt add wake_all shelve
 -- ARGV: id, '1' to replace the payload with ARGV[3] (else keep it).
 local id = ARGV[1]
 if not redis.call('ZSCORE', K_DEAD, id) then return 0 end
@@ -654,6 +690,7 @@ if ARGV[2] == '1' then data = ARGV[3] end
 redis.call('ZREM', K_DEAD, id)
 redis.call('HDEL', K_DDATA, id)
 redis.call('HDEL', K_DWHY, id)
+unshelve(id)  -- an earlier letter of the id is its newest now
 local t = now()
 add({id}, {data}, {fmt(t)})
 if redis.call('EXISTS', K_WAITERS) == 1 then wake_all(t) end
@@ -679,6 +716,9 @@ return out
 -- @@ dead_purge
 local n = redis.call('ZCARD', K_DEAD)
 redis.call('DEL', K_DEAD, K_DDATA, K_DWHY)
+for _, field in ipairs(redis.call('HKEYS', K_META)) do
+  if string.sub(field, 1, 6) == 'shelf:' then redis.call('HDEL', K_META, field) end
+end
 return n
 
 -- @@ stats

@@ -633,9 +633,12 @@ class RedisBackend(Backend):
         flat = self._run("dead_read", queue, args)
         out = []
         for i in range(0, len(flat), 4):
-            reason, _, error = text(flat[i + 2] or b"").partition("\n")
+            task_id, why = text(flat[i]), text(flat[i + 2] or b"")
+            if why.startswith("\0"):  # an earlier letter of its id (see shelve)
+                task_id, _, why = why[1:].partition("\0")
+            reason, _, error = why.partition("\n")
             data, failed_at = bytes(flat[i + 1] or b""), float(flat[i + 3])
-            out.append(DeadLetter(queue, text(flat[i]), data, reason, error, failed_at))
+            out.append(DeadLetter(queue, task_id, data, reason, error, failed_at))
         return out
 
     def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]:

@@ -58,16 +58,43 @@ CREATE TABLE IF NOT EXISTS gatorapp_tasks (
     UNIQUE (queue, task_id)
 );
 CREATE INDEX IF NOT EXISTS gatorapp_tasks_due ON gatorapp_tasks (queue, run_at, seq);
+"""
+
+# Dead letters: a row each, several for one task id when it died more than once.
+_DEAD = """
 CREATE TABLE IF NOT EXISTS gatorapp_dead (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
     task_id TEXT NOT NULL,
     data BLOB NOT NULL,
     reason TEXT NOT NULL,
     error TEXT NOT NULL,
-    failed_at REAL NOT NULL,
-    PRIMARY KEY (queue, task_id)
+    failed_at REAL NOT NULL
 );
+CREATE INDEX IF NOT EXISTS gatorapp_dead_id ON gatorapp_dead (queue, task_id, seq);
+CREATE INDEX IF NOT EXISTS gatorapp_dead_time ON gatorapp_dead (queue, failed_at, seq);
 """
+
+# The dead-letter table of earlier versions kept one letter per (queue, task id).
+_DEAD_V1_COPY = (
+    """
+ALTER TABLE gatorapp_dead RENAME TO gatorapp_dead_v1;
+DROP INDEX IF EXISTS gatorapp_dead_id;
+DROP INDEX IF EXISTS gatorapp_dead_time;
+"""
+    + _DEAD
+    + """
+INSERT INTO gatorapp_dead (queue, task_id, data, reason, error, failed_at)
+    SELECT queue, task_id, data, reason, error, failed_at FROM gatorapp_dead_v1
+    ORDER BY failed_at;
+DROP TABLE gatorapp_dead_v1;
+"""
+)
+
+_DEAD_INSERT = (
+    "INSERT INTO gatorapp_dead (queue, task_id, data, reason, error, failed_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 # Ids per statement (SQLite allows 32,766 parameters; a statement this size is quick).
 _CHUNK = 500
@@ -242,10 +269,30 @@ class SQLiteBackend(Backend):
                     mode,
                 )
             conn.executescript(_SCHEMA)
+            self._dead_table(conn)
         finally:
             conn.close()
         self._identity = self._file_identity()
         self._ready = True
+
+    @staticmethod
+    def _dead_table(conn: sqlite3.Connection) -> None:
+        """Make the dead-letter table, or move an earlier version's letters into it."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(gatorapp_dead)")}
+        if not columns or "seq" in columns:
+            conn.executescript(_DEAD)
+            return
+        conn.execute("BEGIN IMMEDIATE")  # one process moves them; the others wait
+        try:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(gatorapp_dead)")}
+            if "seq" not in columns:
+                for statement in _DEAD_V1_COPY.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _file_identity(self) -> tuple[int, int] | None:
         try:
@@ -476,10 +523,8 @@ class SQLiteBackend(Backend):
                 (r.queue, r.task_id, r.token),
             ).fetchone()
             if row is not None:
-                conn.execute(
-                    "INSERT OR REPLACE INTO gatorapp_dead VALUES (?, ?, ?, ?, ?, ?)",
-                    (r.queue, r.task_id, row[0], reason, truncate(error), now),
-                )
+                letter = (r.queue, r.task_id, row[0], reason, truncate(error), now)
+                conn.execute(_DEAD_INSERT, letter)
             out.append(row is not None)
         return out
 
@@ -496,15 +541,12 @@ class SQLiteBackend(Backend):
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
         with self._tx() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO gatorapp_dead VALUES (?, ?, ?, ?, ?, ?)",
-                (queue, task_id, data, reason, truncate(error), time.time()),
-            )
+            conn.execute(_DEAD_INSERT, (queue, task_id, data, reason, truncate(error), time.time()))
 
     def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]:
         rows = self._conn.execute(
             "SELECT queue, task_id, data, reason, error, failed_at FROM gatorapp_dead "
-            "WHERE queue = ? ORDER BY failed_at LIMIT ?",
+            "WHERE queue = ? ORDER BY failed_at, seq LIMIT ?",
             (queue, limit),
         ).fetchall()
         return [DeadLetter(r[0], r[1], _blob(r[2]), r[3], r[4], r[5]) for r in rows]
@@ -512,7 +554,7 @@ class SQLiteBackend(Backend):
     def dead_get(self, queue: str, task_id: str) -> DeadLetter | None:
         r = self._conn.execute(
             "SELECT queue, task_id, data, reason, error, failed_at FROM gatorapp_dead "
-            "WHERE queue = ? AND task_id = ?",
+            "WHERE queue = ? AND task_id = ? ORDER BY seq DESC LIMIT 1",
             (queue, task_id),
         ).fetchone()
         return DeadLetter(r[0], r[1], _blob(r[2]), r[3], r[4], r[5]) if r else None
@@ -521,7 +563,8 @@ class SQLiteBackend(Backend):
         try:
             with self._tx() as conn:
                 row = conn.execute(
-                    "DELETE FROM gatorapp_dead WHERE queue = ? AND task_id = ? RETURNING data",
+                    "DELETE FROM gatorapp_dead WHERE seq = (SELECT MAX(seq) FROM gatorapp_dead "
+                    "WHERE queue = ? AND task_id = ?) RETURNING data",
                     (queue, task_id),
                 ).fetchone()
                 if row is None:

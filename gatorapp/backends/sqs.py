@@ -508,8 +508,10 @@ class SQSBackend(Backend):
         url = self.sqs.url(queue, dead=True, need=False)
         if url is None:
             return "", [], None
-        msgs = self._scan(url, lambda m: text(m, ID) == task_id)
-        match = next((m for m in msgs if text(m, ID) == task_id), None)
+        # The whole queue: an id may have several letters, and the newest is meant.
+        msgs = self._scan(url)
+        matches = [m for m in msgs if text(m, ID) == task_id]
+        match = max(matches, key=lambda m: letter(queue, m).failed_at, default=None)
         return url, msgs, match
 
     def dead_get(self, queue: str, task_id: str) -> DeadLetter | None:

@@ -279,6 +279,20 @@ def _ls_line(app: App, q: str, letter: DeadLetter) -> str:
         return f"{_safe(q)}\t{_safe(letter.task_id)}\t(unreadable dead letter: {_safe(exc)})"
 
 
+def _show_letter(app: App, q: str, letter: DeadLetter) -> None:
+    task = _describe(app, letter.data)
+    print(f"task id:   {_safe(letter.task_id)}\nqueue:     {_safe(q)}")
+    print(f"reason:    {_safe(letter.reason)}\nfailed at: {_when(letter.failed_at)}")
+    if task is not None:
+        print(
+            f"task:      {_safe(task.name)}\nargs:      {task.func_args!r}\n"
+            f"kwargs:    {task.func_kwargs!r}\nattempts:  {_attempts(task, letter.reason)}"
+        )
+    else:
+        print(f"payload:   {len(letter.data)} bytes, not decodable")
+    print(f"error:\n{_safe(letter.error, keep=chr(10))}")
+
+
 def cmd_dead(app: App, args: argparse.Namespace) -> int:
     backend = app.backend
     queues = _queue_list(app, args.queues)
@@ -303,21 +317,15 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
         return 0
     if args.action == "show":
         for q in queues:
-            found = backend.dead_get(q, args.task_id)
-            if found is None:
+            if backend.dead_get(q, args.task_id) is None:
                 continue
-            letter = found
-            task = _describe(app, letter.data)
-            print(f"task id:   {_safe(letter.task_id)}\nqueue:     {_safe(q)}")
-            print(f"reason:    {_safe(letter.reason)}\nfailed at: {_when(letter.failed_at)}")
-            if task is not None:
-                print(
-                    f"task:      {_safe(task.name)}\nargs:      {task.func_args!r}\n"
-                    f"kwargs:    {task.func_kwargs!r}\nattempts:  {_attempts(task, letter.reason)}"
-                )
-            else:
-                print(f"payload:   {len(letter.data)} bytes, not decodable")
-            print(f"error:\n{_safe(letter.error, keep=chr(10))}")
+            # Every letter of the id, newest first (requeue takes the newest).
+            letters = [d for d in backend.dead_list(q, 10**9) if d.task_id == args.task_id]
+            letters.reverse()
+            for n, letter in enumerate(letters, 1):
+                if len(letters) > 1:
+                    print(f"{'' if n == 1 else chr(10)}-- letter {n} of {len(letters)}")
+                _show_letter(app, q, letter)
             return 0
         print(f"gatorapp: no dead letter {args.task_id!r} in {', '.join(queues)}", file=sys.stderr)
         return 1
