@@ -719,3 +719,17 @@ def test_a_foreign_message_too_large_for_its_dead_letter_is_buried_cut(
     assert body.encode().startswith(letter.data) and 0 < len(letter.data) < len(body)
     assert app.backend.stats("default").ready == 0
     app.close()
+
+
+def test_no_credentials_against_a_local_server_says_what_to_set(
+    sqs_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    b = load_backend(sqs_url)
+    with pytest.raises(BackendError, match="Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"):
+        b.enqueue([Message("creds", "t", b"x")])
+    b.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, NoRegionError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
 from ..errors import BackendError, ConfigurationError
 from .sqs_config import SQS_MAX_SIZE, SQSConfig
@@ -91,6 +91,12 @@ class SQSQueues:
                 raise self.missing(url, op) from exc
             kind = Refused if code in _REFUSED else BackendError
             raise kind(f"SQS {op} failed: {code}: {message}") from exc
+        except NoCredentialsError as exc:
+            raise BackendError(
+                f"SQS {op} failed: {exc}. Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(a local server such as moto or ElasticMQ takes any values, e.g. 'test'), "
+                "or configure a profile or role; see docs/sqs.md"
+            ) from exc
         except BotoCoreError as exc:
             raise BackendError(f"SQS {op} failed: {exc}") from exc
         return result
