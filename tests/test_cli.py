@@ -165,7 +165,6 @@ def test_worker_class_and_max_tasks(app, caplog):
         (["dead", "-A", "cli_app", "show"], "needs a task id"),
         (["dead", "-A", "cli_app", "explode"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
-        ([], "required"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(app, capsys, argv, message):
@@ -251,3 +250,14 @@ def test_dead_show_prints_every_letter_of_an_id_newest_first(app, capsys):
     assert out.index("the second time") < out.index("the first time")
     assert run("dead", "-A", "cli_app", "ls") == 0
     assert capsys.readouterr().out.count("\tdup\t") == 2
+
+
+def test_gatorapp_alone_prints_usage_and_the_commands(capsys):
+    assert run() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: gatorapp")
+    assert all(f"    {c}" in err for c in ("worker", "status", "dead"))
+    with pytest.raises(SystemExit) as exc:
+        cli.build_parser().parse_args(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == "gatorapp 0.1.0"

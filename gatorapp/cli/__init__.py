@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+from .. import __version__
 from ..app import App
 from ..backends import DeadLetter
 from ..envelope import Task
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="gatorapp", description="gatorapp task queue")
     parser.add_argument("-A", "--app", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--version", action="version", version=f"gatorapp {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     sub.required = True
 
@@ -375,6 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: EarlySignals) -> int:
+    if not (sys.argv[1:] if argv is None else argv):
+        parser.print_help(sys.stderr)  # `gatorapp` alone: what it can do
+        return 2
     args = parser.parse_args(argv)
     app_path = getattr(args, "app", None) or os.environ.get("GATORAPP_APP")
     if not app_path:
