@@ -202,12 +202,27 @@ class App:
         lease: float | None = None,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 
-    def task(self, fn: Any = None, **kwargs: Any) -> Any:
+    def task(self, fn: Any = None, *args: Any, **kwargs: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
 
         ``name`` defaults to ``module.qualname``; producers and workers must
         import the task from the same module so the names match.
+
+        Alligator's ``gator.task(fn, 42)`` enqueued ``fn(42)``; here that is
+        ``fn.delay(42)`` once ``fn`` is registered, and both Alligator forms
+        are refused with that spelling rather than misread.
         """
+        if isinstance(fn, TaskFunction):
+            raise ConfigurationError(
+                f"{fn.name} is a task already; to enqueue it, call {fn.__name__}.delay(...)"
+            )
+        if args:
+            name = getattr(fn, "__name__", "fn")
+            shown = ", ".join(map(repr, args))
+            raise ConfigurationError(
+                f"app.task({name}, {shown}) is Alligator's enqueue; in gatorapp, register "
+                f"with @app.task and enqueue with {name}.delay({shown})"
+            )
         if fn is not None:
             return self._register(fn, **kwargs)
         return lambda f: self._register(f, **kwargs)

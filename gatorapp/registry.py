@@ -9,6 +9,7 @@ It knows no backend and no worker.
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -105,6 +106,15 @@ class Registry:
     def __init__(self, task_class: type[Task] = Task, max_attempts: int = 100) -> None:
         if not isinstance(task_class, type) or not issubclass(task_class, Task):
             raise ConfigurationError("task_class must be a subclass of gatorapp.Task")
+        if not isinstance(
+            inspect.getattr_static(task_class, "deserialize"), (classmethod, staticmethod)
+        ):
+            # Called on the class: as a plain method every payload would fail to
+            # decode, and every task would land in the dead letters.
+            raise ConfigurationError(
+                f"{task_class.__name__}.deserialize must be a @classmethod (it builds a "
+                "task from bytes, with no task to call it on)"
+            )
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigurationError(f"max_attempts must be an integer >= 1, not {max_attempts!r}")
         self.task_class = task_class

@@ -41,3 +41,25 @@ def test_options_bound_to_the_task_win_over_the_context():
 def test_limits_are_validated(kwargs):
     with pytest.raises(ConfigurationError):
         App("memory://", **kwargs)
+
+
+def test_alligator_task_forms_are_refused_with_the_gatorapp_spelling() -> None:
+    from gatorapp import App, ConfigurationError, Task
+
+    app = App("memory://")
+
+    def send_email(address):
+        return address
+
+    with pytest.raises(ConfigurationError, match=r"enqueue with send_email.delay\(42\)"):
+        app.task(send_email, 42)
+    registered = app.task(send_email)
+    with pytest.raises(ConfigurationError, match=r"is a task already.*send_email.delay"):
+        app.task(registered)  # Alligator's enqueue with no arguments
+
+    class Plain(Task):
+        def deserialize(self, data):  # forgot @classmethod
+            return super().deserialize(data)
+
+    with pytest.raises(ConfigurationError, match="deserialize must be a @classmethod"):
+        App("memory://", task_class=Plain)
