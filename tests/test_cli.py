@@ -47,6 +47,7 @@ def test_app_path_forms(app, path, capsys):
 
 
 def test_app_before_subcommand_and_from_environment(app, capsys, monkeypatch):
+    app.send.delay(1)
     assert run("-A", "cli_app", "status") == 0
     monkeypatch.setenv("GATORAPP_APP", "cli_app")
     assert run("status") == 0
@@ -261,3 +262,21 @@ def test_gatorapp_alone_prints_usage_and_the_commands(capsys):
         cli.build_parser().parse_args(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out.strip() == "gatorapp 0.1.0"
+
+
+def test_status_and_dead_name_the_backend_and_never_create_a_database(
+    app, capsys, tmp_path, caplog
+):
+    db = tmp_path / "queue.db"
+    assert not db.exists()  # nothing enqueued yet
+    assert run("status", "-A", "cli_app") == 1
+    err = capsys.readouterr().err
+    assert f"no database at {db}" in err and f"sqlite:///{db}" in err
+    assert run("dead", "-A", "cli_app", "ls") == 1
+    assert not db.exists()  # looking did not make one
+    app.send.delay(1)
+    assert run("status", "-A", "cli_app") == 0
+    assert f"backend: sqlite:///{db}" in capsys.readouterr().err
+    caplog.set_level("INFO", "gatorapp.worker")
+    assert run("worker", "-A", "cli_app", "--burst") == 0
+    assert any(f"starting: backend sqlite:///{db}" in r.getMessage() for r in caplog.records)

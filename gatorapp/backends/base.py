@@ -33,6 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, PayloadTooLarge, TaskRunning
 from ..options import check_text
@@ -116,6 +117,16 @@ def running_error(queue: str, task_id: str) -> TaskRunning:
         "other arguments or options is refused while it runs (nothing of this call was "
         "stored); enqueue it again once it has finished, or give it another id"
     )
+
+
+def masked_url(url: str) -> str:
+    """``url`` with the password of its user part shown as ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
 
 
 def check_message(m: Message) -> None:
@@ -344,6 +355,15 @@ class Backend(ABC):
     def known_queues(self) -> list[str]:
         """Queues this backend holds anything for (tasks or dead letters)."""
         return []
+
+    def describe(self) -> str:
+        """Where the tasks are, for people: the URL with any password masked."""
+        return masked_url(self.url)
+
+    def missing_store(self) -> str | None:
+        """Why there is nothing to look at yet (a database file that does not
+        exist), so that looking does not create it; None when there is a store."""
+        return None
 
     def close(self) -> None:
         """Release connections. The backend reconnects if used again."""

@@ -275,6 +275,16 @@ class SQLiteBackend(Backend):
         self._identity = self._file_identity()
         self._ready = True
 
+    def describe(self) -> str:
+        if not self._target:
+            return "sqlite:// (a temporary file, made on first use)"
+        return f"sqlite:///{self._target}"
+
+    def missing_store(self) -> str | None:
+        if self._target and not os.path.exists(self._target):
+            return f"no database at {self._target} (nothing was enqueued there yet?)"
+        return None
+
     @staticmethod
     def _dead_table(conn: sqlite3.Connection) -> None:
         """Make the dead-letter table, or move an earlier version's letters into it."""

@@ -219,8 +219,19 @@ def cmd_worker(
     return worker.run_forever()
 
 
+def _no_store(app: App) -> bool:
+    """Say so when there is nothing to look at: looking must not create it."""
+    why = app.backend.missing_store()
+    if why:
+        print(f"gatorapp: {why}; backend {app.backend.describe()}", file=sys.stderr)
+    return bool(why)
+
+
 def cmd_status(app: App, args: argparse.Namespace) -> int:
+    if _no_store(app):
+        return 1
     rows = [(q, app.backend.stats(q)) for q in _queue_list(app, args.queues)]
+    print(f"backend: {app.backend.describe()}", file=sys.stderr)  # (it answered)
     width = max([5, *(len(_safe(q)) for q, _ in rows)])
     print(f"{'queue':<{width}}  {'ready':>7}  {'delayed':>7}  {'running':>7}  {'dead':>7}")
     unknown = app.backend.unsupported.get("stats_detail")
@@ -297,7 +308,6 @@ def _show_letter(app: App, q: str, letter: DeadLetter) -> None:
 
 def cmd_dead(app: App, args: argparse.Namespace) -> int:
     backend = app.backend
-    queues = _queue_list(app, args.queues)
     if args.action in ("ls", "purge") and (args.task_id or args.all):
         raise UsageError(f"dead {args.action} takes no task id or --all (it acts on whole queues)")
     if args.action == "show" and args.all:
@@ -309,6 +319,9 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
             f"dead {args.action} needs a task id"
             + (" (or --all)" if args.action == "requeue" else "")
         )
+    if _no_store(app):
+        return 1
+    queues = _queue_list(app, args.queues)
     if args.action == "ls":
         count = 0
         for q in queues:

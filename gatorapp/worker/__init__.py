@@ -128,8 +128,9 @@ class Worker:
 
     def starting(self) -> None:
         log.info(
-            "%s starting: queues %s, concurrency %d%s",
+            "%s starting: backend %s, queues %s, concurrency %d%s",
             self.ident(),
+            self.app.backend.describe(),
             self.to_consume,
             self.concurrency,
             f", max {self.max_tasks} tasks" if self.max_tasks else "",
