@@ -85,7 +85,7 @@ def test_dead_ls_show_requeue_purge(app, capsys):
     assert run("dead", "-A", "cli_app", "requeue", "--all") == 0
     assert app.app.backend.stats("default").ready == 2
     run("worker", "-A", "cli_app", "--burst")
-    assert run("dead", "-A", "cli_app", "-Q", "default", "purge") == 0
+    assert run("dead", "-A", "cli_app", "-Q", "default", "purge", "--yes") == 0
     assert "purged 2" in capsys.readouterr().out
     assert app.app.backend.stats("default").dead == 0
 
@@ -280,3 +280,26 @@ def test_status_and_dead_name_the_backend_and_never_create_a_database(
     caplog.set_level("INFO", "gatorapp.worker")
     assert run("worker", "-A", "cli_app", "--burst") == 0
     assert any(f"starting: backend sqlite:///{db}" in r.getMessage() for r in caplog.records)
+
+
+def test_dead_purge_wants_yes_and_ls_cuts_long_errors(app, capsys, caplog):
+    backend = app.app.backend
+    long_error = "ValueError: " + "word " * 60
+    backend.dead_add("default", "long", b"junk", "decode_error", long_error)
+    capsys.readouterr()
+    assert run("dead", "-A", "cli_app", "purge") == 2  # not a terminal: no one to ask
+    assert "add --yes" in capsys.readouterr().err
+    assert backend.stats("default").dead == 1
+    assert run("dead", "-A", "cli_app", "ls") == 0
+    (line,) = capsys.readouterr().out.splitlines()  # piped: no header row
+    error = line.split("\t")[-1]
+    assert error.endswith("word…") and len(error) <= 120
+    assert run("dead", "-A", "cli_app", "purge", "--yes") == 0
+    assert backend.stats("default").dead == 0
+    app.send.delay(1)
+    app.fail.delay()
+    caplog.set_level("INFO", "gatorapp.worker")
+    assert run("worker", "-A", "cli_app", "--burst") == 0
+    assert any(
+        "stopped: 2 tasks done (1 succeeded, 1 failed)" in r.getMessage() for r in caplog.records
+    )

@@ -598,7 +598,7 @@ def test_dead_letters_listed_and_requeued_with_gatorapp_dead(
     assert app.backend.dead_get("default", failing.id) is None
     code, out = cli(env, "worker", "-A", "sqs_app", "--burst")
     assert runs(ledger, "start")["f1"] == 2  # ran again, and failed again
-    code, out = cli(env, "dead", "-A", "sqs_app", "purge")
+    code, out = cli(env, "dead", "-A", "sqs_app", "purge", "--yes")
     assert code == 0 and "purged 3" in out, out
     assert runs(ledger) == {"ok": 1}
 

@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("action", choices=["ls", "show", "requeue", "purge"], nargs="?", default="ls")
     d.add_argument("task_id", nargs="?", default=None)
     d.add_argument("--all", action="store_true", help="with requeue: every dead letter")
+    d.add_argument("--yes", action="store_true", help="with purge: do not ask")
     return parser
 
 
@@ -280,13 +281,22 @@ def _safe(value: object, keep: str = "") -> str:
     return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
 
 
+def _cut(text: str, most: int = 120) -> str:
+    """``text`` cut at a word, with a marker, when longer than ``most``."""
+    if len(text) <= most:
+        return text
+    head = text[: most - 1]
+    space = head.rfind(" ")
+    return (head[:space] if space > most // 2 else head).rstrip() + "…"
+
+
 def _ls_line(app: App, q: str, letter: DeadLetter) -> str:
     try:
         task = _describe(app, letter.data)
         name = task.name if task else "?"
         error = letter.error.strip()
         first = error.splitlines()[-1] if error else ""
-        fields = [q, letter.task_id, name, letter.reason, _when(letter.failed_at), first[:120]]
+        fields = [q, letter.task_id, name, letter.reason, _when(letter.failed_at), _cut(first)]
         return "\t".join(_safe(f) for f in fields)
     except Exception as exc:  # a letter written by hand: say so, list the rest
         return f"{_safe(q)}\t{_safe(letter.task_id)}\t(unreadable dead letter: {_safe(exc)})"
@@ -324,6 +334,8 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
     queues = _queue_list(app, args.queues)
     if args.action == "ls":
         count = 0
+        if sys.stdout.isatty():  # (piped, the lines stay plain data)
+            print("queue\ttask id\ttask\treason\tfailed at\terror")
         for q in queues:
             for letter in backend.dead_list(q):
                 print(_ls_line(app, q, letter))
@@ -360,6 +372,14 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
         done = sum(1 for letter in letters if app.requeue_letter(letter))
         print(f"requeued {done} task(s)")
         return 0 if done == len(letters) else 1
+    if not args.yes:
+        listed = ", ".join(_safe(q) for q in queues)
+        if not sys.stdin.isatty():
+            raise UsageError(f"dead purge deletes every dead letter of {listed}: add --yes")
+        answer = input(f"delete every dead letter of {listed} for good? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
     purged = sum(backend.dead_purge(q) for q in queues)
     print(f"purged {purged} dead letter(s)")
     return 0

@@ -137,7 +137,10 @@ class Worker:
         )
 
     def stopping(self) -> None:
-        log.info("%s stopped: %d tasks done", self.ident(), self.tasks_complete)
+        done, ok = self.tasks_complete, self._outbox.succeeded
+        log.info(
+            "%s stopped: %d tasks done (%d succeeded, %d failed)", self.ident(), done, ok, done - ok
+        )
 
     def result(self, result: Any) -> None:
         """Called with each successful task's return value, in the loop's thread."""

@@ -83,6 +83,7 @@ class Outbox:
         #: attempts finished, failed ones included (a payload that could not run
         #: and a task buried as worker_lost are not attempts)
         self.completed = 0
+        self.succeeded = 0  # attempts that succeeded (the rest failed)
         self._debug = log.isEnabledFor(logging.DEBUG)
 
     def __len__(self) -> int:
@@ -129,6 +130,7 @@ class Outbox:
         if kind == "success":
             self._acks.append(r)
             self.completed += 1
+            self.succeeded += 1
             if self.keep_results:
                 self.results.append(s.result)
         elif kind == "retry":
