@@ -26,6 +26,7 @@ LEFTOVERS = shutil.ignore_patterns(
     "digests",
     "receipts",
     "done.log",
+    "*.hits",
 )
 
 
@@ -58,6 +59,14 @@ def copy_example(name: str, tmp_path: Path) -> Path:
     dest = tmp_path / name
     shutil.copytree(EXAMPLES / name, dest, ignore=LEFTOVERS)
     return dest
+
+
+def assert_unchanged(name: str, proj: Path) -> None:
+    """Running the example changed none of its own files (only what it makes)."""
+    for original in (EXAMPLES / name).rglob("*"):
+        if original.is_file() and "__pycache__" not in original.parts:
+            copy = proj / original.relative_to(EXAMPLES / name)
+            assert copy.read_bytes() == original.read_bytes(), copy
 
 
 def status(cwd: Path, app: str) -> dict[str, list[int]]:
@@ -119,6 +128,7 @@ def test_feeds(tmp_path):
     dead = gatorapp(proj, "dead", "-A", "feeds", "ls").stdout
     assert "retries_exhausted" in dead
     assert "FeedNotFound: http://feeds.example/missing.xml" in dead
+    assert_unchanged("feeds", proj)
 
 
 def test_skinny_task(tmp_path):
@@ -158,15 +168,19 @@ def test_queues(tmp_path):
     # Several workers on one queue: each email is sent exactly once.
     (proj / "done.log").unlink()
     python(proj, "enqueue.py", "40", "3")
-    cmd = [sys.executable, "-m", "gatorapp", "worker", "-A", "tasks", "-Q", "emails", "--burst"]
+    cmd = [sys.executable, "-m", "gatorapp", "worker", "-A", "tasks", "-Q", "emails"]
+    cmd += ["--burst", "--prefetch", "0"]
     workers = [
         subprocess.Popen(cmd, cwd=proj, env=_env(), stderr=subprocess.DEVNULL) for _ in range(3)
     ]
     assert [w.wait(timeout=60) for w in workers] == [0, 0, 0]
-    sent = sorted(line.split()[1] for line in (proj / "done.log").read_text().splitlines())
+    lines = (proj / "done.log").read_text().splitlines()
+    sent = sorted(line.split()[1] for line in lines)
     assert sent == sorted(str(i) for i in range(40))
+    assert len({line.split()[2] for line in lines}) > 1  # the workers shared them
     # The email workers left the thumbnails alone.
     assert status(proj, "tasks")["thumbnails"] == [3, 0, 0, 0]
+    assert_unchanged("queues", proj)
 
 
 def test_custom_backend(tmp_path):
