@@ -290,6 +290,10 @@ class App:
         Returns the finished Task, or None for an unknown id. A task whose last
         attempt fails goes to the dead letters, then its exception is raised; a
         payload that cannot run goes there too and raises :class:`Rejected`.
+
+        This is Alligator's ``get``, not Celery's ``AsyncResult.get()``: it
+        never fetches the result of a task a worker ran (gatorapp keeps no
+        results of queued tasks; ``handle.result`` is None for them).
         """
         return admin.run_now(self.producer, self.queues(), task_id, queue)
 

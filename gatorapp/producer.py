@@ -48,7 +48,9 @@ class TaskHandle(Generic[R]):
 
     @property
     def result(self) -> R | None:
-        """The return value of an eager run; None for a queued task (gatorapp keeps no results)."""
+        """The return value of an eager run. None for a queued task, even once a
+        worker has run it: gatorapp keeps no results of queued tasks, so None
+        does not mean success (``app.get`` does not fetch results either)."""
         return None if self.task is None else self.task.result
 
     def __repr__(self) -> str:
