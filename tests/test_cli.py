@@ -303,3 +303,17 @@ def test_dead_purge_wants_yes_and_ls_cuts_long_errors(app, capsys, caplog):
     assert any(
         "stopped: 2 tasks done (1 succeeded, 1 failed)" in r.getMessage() for r in caplog.records
     )
+
+
+def test_an_unknown_queue_named_with_q_gets_a_warning_listing_the_known_ones(app, capsys):
+    app.send.delay(1)
+    capsys.readouterr()
+    assert run("status", "-A", "cli_app", "-Q", "emials") == 0
+    err = capsys.readouterr().err
+    assert "queue 'emials' is not one of this app's queues" in err
+    assert "known queues: default, emails" in err
+    assert "not consumed by a worker of this app by default" in err
+    assert run("worker", "-A", "cli_app", "-Q", "emials", "--burst") == 0
+    assert "queue 'emials' is not one of" in capsys.readouterr().err
+    assert run("status", "-A", "cli_app", "-Q", "emails") == 0
+    assert "warning" not in capsys.readouterr().err

@@ -31,7 +31,7 @@ from ..envelope import Task
 from ..errors import BackendError, GatorError
 from ..worker import Worker
 from ..worker.signals import EarlySignals
-from .supervisor import Supervisor, watch_lifeline
+from .supervisor import LIFELINE_ENV, Supervisor, watch_lifeline
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -167,8 +167,26 @@ def load_app(path: str) -> App:
 
 def _queue_list(app: App, chosen: list[str] | None) -> list[str]:
     if chosen:
+        _warn_unknown(app, chosen)
         return chosen
     return list(dict.fromkeys(app.queues() + app.backend.known_queues()))
+
+
+def _warn_unknown(app: App, chosen: list[str]) -> None:
+    """A -Q name the app does not know and the backend holds nothing for is
+    most likely a typo: say so, with the names that do exist."""
+    own = app.queues()
+    unknown = [q for q in chosen if q not in own]
+    if not unknown:
+        return
+    known = list(dict.fromkeys(own + app.backend.known_queues()))
+    for q in unknown:
+        if q not in known:
+            print(
+                f"gatorapp: warning: queue {_safe(q)!r} is not one of this app's queues and "
+                f"holds nothing; known queues: {', '.join(_safe(k) for k in known)}",
+                file=sys.stderr,
+            )
 
 
 def _child_argv(args: argparse.Namespace, app_path: str) -> list[str]:
@@ -196,6 +214,8 @@ def cmd_worker(
         cls = import_object(args.worker_class, None, "worker class")
         if not (isinstance(cls, type) and issubclass(cls, Worker)):
             raise UsageError(f"{args.worker_class!r} is not a subclass of gatorapp.Worker")
+    if args.queues and not os.environ.get(LIFELINE_ENV):  # (a child: its parent said so)
+        _warn_unknown(app, args.queues)
     if args.processes > 1:
         # The app imported and the worker class found: now the processes.
         sup = Supervisor(
@@ -233,6 +253,14 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
         return 1
     rows = [(q, app.backend.stats(q)) for q in _queue_list(app, args.queues)]
     print(f"backend: {app.backend.describe()}", file=sys.stderr)  # (it answered)
+    own = set(app.queues())
+    others = [_safe(q) for q, _ in rows if q not in own]
+    if others:
+        print(
+            f"(not consumed by a worker of this app by default, no task of it uses them: "
+            f"{', '.join(others)})",
+            file=sys.stderr,
+        )
     width = max([5, *(len(_safe(q)) for q, _ in rows)])
     print(f"{'queue':<{width}}  {'ready':>7}  {'delayed':>7}  {'running':>7}  {'dead':>7}")
     unknown = app.backend.unsupported.get("stats_detail")
