@@ -220,6 +220,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
             "retry",
             payload=payload,
             delay=outcome.delay,
+            error=outcome.error or (format_error(exc) if exc is not None else ""),
             summary=summary,
             name=task.name,
             task_id=task.task_id,

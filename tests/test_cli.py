@@ -317,3 +317,27 @@ def test_an_unknown_queue_named_with_q_gets_a_warning_listing_the_known_ones(app
     assert "queue 'emials' is not one of" in capsys.readouterr().err
     assert run("status", "-A", "cli_app", "-Q", "emails") == 0
     assert "warning" not in capsys.readouterr().err
+
+
+def test_an_import_error_in_the_users_app_names_their_file_and_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "deep_app.py").write_text("import os\nimport requests_not_here_xyz\n")
+    (tmp_path / "outer_app.py").write_text("import deep_app\n")
+    (tmp_path / "syntax_app.py").write_text("x = (\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    deep = f"(at {tmp_path}/deep_app.py:2)"
+    for name, says in [
+        ("deep_app", f"No module named 'requests_not_here_xyz' {deep}"),
+        ("outer_app", deep),
+        ("syntax_app", f"SyntaxError: '(' was never closed (syntax_app.py, line 1) (at {tmp_path}"),
+    ]:
+        assert run("status", "-A", name) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    debug = subprocess.run(
+        [sys.executable, "-m", "gatorapp", "status", "-A", "deep_app", "-l", "DEBUG"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert debug.returncode == 2 and "Traceback" in debug.stderr  # the whole of it

@@ -635,3 +635,30 @@ def test_max_deliveries_buries_a_task_whose_workers_keep_dying(url: str) -> None
         assert dead(app)[h.id][0] == "worker_lost"
     finally:
         app.close()
+
+
+def test_a_retried_attempt_logs_a_warning_and_its_traceback_at_debug(caplog) -> None:
+    import logging
+
+    import tenacity
+
+    from gatorapp import App
+
+    app = App("memory://")
+    calls: list[int] = []
+
+    @app.task(retries=1, backoff=tenacity.wait_none())
+    def flaky() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            {}["missing"]
+
+    caplog.set_level(logging.DEBUG, "gatorapp.worker")
+    flaky.delay()
+    app.drain()
+    assert len(calls) == 2
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "failed (attempt 1); retrying" in warning.getMessage()
+    assert "KeyError: 'missing'" in warning.getMessage()
+    tracebacks = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("Traceback" in m and "KeyError" in m for m in tracebacks)

@@ -145,10 +145,15 @@ def import_object(path: str, default_attr: str | None, what: str) -> Any:
             raise UsageError(
                 f"cannot import {what} module {module_name!r}: no such module"
             ) from None
-        raise UsageError(f"cannot import {what} module {module_name!r}: {exc}") from None
+        _debug_traceback(exc)
+        raise UsageError(
+            f"cannot import {what} module {module_name!r}: {exc}{_where(exc)}"
+        ) from None
     except Exception as exc:
+        _debug_traceback(exc)
         raise UsageError(
             f"importing {what} module {module_name!r} failed: {type(exc).__name__}: {exc}"
+            f"{_where(exc)}"
         ) from None
     obj = module
     for part in attr.split("."):
@@ -156,6 +161,27 @@ def import_object(path: str, default_attr: str | None, what: str) -> Any:
             raise UsageError(f"{what} module {module_name!r} has no attribute {attr!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def _where(exc: BaseException) -> str:
+    """Where in the user's own code an import failed: the innermost frame that
+    is not Python's import machinery (for a SyntaxError, the line it names)."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" (at {exc.filename}:{exc.lineno})"
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # gatorapp/
+    where = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        machinery = filename.startswith("<frozen") or "importlib" in filename
+        if not machinery and not filename.startswith(ours + os.sep):
+            where = f" (at {filename}:{tb.tb_lineno})"
+        tb = tb.tb_next
+    return where
+
+
+def _debug_traceback(exc: BaseException) -> None:
+    logging.getLogger("gatorapp").debug("the import failed:", exc_info=exc)
 
 
 def load_app(path: str) -> App:

@@ -102,7 +102,7 @@ class Outbox:
             if self._debug:
                 log.debug("task %s %s succeeded: %s", s.name, s.task_id, reprlib.repr(s.result))
         elif kind == "retry":
-            log.info(
+            log.warning(
                 "task %s %s failed (attempt %d); retrying in %.1f s: %s",
                 s.name,
                 s.task_id,
@@ -110,6 +110,8 @@ class Outbox:
                 s.delay,
                 s.summary,
             )
+            if s.error and log.isEnabledFor(logging.DEBUG):
+                log.debug("task %s %s attempt %d:\n%s", s.name, s.task_id, s.attempt, s.error)
         elif s.attempt:
             log.error(
                 "task %s %s to dead letters (%s) after %d attempt(s): %s",
