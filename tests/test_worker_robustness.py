@@ -187,3 +187,31 @@ def test_a_worker_refuses_a_queue_name_at_once(capsys):
         Worker(app, queues=["ok", ""])
     with pytest.raises(ConfigurationError):
         Worker(app, queues=["x" * 201])
+
+
+class BuggyClient(MemoryBackend):
+    """A custom backend whose every call raises a bug of its own, not a BackendError."""
+
+    def reserve(self, *args, **kwargs):
+        raise RuntimeError("client bug")
+
+    def wait(self, queues, timeout):
+        raise RuntimeError("client bug")
+
+
+def test_a_custom_backend_that_always_raises_logs_its_traceback_once_then_backs_off(caplog):
+    import threading
+    import time
+
+    app = App("buggy://", backend_class=BuggyClient)
+    worker = Worker(app)
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    caplog.set_level("INFO", "gatorapp.worker")
+    thread.start()
+    time.sleep(1.5)  # several failed calls, with backoff between them
+    worker.stop()
+    thread.join(10)
+    failures = [r for r in caplog.records if "retrying with backoff" in r.getMessage()]
+    assert len(failures) == 1  # one outage, said once
+    assert "RuntimeError: client bug" in failures[0].getMessage()
+    assert failures[0].exc_info is not None  # with the client's traceback

@@ -199,7 +199,15 @@ class Outage:
             log.error("%s: backend %s failed: %s", self.ident, what, exc)
             raise exc
         if not self.down:
-            log.error("%s: backend %s failed, retrying with backoff: %s", self.ident, what, exc)
+            # A BackendError says what it is; anything else (a custom client's
+            # bug) gets its traceback, once per outage.
+            log.error(
+                "%s: backend %s failed, retrying with backoff: %s",
+                self.ident,
+                what,
+                exc if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}",
+                exc_info=None if isinstance(exc, BackendError) else exc,
+            )
             self.down = True
             self._since = time.monotonic()
             self._attempts = 0
