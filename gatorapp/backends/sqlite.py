@@ -44,57 +44,7 @@ from .base import (
     running_error,
     truncate,
 )
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS gatorapp_tasks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    data BLOB NOT NULL,
-    run_at REAL NOT NULL,
-    token TEXT,
-    lease_until REAL,
-    deliveries INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (queue, task_id)
-);
-CREATE INDEX IF NOT EXISTS gatorapp_tasks_due ON gatorapp_tasks (queue, run_at, seq);
-"""
-
-# Dead letters: a row each, several for one task id when it died more than once.
-_DEAD = """
-CREATE TABLE IF NOT EXISTS gatorapp_dead (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    data BLOB NOT NULL,
-    reason TEXT NOT NULL,
-    error TEXT NOT NULL,
-    failed_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS gatorapp_dead_id ON gatorapp_dead (queue, task_id, seq);
-CREATE INDEX IF NOT EXISTS gatorapp_dead_time ON gatorapp_dead (queue, failed_at, seq);
-"""
-
-# The dead-letter table of earlier versions kept one letter per (queue, task id).
-_DEAD_V1_COPY = (
-    """
-ALTER TABLE gatorapp_dead RENAME TO gatorapp_dead_v1;
-DROP INDEX IF EXISTS gatorapp_dead_id;
-DROP INDEX IF EXISTS gatorapp_dead_time;
-"""
-    + _DEAD
-    + """
-INSERT INTO gatorapp_dead (queue, task_id, data, reason, error, failed_at)
-    SELECT queue, task_id, data, reason, error, failed_at FROM gatorapp_dead_v1
-    ORDER BY failed_at;
-DROP TABLE gatorapp_dead_v1;
-"""
-)
-
-_DEAD_INSERT = (
-    "INSERT INTO gatorapp_dead (queue, task_id, data, reason, error, failed_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
-)
+from .sqlite_schema import DEAD_INSERT, create_tables
 
 # Ids per statement (SQLite allows 32,766 parameters; a statement this size is quick).
 _CHUNK = 500
@@ -268,8 +218,7 @@ class SQLiteBackend(Backend):
                     self._target,
                     mode,
                 )
-            conn.executescript(_SCHEMA)
-            self._dead_table(conn)
+            create_tables(conn)
         finally:
             conn.close()
         self._identity = self._file_identity()
@@ -284,25 +233,6 @@ class SQLiteBackend(Backend):
         if self._target and not os.path.exists(self._target):
             return f"no database at {self._target} (nothing was enqueued there yet?)"
         return None
-
-    @staticmethod
-    def _dead_table(conn: sqlite3.Connection) -> None:
-        """Make the dead-letter table, or move an earlier version's letters into it."""
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(gatorapp_dead)")}
-        if not columns or "seq" in columns:
-            conn.executescript(_DEAD)
-            return
-        conn.execute("BEGIN IMMEDIATE")  # one process moves them; the others wait
-        try:
-            columns = {row[1] for row in conn.execute("PRAGMA table_info(gatorapp_dead)")}
-            if "seq" not in columns:
-                for statement in _DEAD_V1_COPY.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _file_identity(self) -> tuple[int, int] | None:
         try:
@@ -534,7 +464,7 @@ class SQLiteBackend(Backend):
             ).fetchone()
             if row is not None:
                 letter = (r.queue, r.task_id, row[0], reason, truncate(error), now)
-                conn.execute(_DEAD_INSERT, letter)
+                conn.execute(DEAD_INSERT, letter)
             out.append(row is not None)
         return out
 
@@ -551,7 +481,7 @@ class SQLiteBackend(Backend):
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
         with self._tx() as conn:
-            conn.execute(_DEAD_INSERT, (queue, task_id, data, reason, truncate(error), time.time()))
+            conn.execute(DEAD_INSERT, (queue, task_id, data, reason, truncate(error), time.time()))
 
     def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]:
         rows = self._conn.execute(
