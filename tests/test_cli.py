@@ -305,6 +305,19 @@ def test_dead_purge_wants_yes_and_ls_cuts_long_errors(app, capsys, caplog):
     )
 
 
+def test_dead_purge_of_one_id_deletes_its_letters_without_asking(app, capsys):
+    backend = app.app.backend
+    backend.dead_add("default", "gone", b"junk", "decode_error", "bad")
+    backend.dead_add("default", "gone", b"junk2", "decode_error", "bad again")
+    backend.dead_add("default", "kept", b"junk", "decode_error", "bad")
+    capsys.readouterr()
+    assert run("dead", "-A", "cli_app", "purge", "gone") == 0  # not a terminal, no --yes
+    assert capsys.readouterr().out == "purged 2 dead letter(s) of task gone\n"
+    assert [d.task_id for d in backend.dead_list("default")] == ["kept"]
+    assert run("dead", "-A", "cli_app", "purge", "gone") == 1
+    assert "no dead letter 'gone' in default, emails" in capsys.readouterr().err
+
+
 def test_an_unknown_queue_named_with_q_gets_a_warning_listing_the_known_ones(app, capsys):
     app.send.delay(1)
     capsys.readouterr()

@@ -729,3 +729,23 @@ def test_a_second_dead_letter_of_an_id_keeps_the_first(backend: Backend, q: str)
     assert backend.ack([r]) == [True]
     assert backend.dead_purge(q) == 1
     assert backend.dead_list(q) == []
+
+
+def test_dead_purge_of_one_id_deletes_its_letters_only(backend: Backend, q: str) -> None:
+    backend.dead_add(q, "t1", b"first", "retries_exhausted", "error one")
+    time.sleep(tick(backend))
+    backend.dead_add(q, "t1", b"second", "unknown_task", "error two")
+    time.sleep(tick(backend))
+    backend.dead_add(q, "t2", b"other", "decode_error", "error three")
+    backend.dead_add(q + "-other", "t1", b"elsewhere", "decode_error", "error four")
+    assert backend.dead_purge(q, "t1") == 2
+    assert [d.task_id for d in backend.dead_list(q)] == ["t2"]
+    assert backend.dead_get(q, "t1") is None
+    assert backend.dead_purge(q, "t1") == 0
+    assert backend.dead_purge(q, "unknown") == 0
+    assert backend.dead_get(q + "-other", "t1") is not None
+    # A letter of the id that comes later is stored as usual.
+    backend.dead_add(q, "t1", b"third", "decode_error", "error five")
+    letter = backend.dead_get(q, "t1")
+    assert letter is not None and letter.data == b"third"
+    assert backend.dead_purge(q) == 2

@@ -188,13 +188,15 @@ def test_enqueue_many_keeps_options_bound_to_the_task():
     assert app.backend.len("urgent") == 2
 
 
-def test_dead_purge_with_a_task_id_is_refused(capsys, monkeypatch, tmp_path):
+def test_dead_purge_all_and_show_all_are_refused(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("GATORAPP_TEST_URL", f"sqlite:///{tmp_path}/q.db")
     monkeypatch.syspath_prepend(str(APPS))
     sys.modules.pop("cli_app", None)
     try:
-        assert cli.main(["dead", "-A", "cli_app", "purge", "some-id"]) == 2
+        assert cli.main(["dead", "-A", "cli_app", "purge", "--all"]) == 2
+        assert "takes a task id or nothing" in capsys.readouterr().err
         assert cli.main(["dead", "-A", "cli_app", "show", "--all"]) == 2
+        assert cli.main(["dead", "-A", "cli_app", "ls", "some-id"]) == 2
     finally:
         sys.modules.pop("cli_app", None)
     assert "takes no task id" in capsys.readouterr().err

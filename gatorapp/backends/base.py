@@ -346,7 +346,9 @@ class Backend(ABC):
         ``data`` replaces the payload (the app resets the retry budget)."""
 
     @abstractmethod
-    def dead_purge(self, queue: str) -> int: ...
+    def dead_purge(self, queue: str, task_id: str | None = None) -> int:
+        """Delete the queue's dead letters for good, or only those of ``task_id``
+        (every letter of it); returns how many were deleted."""
 
     # -- introspection -------------------------------------------------------
     @abstractmethod

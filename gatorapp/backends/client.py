@@ -168,7 +168,12 @@ class ClientBackend(Backend):
             raise
         return True
 
-    def dead_purge(self, queue: str) -> int:
+    def dead_purge(self, queue: str, task_id: str | None = None) -> int:
+        if task_id is not None:
+            n = 0
+            while self.client.get(queue + DEAD_SUFFIX, task_id) is not None:
+                n += 1
+            return n
         n = int(self.client.len(queue + DEAD_SUFFIX))
         self.client.drop_all(queue + DEAD_SUFFIX)
         return n

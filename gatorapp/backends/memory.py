@@ -281,11 +281,16 @@ class MemoryBackend(Backend):
             self._cond.notify_all()
             return True
 
-    def dead_purge(self, queue: str) -> int:
+    def dead_purge(self, queue: str, task_id: str | None = None) -> int:
         with self._cond:
             q = self._queues.get(queue)
             if q is None:
                 return 0
+            if task_id is not None:
+                kept = [d for d in q.dead if d.task_id != task_id]
+                n = len(q.dead) - len(kept)
+                q.dead[:] = kept
+                return n
             n = len(q.dead)
             q.dead.clear()
             return n

@@ -714,6 +714,20 @@ end
 return out
 
 -- @@ dead_purge
+-- ARGV: nothing (every letter) or an id (its newest letter and those shelved).
+local id = ARGV[1]
+if id then
+  local shelf = 'shelf:' .. id
+  local members = {id}
+  for i = 1, tonumber(redis.call('HGET', K_META, shelf) or '0') do
+    members[#members + 1] = id .. '\0' .. i
+  end
+  local gone = redis.call('ZREM', K_DEAD, unpack(members))
+  redis.call('HDEL', K_DDATA, unpack(members))
+  redis.call('HDEL', K_DWHY, unpack(members))
+  redis.call('HDEL', K_META, shelf)
+  return gone
+end
 local n = redis.call('ZCARD', K_DEAD)
 redis.call('DEL', K_DEAD, K_DDATA, K_DWHY)
 for _, field in ipairs(redis.call('HKEYS', K_META)) do

@@ -652,8 +652,8 @@ class RedisBackend(Backend):
         args = [task_id, "0"] if data is None else [task_id, "1", data]
         return bool(self._run("dead_requeue", queue, args))
 
-    def dead_purge(self, queue: str) -> int:
-        return int(self._run("dead_purge", queue, []))
+    def dead_purge(self, queue: str, task_id: str | None = None) -> int:
+        return int(self._run("dead_purge", queue, [] if task_id is None else [task_id]))
 
     # -- introspection -------------------------------------------------------
     def stats(self, queue: str) -> QueueStats:

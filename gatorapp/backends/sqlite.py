@@ -520,8 +520,12 @@ class SQLiteBackend(Backend):
             return False
         return True
 
-    def dead_purge(self, queue: str) -> int:
+    def dead_purge(self, queue: str, task_id: str | None = None) -> int:
         with self._tx() as conn:
+            if task_id is not None:
+                return conn.execute(
+                    "DELETE FROM gatorapp_dead WHERE queue = ? AND task_id = ?", (queue, task_id)
+                ).rowcount
             return conn.execute("DELETE FROM gatorapp_dead WHERE queue = ?", (queue,)).rowcount
 
     # -- introspection -------------------------------------------------------

@@ -534,15 +534,15 @@ class SQSBackend(Backend):
         self.sqs.batch("delete_message_batch", url, [match["ReceiptHandle"]])
         return True
 
-    def dead_purge(self, queue: str) -> int:
+    def dead_purge(self, queue: str, task_id: str | None = None) -> int:
         url = self.sqs.url(queue, dead=True, need=False)
         if url is None:
             return 0
-        return sum(
-            self.sqs.batch(
-                "delete_message_batch", url, [m["ReceiptHandle"] for m in self._scan(url)]
-            )
-        )
+        msgs = self._scan(url)
+        if task_id is not None:
+            self._unhide(url, [m for m in msgs if text(m, ID) != task_id])
+            msgs = [m for m in msgs if text(m, ID) == task_id]
+        return sum(self.sqs.batch("delete_message_batch", url, [m["ReceiptHandle"] for m in msgs]))
 
     # -- introspection -----------------------------------------------------------------
     def _counts(self, url: str | None) -> dict[str, int]:

@@ -3,7 +3,8 @@
     gatorapp worker -A myproj.app [-Q emails,images] [-p N] [-c N] [--max-tasks N] [--burst]
                     [--prefetch N] [--worker-class pkg.mod:Cls] [-l LEVEL]
     gatorapp status -A myproj.app [-Q ...]
-    gatorapp dead   -A myproj.app [-Q queue] ls | show ID | requeue ID | requeue --all | purge
+    gatorapp dead   -A myproj.app [-Q queue] ls | show ID | requeue ID | requeue --all
+                    | purge [ID] [--yes]
 
 ``-A`` takes ``pkg.mod`` (its attribute ``app``) or ``pkg.mod:attr``; it may
 also come before the subcommand, or from ``$GATORAPP_APP``. Bad flags and
@@ -370,10 +371,18 @@ def _show_letter(app: App, q: str, letter: DeadLetter) -> None:
     print(f"error:\n{_safe(letter.error, keep=chr(10))}")
 
 
+def _no_letter(task_id: str, queues: list[str]) -> int:
+    listed = ", ".join(_safe(q) for q in queues)
+    print(f"gatorapp: no dead letter {_safe(task_id)!r} in {listed}", file=sys.stderr)
+    return 1
+
+
 def cmd_dead(app: App, args: argparse.Namespace) -> int:
     backend = app.backend
-    if args.action in ("ls", "purge") and (args.task_id or args.all):
-        raise UsageError(f"dead {args.action} takes no task id or --all (it acts on whole queues)")
+    if args.action == "ls" and (args.task_id or args.all):
+        raise UsageError("dead ls takes no task id or --all (it lists whole queues)")
+    if args.action == "purge" and args.all:
+        raise UsageError("dead purge takes a task id or nothing (every letter), not --all")
     if args.action == "show" and args.all:
         raise UsageError("dead show takes one task id, not --all")
     if args.action == "requeue" and args.all and args.task_id:
@@ -408,8 +417,7 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
                     print(f"{'' if n == 1 else chr(10)}-- letter {n} of {len(letters)}")
                 _show_letter(app, q, letter)
             return 0
-        print(f"gatorapp: no dead letter {args.task_id!r} in {', '.join(queues)}", file=sys.stderr)
-        return 1
+        return _no_letter(args.task_id, queues)
     if args.action == "requeue":
         # The letters are read once and requeued as read (no second lookup by id).
         if args.all:
@@ -418,14 +426,16 @@ def cmd_dead(app: App, args: argparse.Namespace) -> int:
             looked = (backend.dead_get(q, args.task_id) for q in queues)
             letters = [letter for letter in looked if letter is not None]
             if not letters:
-                print(
-                    f"gatorapp: no dead letter {args.task_id!r} in {', '.join(queues)}",
-                    file=sys.stderr,
-                )
-                return 1
+                return _no_letter(args.task_id, queues)
         done = sum(1 for letter in letters if app.requeue_letter(letter))
         print(f"requeued {done} task(s)")
         return 0 if done == len(letters) else 1
+    if args.task_id is not None:  # one task's letters: named, so no question
+        purged = sum(backend.dead_purge(q, args.task_id) for q in queues)
+        if not purged:
+            return _no_letter(args.task_id, queues)
+        print(f"purged {purged} dead letter(s) of task {_safe(args.task_id)}")
+        return 0
     if not args.yes:
         listed = ", ".join(_safe(q) for q in queues)
         if not sys.stdin.isatty():
