@@ -21,6 +21,7 @@ backend, and what to log), so it can cross a thread or process boundary.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -71,8 +72,9 @@ class Settlement:
     * ``dead``: move to the dead letters with ``reason`` and ``error`` (a
       traceback, or why the payload cannot run).
 
-    ``name``, ``task_id`` and ``attempt`` are for log lines; ``summary`` is
-    the error in one line (``KeyError: 'x'``).
+    ``name``, ``task_id``, ``attempt`` and ``duration`` (seconds the attempt
+    ran, hooks included) are for log lines; ``summary`` is the error in one
+    line (``KeyError: 'x'``).
     """
 
     kind: Literal["success", "retry", "dead"]
@@ -85,6 +87,7 @@ class Settlement:
     name: str = ""
     task_id: str = ""
     attempt: int = 0
+    duration: float = 0.0
 
 
 def backoff_seconds(wait: Any, attempt: int, exc: BaseException) -> float:
@@ -177,6 +180,8 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
     ``SystemExit`` or ``KeyboardInterrupt`` is a ``crashed`` dead letter.
     """
     hooks = registry.hooks_for(task, tdef)
+    clock = time.perf_counter
+    t0 = clock()
     try:
         if hooks:
             outcome = run_attempt(task, tdef, hooks, registry.max_attempts)
@@ -192,14 +197,30 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
                 task.status = SUCCESS
                 task.result = result
                 return Settlement(
-                    "success", result, None, 0.0, "", "", "", task.name, task.task_id, task.attempt
+                    "success",
+                    result,
+                    None,
+                    0.0,
+                    "",
+                    "",
+                    "",
+                    task.name,
+                    task.task_id,
+                    task.attempt,
+                    clock() - t0,
                 )
     except BaseException as exc:  # SystemExit from task code: record, don't die
         outcome = Outcome("dead", reason="crashed", error=format_error(exc), exc=exc)
+    took = clock() - t0
     kind = outcome.kind
     if kind == "success":
         return Settlement(
-            "success", outcome.result, name=task.name, task_id=task.task_id, attempt=task.attempt
+            "success",
+            outcome.result,
+            name=task.name,
+            task_id=task.task_id,
+            attempt=task.attempt,
+            duration=took,
         )
     exc = outcome.exc
     summary = summarize(exc) if exc is not None else ""
@@ -215,6 +236,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
                 name=task.name,
                 task_id=task.task_id,
                 attempt=task.attempt,
+                duration=took,
             )
         return Settlement(
             "retry",
@@ -225,6 +247,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
             name=task.name,
             task_id=task.task_id,
             attempt=task.attempt,
+            duration=took,
         )
     return Settlement(
         "dead",
@@ -234,6 +257,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
         name=task.name,
         task_id=task.task_id,
         attempt=task.attempt,
+        duration=took,
     )
 
 

@@ -1,7 +1,8 @@
 """``gatorapp`` command line: worker, status, dead.
 
     gatorapp worker -A myproj.app [-Q emails,images] [-p N] [-c N] [--max-tasks N] [--burst]
-                    [--prefetch N] [--worker-class pkg.mod:Cls] [-l LEVEL]
+                    [--prefetch N] [--worker-class pkg.mod:Cls]
+                    [-l LEVEL] [--log-format text|json] [--logfile PATH]
     gatorapp status -A myproj.app [-Q ...]
     gatorapp dead   -A myproj.app [-Q queue] ls | show ID | requeue ID | requeue --all
                     | purge [ID] [--yes]
@@ -32,13 +33,19 @@ from ..envelope import Task
 from ..errors import BackendError, GatorError
 from ..worker import Worker
 from ..worker.signals import EarlySignals
+from . import logs
 from .supervisor import LIFELINE_ENV, Supervisor, watch_lifeline
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class UsageError(Exception):
-    pass
+    """One line for the user, exit status 2. ``cause``: an exception whose
+    traceback is logged at DEBUG (a failed import of the user's module)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,7 +100,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated queues, earlier ones first",
     )
-    common.add_argument("-l", "--loglevel", type=_level, default="INFO", help="log level")
+    common.add_argument(
+        "-l", "--loglevel", type=_level, default=None, help="log level (default INFO)"
+    )
+    common.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=None,
+        help="text (default) or json: one JSON object a line",
+    )
+    common.add_argument(
+        "--logfile", default=None, help="append log lines to this file, not standard error"
+    )
 
     parser = _Parser(prog="gatorapp", description="gatorapp task queue")
     parser.add_argument("-A", "--app", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -146,15 +164,14 @@ def import_object(path: str, default_attr: str | None, what: str) -> Any:
             raise UsageError(
                 f"cannot import {what} module {module_name!r}: no such module"
             ) from None
-        _debug_traceback(exc)
         raise UsageError(
-            f"cannot import {what} module {module_name!r}: {exc}{_where(exc)}"
+            f"cannot import {what} module {module_name!r}: {exc}{_where(exc)}", exc
         ) from None
     except Exception as exc:
-        _debug_traceback(exc)
         raise UsageError(
             f"importing {what} module {module_name!r} failed: {type(exc).__name__}: {exc}"
-            f"{_where(exc)}"
+            f"{_where(exc)}",
+            exc,
         ) from None
     obj = module
     for part in attr.split("."):
@@ -179,10 +196,6 @@ def _where(exc: BaseException) -> str:
             where = f" (at {filename}:{tb.tb_lineno})"
         tb = tb.tb_next
     return where
-
-
-def _debug_traceback(exc: BaseException) -> None:
-    logging.getLogger("gatorapp").debug("the import failed:", exc_info=exc)
 
 
 def load_app(path: str) -> App:
@@ -219,7 +232,15 @@ def _warn_unknown(app: App, chosen: list[str]) -> None:
 def _child_argv(args: argparse.Namespace, app_path: str) -> list[str]:
     """The command line of one worker process under a supervisor: the same
     worker, without -p."""
-    argv = ["worker", "-A", app_path, "-c", str(args.concurrency), "-l", args.loglevel]
+    argv = ["worker", "-A", app_path, "-c", str(args.concurrency)]
+    # (Logging flags only as given: a child, too, keeps the app's own setup.)
+    for flag, value in (
+        ("-l", args.loglevel),
+        ("--log-format", args.log_format),
+        ("--logfile", args.logfile),
+    ):
+        if value is not None:
+            argv += [flag, value]
     if args.queues:
         argv += ["-Q", ",".join(args.queues)]
     if args.max_tasks is not None:
@@ -456,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with early:
             return _main(parser, argv, early)
     except UsageError as exc:
+        if exc.cause is not None:
+            logging.getLogger("gatorapp").debug("the import failed:", exc_info=exc.cause)
         print(f"gatorapp: error: {exc}", file=sys.stderr)
         return 2
     except BackendError as exc:  # the backend failed: not a usage error
@@ -481,15 +504,19 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: Ea
     app_path = getattr(args, "app", None) or os.environ.get("GATORAPP_APP")
     if not app_path:
         raise UsageError("-A/--app is required (or set GATORAPP_APP)")
-    logging.basicConfig(
-        level=args.loglevel,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # Drivers' INFO chatter ("Found credentials in environment variables") is
-    # not the worker's news; their warnings still show.
-    for name in ("botocore", "boto3", "urllib3"):
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(args.loglevel)))
-    app = load_app(app_path)
+    logfile = None
+    if args.logfile is not None:
+        try:
+            logfile = logs.open_logfile(args.logfile)
+        except OSError as exc:
+            raise UsageError(f"cannot open log file {args.logfile!r}: {exc.strerror}") from None
+    # Logging is set up after the import, so that a setup the app module
+    # makes is kept (see gatorapp.cli.logs); a failed import still logs
+    # its traceback at -l DEBUG.
+    try:
+        app = load_app(app_path)
+    finally:
+        logs.configure(args.loglevel, args.log_format, logfile)
     if args.command == "worker":
         return cmd_worker(app, args, early, app_path)
     # Only a worker stops gracefully; other commands stop at a signal as usual.

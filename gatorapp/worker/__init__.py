@@ -258,6 +258,7 @@ class Worker:
         overlap = isinstance(ex, InlineExecutor)
         outage = self._outage
         stop = self._stop
+        idle = False
         while True:
             if self._cold:
                 self._cold_stop()
@@ -289,6 +290,8 @@ class Worker:
                         ran, busy = ex.work(outbox, self._left())
                         fetch.observe(ran, busy)
                     got = finish()
+                    if outbox.keep_results:
+                        self._deliver_results()
                 except Exception as exc:
                     what = "reserve" if want and not len(outbox) else "acknowledge"
                     outage.failed(what, exc, fatal=self.burst and not ex.running())
@@ -296,6 +299,7 @@ class Worker:
                     continue
                 outage.ok()
                 if got:
+                    idle = False
                     ex.submit(got)
                     continue
             elif overlap and ex.pending():
@@ -309,6 +313,9 @@ class Worker:
                     continue
                 if self.burst:
                     return
+                if not idle:
+                    idle = True
+                    log.debug("%s idle: waiting for tasks on %s", self.ident(), self.to_consume)
                 self._wait(0.5)
             elif want:
                 self._wait(0.05)  # free threads and nothing ready: a task may come
@@ -366,6 +373,8 @@ class Worker:
                     )
                     return
                 time.sleep(0.2)
+        if outbox.keep_results:
+            self._deliver_results()  # (those of the last tasks run)
 
     def _cold_stop(self) -> None:
         """Settle what has finished, hand back everything else, exit at once.

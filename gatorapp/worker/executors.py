@@ -25,7 +25,7 @@ from ..backends import Reservation
 from ..errors import Rejected
 from ..execution import Settlement, attempt, rejected
 from ..registry import Registry
-from .held import Held
+from .held import Held, fields
 from .outbox import Outbox
 
 log = logging.getLogger("gatorapp.worker")
@@ -62,7 +62,12 @@ class Runner:
             # The heartbeat saw another worker take it over while it waited
             # here: running it too would only make a duplicate.
             held.forget([r])
-            log.info("skipping task %s on %s: its lease was taken over", r.task_id, r.queue)
+            log.info(
+                "skipping task %s on %s: its lease was taken over",
+                r.task_id,
+                r.queue,
+                extra=fields(r),
+            )
             return False
         if r.deliveries > self.max_deliveries:
             self.outbox.add(
@@ -243,7 +248,7 @@ class ThreadExecutor:
             except BaseException:
                 # Never lose the thread. The task is no longer renewed, so its
                 # lease expires and it runs again.
-                log.exception("unexpected error running task %s", r.task_id)
+                log.exception("unexpected error running task %s", r.task_id, extra=fields(r))
                 self.run.held.forget([r])
                 ran = False
             elapsed = time.perf_counter() - t0

@@ -24,7 +24,7 @@ from ..backends import Backend, Reservation
 from ..errors import BackendError, ConfigurationError
 from ..execution import backoff_seconds
 from .held import Held
-from .outbox import Outbox
+from .outbox import Batch, Outbox
 
 log = logging.getLogger("gatorapp.worker")
 
@@ -150,9 +150,32 @@ class Fetcher:
                 raise
             if batch is not None:
                 outbox.sent(batch, settled)
+            if log.isEnabledFor(logging.DEBUG):
+                self._trace(batch, want, got)
             return self._got(held, got)
 
         return finished
+
+    def _trace(self, batch: Batch | None, want: int, got: list[Reservation]) -> None:
+        """What one settle-and-reserve call did, at DEBUG (once per call, never per task)."""
+        if batch is not None:
+            log.debug(
+                "worker %s settled %d ack(s), %d retry(ies), %d dead letter(s)",
+                self.worker_id,
+                len(batch.acks),
+                len(batch.retries),
+                len(batch.buries),
+            )
+        if want:
+            log.debug(
+                "worker %s reserved %d of %d task(s) asked for on %s (prefetch %d%s)",
+                self.worker_id,
+                len(got),
+                want,
+                ",".join(self.queues),
+                self.prefetch,
+                ", adaptive" if self.adaptive else "",
+            )
 
     @staticmethod
     def _got(held: Held, got: list[Reservation]) -> list[Reservation]:

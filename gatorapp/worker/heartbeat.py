@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 
 from ..backends import Backend
-from .held import Held
+from .held import Held, fields
 
 log = logging.getLogger("gatorapp.worker")
 
@@ -72,6 +72,10 @@ class Heartbeat:
                 continue
             failing = False
             refused = [r for r, ok in zip(held, oks) if not ok]
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "heartbeat renewed %d of %d lease(s)", len(held) - len(refused), len(held)
+                )
             if not refused:
                 continue
             # A task settled since the snapshot is refused too; so is one whose
@@ -80,4 +84,9 @@ class Heartbeat:
             settling = self.settling()
             for r in refused:
                 if id(r) not in settling and self.held.mark_lost(r):
-                    log.warning("lease of task %s on %s lost to another worker", r.task_id, r.queue)
+                    log.warning(
+                        "lease of task %s on %s lost to another worker",
+                        r.task_id,
+                        r.queue,
+                        extra=fields(r),
+                    )

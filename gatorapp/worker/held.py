@@ -15,8 +15,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from ..backends import Reservation
+
+
+def fields(
+    r: Reservation, name: str = "", attempt: int = 0, duration: float | None = None
+) -> dict[str, Any]:
+    """A task's fields for a log record's ``extra``: ``--log-format json``
+    prints them as keys, and a logging filter of the app's can read them."""
+    out: dict[str, Any] = {"task_id": r.task_id, "queue": r.queue}
+    if name:
+        out["task_name"] = name
+    if attempt:
+        out["attempt"] = attempt
+    if duration is not None:
+        out["duration"] = round(duration, 6)
+    return out
 
 
 class Held:

@@ -12,8 +12,10 @@ send that fails keeps its entries for the next send; an entry refused after
 such a failure may be our own earlier success whose reply was lost, which is
 why it is reported as "not confirmed" rather than as a takeover.
 
-This is also where each outcome is logged: a success at DEBUG, a retry at
-INFO, a dead letter at ERROR.
+This is also where each outcome is logged: a success at DEBUG (not at all
+when the worker's ``result()`` is overridden: that takes its place), a retry
+at WARNING with its traceback at DEBUG, a dead letter at ERROR. Each line
+carries the task's fields (see :func:`~gatorapp.worker.held.fields`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 from ..backends import Burial, Reservation, RetryItem, Settled
 from ..execution import Settlement
-from .held import Held
+from .held import Held, fields
 
 log = logging.getLogger("gatorapp.worker")
 
@@ -99,9 +101,17 @@ class Outbox:
         else:
             self._add(r, s, kind)
         if kind == "success":
-            if self._debug:
-                log.debug("task %s %s succeeded: %s", s.name, s.task_id, reprlib.repr(s.result))
+            if self._debug and not self.keep_results:
+                log.debug(
+                    "task %s %s succeeded in %.3f s: %s",
+                    s.name,
+                    s.task_id,
+                    s.duration,
+                    reprlib.repr(s.result),
+                    extra=fields(r, s.name, s.attempt, s.duration),
+                )
         elif kind == "retry":
+            extra = fields(r, s.name, s.attempt, s.duration)
             log.warning(
                 "task %s %s failed (attempt %d); retrying in %.1f s: %s",
                 s.name,
@@ -109,9 +119,17 @@ class Outbox:
                 s.attempt,
                 s.delay,
                 s.summary,
+                extra=extra,
             )
             if s.error and log.isEnabledFor(logging.DEBUG):
-                log.debug("task %s %s attempt %d:\n%s", s.name, s.task_id, s.attempt, s.error)
+                log.debug(
+                    "task %s %s attempt %d:\n%s",
+                    s.name,
+                    s.task_id,
+                    s.attempt,
+                    s.error,
+                    extra=extra,
+                )
         elif s.attempt:
             log.error(
                 "task %s %s to dead letters (%s) after %d attempt(s): %s",
@@ -120,10 +138,16 @@ class Outbox:
                 s.reason,
                 s.attempt,
                 s.summary,
+                extra=fields(r, s.name, s.attempt, s.duration),
             )
         else:
             log.error(
-                "task %s on %s to dead letters (%s): %s", r.task_id, r.queue, s.reason, s.error
+                "task %s on %s to dead letters (%s): %s",
+                r.task_id,
+                r.queue,
+                s.reason,
+                s.error,
+                extra=fields(r, s.name),
             )
 
     def _add(self, r: Reservation, s: Settlement, kind: str) -> None:
@@ -209,6 +233,7 @@ class Outbox:
                     what,
                     r.task_id,
                     r.queue,
+                    extra=fields(r),
                 )
             else:
                 log.warning(
@@ -216,4 +241,5 @@ class Outbox:
                     what,
                     r.task_id,
                     r.queue,
+                    extra=fields(r),
                 )
