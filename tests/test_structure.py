@@ -134,3 +134,19 @@ def test_the_package_imports_without_boto3_or_the_worker_s_extras() -> None:
     code = "import sys, gatorapp, gatorapp.testing; print('boto3' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_missing_driver_names_the_extra_that_installs_it() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['boto3'] = None  # as if it were not installed\n"
+        "from gatorapp import App, MissingDependencyError\n"
+        "try:\n"
+        "    App('sqs://us-east-1/').backend\n"
+        "except MissingDependencyError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == (
+        "the sqs:// backend needs the 'boto3' package: pip install \"gatorapp[sqs]\""
+    ), out.stderr

@@ -84,8 +84,10 @@ def load_backend(url: str, backend_class: Any = None, **options: Any) -> Backend
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if package and exc.name and exc.name.split(".")[0] == package:
+            extra = "sqs" if package == "boto3" else package
             raise MissingDependencyError(
-                f"the {scheme}:// backend needs the {package!r} package: pip install {package}"
+                f"the {scheme}:// backend needs the {package!r} package: "
+                f'pip install "gatorapp[{extra}]"'
             ) from exc
         raise
     cls: type[Backend] = getattr(module, class_name)
