@@ -21,6 +21,19 @@ from .worker import Worker
 
 __version__ = "0.1.0"
 
+#: Alligator's names that gatorapp does not have, and what to use instead.
+_ALLIGATOR = {
+    "Gator": "App: app = App(url), then @app.task and fn.delay(...) (see docs/alligator.md)",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _ALLIGATOR:
+        # An ImportError, so that ``from gatorapp import Gator`` shows this line.
+        raise ImportError(f"gatorapp has no {name}; use {_ALLIGATOR[name]}", name=name)
+    raise AttributeError(f"module 'gatorapp' has no attribute {name!r}")
+
+
 __all__ = [
     "App",
     "BackendError",

@@ -63,3 +63,6 @@ def test_alligator_task_forms_are_refused_with_the_gatorapp_spelling() -> None:
 
     with pytest.raises(ConfigurationError, match="deserialize must be a @classmethod"):
         App("memory://", task_class=Plain)
+
+    with pytest.raises(ImportError, match=r"gatorapp has no Gator; use App: app = App\(url\)"):
+        from gatorapp import Gator  # noqa: F401
