@@ -14,6 +14,7 @@ from .envelope import CANCELED, Task
 from .errors import DecodeError, Rejected
 from .execution import Outcome
 from .producer import Producer
+from .results import CANCELLED, failure, store_final
 
 log = logging.getLogger("gatorapp")
 
@@ -74,6 +75,8 @@ def cancel(
     except Exception:
         task = Task("?", task_id=task_id, queue=q)
     task.status = CANCELED
+    record = failure(CANCELLED, "cancelled", "cancelled before it ran", "", task.name, task.attempt)
+    store_final(producer.results, task, record)
     return task
 
 
@@ -95,4 +98,8 @@ def requeue_letter(producer: Producer, letter: DeadLetter) -> bool:
         data = registry.seal(task.serialize())
     except (Rejected, DecodeError):
         pass  # requeue as it was: a later deploy may know how to run it
-    return producer.backend().dead_requeue(letter.queue, letter.task_id, data)
+    done = producer.backend().dead_requeue(letter.queue, letter.task_id, data)
+    results = producer.results
+    if done and results is not None and results.store is not None:
+        results.store().forget_result(letter.task_id)  # it has not ended any more
+    return done

@@ -18,7 +18,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from . import admin
 from .backends import Backend, DeadLetter, load_backend
-from .backends.base import check_queue_name
+from .backends.base import check_queue_name, masked_url
 from .encryption import Cipher
 from .envelope import Task
 from .errors import ConfigurationError, GatorError, Rejected
@@ -26,6 +26,7 @@ from .execution import Outcome, run_attempt
 from .options import as_bool, check_option_names
 from .producer import Producer
 from .registry import Hooks, Registry, TaskDef, qualified_name
+from .results import DEFAULT_TTL, Results, check_ttl
 from .signing import Signer
 from .tasks import Options, TaskFunction, TaskHandle, bound_options
 from .worker import Worker
@@ -76,6 +77,11 @@ class App:
         ``gatorapp[encryption]``) and decrypt what is decoded: a key or a list
         of keys of which the first encrypts. Default:
         ``$GATORAPP_ENCRYPTION_KEY`` (comma-separated), else none.
+    :param results: keep task results (docs/results.md): ``True`` in the
+        app's backend, a URL (``redis://...``, ``sqlite:///results.db``) in
+        another store; default ``False``. Every task then stores its result
+        unless ``store_result=False``.
+    :param result_ttl: seconds a result is kept (default one day).
     """
 
     def __init__(
@@ -92,6 +98,8 @@ class App:
         eager: bool = False,
         signing_key: str | bytes | Sequence[str | bytes] | None = None,
         encryption_key: str | bytes | Sequence[str | bytes] | None = None,
+        results: bool | str = False,
+        result_ttl: float = DEFAULT_TTL,
     ) -> None:
         if url is not None and not isinstance(url, str):
             raise ConfigurationError(f"backend URL must be a string, not {type(url).__name__}")
@@ -134,6 +142,40 @@ class App:
             # thread that first uses it (Alligator's clients are thread-bound).
             self.backend  # noqa: B018
             self.default_queue = self.check_queue(default_queue)
+        self._result_store: Backend | None = None
+        if isinstance(results, str) and results:
+            self._result_store = load_backend(_pin_sqlite_path(results))
+            self._check_store(self._result_store, results)
+        elif not as_bool(results, "results"):
+            return
+        elif backend_class is None:
+            self._check_store(self.backend, self.url)
+        self.producer.result_ttl = check_ttl(result_ttl)
+        self.producer.results = Results(
+            self._results_store, lambda: self.backend, self._decode_task, self.queues
+        )
+
+    @staticmethod
+    def _check_store(store: Backend, url: str) -> None:
+        if not store.supports_results:
+            raise ConfigurationError(
+                f"{masked_url(url)} cannot keep results ({type(store).__name__} has no result "
+                'store): name one with App(..., results="redis://..." or "sqlite:///results.db")'
+            )
+
+    def _results_store(self) -> Backend:
+        if self._result_store is not None:
+            return self._result_store
+        backend = self.backend
+        self._check_store(backend, self.url)  # (a client class: known only now)
+        return backend
+
+    def result_store(self) -> Backend | None:
+        """Where results are kept, or None when the app keeps none."""
+        return None if self.producer.results is None else self._results_store()
+
+    def _decode_task(self, data: bytes) -> Task:
+        return self.registry.task_class.deserialize(self.registry.unseal(data))
 
     def __repr__(self) -> str:
         return f"<gatorapp.App {self.url} tasks={len(self.registry.tasks)}>"
@@ -181,6 +223,8 @@ class App:
     def close(self) -> None:
         if self._backend is not None:
             self._backend.close()
+        if self._result_store is not None:
+            self._result_store.close()
 
     # -- registration --------------------------------------------------------
     @overload
@@ -200,6 +244,8 @@ class App:
         backoff: Any = None,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] | None = None,
         lease: float | None = None,
+        store_result: bool | None = None,
+        result_ttl: float | None = None,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 
     def task(self, fn: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -228,9 +274,24 @@ class App:
         return lambda f: self._register(f, **kwargs)
 
     def _register(
-        self, fn: Callable[..., Any], *, queue: str | None = None, **kwargs: Any
+        self,
+        fn: Callable[..., Any],
+        *,
+        queue: str | None = None,
+        store_result: Any = None,
+        result_ttl: Any = None,
+        **kwargs: Any,
     ) -> TaskFunction[Any, Any]:
         checked = self.default_queue if queue is None else self.check_queue(queue)
+        if store_result is not None:
+            kwargs["store_result"] = as_bool(store_result, "store_result")
+            if kwargs["store_result"] and self.producer.results is None:
+                raise ConfigurationError(
+                    f"store_result=True on {getattr(fn, '__name__', fn)!r}, but the app keeps "
+                    "no results: App(..., results=True)"
+                )
+        if result_ttl is not None:
+            kwargs["result_ttl"] = check_ttl(result_ttl)
         tdef = self.registry.register(fn, queue=checked, **kwargs)
         tfn: TaskFunction[Any, Any] = TaskFunction(self.producer, tdef)
         self.registry.alias(tfn, tdef)
@@ -298,8 +359,17 @@ class App:
         return admin.run_now(self.producer, self.queues(), task_id, queue)
 
     def cancel(self, task_id: str, queue: str | None = None) -> Task | None:
-        """Remove a waiting task unrun. Returns it, or None for an unknown or running id."""
+        """Remove a waiting task unrun. Returns it, or None for an unknown or running id.
+        With results kept, its status becomes ``cancelled`` and ``get()`` raises."""
         return admin.cancel(self.producer, self.queues(), task_id, queue)
+
+    def result(self, task_id: str, queue: str | None = None) -> TaskHandle[Any]:
+        """A handle for a task enqueued earlier, from its id alone (a web request
+        that kept only the id): ``status()``, ``ready()``, ``get(timeout=)``.
+        Without ``queue``, ``status()`` looks in every queue the app knows."""
+        if self.producer.results is None:
+            raise ConfigurationError("this app keeps no results: App(..., results=True)")
+        return TaskHandle(task_id, "", queue or "", None, None, self.producer.results)
 
     # -- dead letters --------------------------------------------------------
     def requeue_dead(self, queue: str, task_id: str) -> bool:

@@ -74,3 +74,32 @@ class Retry(GatorError):
         self.delay = delay
         self.reason = reason
         super().__init__(reason or f"retry requested (delay={delay})")
+
+
+class TaskFailed(GatorError):
+    """``handle.get()`` of a task that failed for good: it went to the dead
+    letters after its retries (``status`` ``"dead"``), its return value could
+    not be stored (``"failed"``), or it was cancelled (``"cancelled"``).
+
+    ``str()`` names the remote exception's type and message; ``traceback``
+    is the remote traceback's text (empty when there was none).
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        status: str,
+        reason: str,
+        summary: str,
+        traceback: str = "",
+    ) -> None:
+        self.task_id = task_id
+        self.status = status
+        self.reason = reason
+        self.summary = summary
+        self.traceback = traceback
+        super().__init__(f"task {task_id} {status} ({reason}): {summary}")
+
+
+class ResultTimeout(GatorError, TimeoutError):
+    """``handle.get(timeout=...)`` ran out of time before the task finished."""

@@ -32,6 +32,7 @@ import tenacity
 from .envelope import FAILED, RETRYING, RUNNING, SUCCESS, Task
 from .errors import Rejected, Retry
 from .registry import DEFAULT_BACKOFF, Hooks, Registry, TaskDef
+from .results import ttl_of
 
 __all__ = [
     "DEFAULT_BACKOFF",
@@ -74,7 +75,8 @@ class Settlement:
 
     ``name``, ``task_id``, ``attempt`` and ``duration`` (seconds the attempt
     ran, hooks included) are for log lines; ``summary`` is the error in one
-    line (``KeyError: 'x'``).
+    line (``KeyError: 'x'``). ``result_ttl`` says the task keeps a result
+    record (see :mod:`gatorapp.results`).
     """
 
     kind: Literal["success", "retry", "dead"]
@@ -88,6 +90,8 @@ class Settlement:
     task_id: str = ""
     attempt: int = 0
     duration: float = 0.0
+    #: seconds to keep the task's result record (None: it stores none)
+    result_ttl: float | None = None
 
 
 def backoff_seconds(wait: Any, attempt: int, exc: BaseException) -> float:
@@ -208,6 +212,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
                     task.task_id,
                     task.attempt,
                     clock() - t0,
+                    ttl_of(task) if task.options else None,
                 )
     except BaseException as exc:  # SystemExit from task code: record, don't die
         outcome = Outcome("dead", reason="crashed", error=format_error(exc), exc=exc)
@@ -221,6 +226,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
             task_id=task.task_id,
             attempt=task.attempt,
             duration=took,
+            result_ttl=ttl_of(task),
         )
     exc = outcome.exc
     summary = summarize(exc) if exc is not None else ""
@@ -237,6 +243,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
                 task_id=task.task_id,
                 attempt=task.attempt,
                 duration=took,
+                result_ttl=ttl_of(task),
             )
         return Settlement(
             "retry",
@@ -248,6 +255,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
             task_id=task.task_id,
             attempt=task.attempt,
             duration=took,
+            result_ttl=ttl_of(task),
         )
     return Settlement(
         "dead",
@@ -258,6 +266,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
         task_id=task.task_id,
         attempt=task.attempt,
         duration=took,
+        result_ttl=ttl_of(task),
     )
 
 

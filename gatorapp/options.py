@@ -24,6 +24,8 @@ OPTION_NAMES = frozenset(
         "on_error",
         "is_async",
         "task_id",
+        "store_result",
+        "result_ttl",
     }
 )
 

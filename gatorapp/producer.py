@@ -22,9 +22,20 @@ from .envelope import (
     pack_envelopes,
 )
 from .errors import ConfigurationError
-from .execution import Outcome, run_attempt
+from .execution import Outcome, run_attempt, summarize
 from .options import as_bool, check_text, run_at
 from .registry import Registry, TaskDef, check_retries
+from .results import (
+    DEAD,
+    FINAL,
+    OPTION,
+    SUCCEEDED,
+    Results,
+    check_ttl,
+    failure,
+    store_final,
+    success,
+)
 
 R = TypeVar("R")
 
@@ -32,26 +43,62 @@ Call = tuple[Sequence[Any], dict[str, Any]]
 
 
 class TaskHandle(Generic[R]):
-    """What ``.delay()`` returns. ``id`` is the task id; in eager mode
-    ``result`` holds the return value and ``task`` the finished Task."""
+    """What ``.delay()`` returns: ``id``, and the task's status and result
+    (``status()``, ``ready()``, ``get()``) when the app keeps results (see
+    :mod:`gatorapp.results`). In eager mode ``task`` is the finished Task."""
 
-    __slots__ = ("id", "name", "queue", "run_at", "task")
+    __slots__ = ("_results", "id", "name", "queue", "run_at", "task")
 
     def __init__(
-        self, task_id: str, name: str, queue: str, run_at: float | None, task: Task | None = None
+        self,
+        task_id: str,
+        name: str,
+        queue: str,
+        run_at: float | None,
+        task: Task | None = None,
+        results: Results | None = None,
     ) -> None:
         self.id = task_id
         self.name = name
         self.queue = queue
         self.run_at = run_at
         self.task = task
+        self._results = results
 
     @property
     def result(self) -> R | None:
         """The return value of an eager run. None for a queued task, even once a
-        worker has run it: gatorapp keeps no results of queued tasks, so None
-        does not mean success (``app.get`` does not fetch results either)."""
+        worker has run it: None does not mean success. Use :meth:`get`, which
+        waits for the task and returns its stored result."""
         return None if self.task is None else self.task.result
+
+    def _reader(self) -> Results:
+        if self._results is None:
+            raise ConfigurationError("this handle has no result store")
+        return self._results
+
+    def status(self) -> str:
+        """``queued``, ``delayed``, ``running``, ``retrying``, ``succeeded``,
+        ``failed``, ``dead``, ``cancelled``, or ``unknown`` (never stored, or
+        its result expired)."""
+        if self.task is not None and self._results is None:
+            return SUCCEEDED  # eager, no store: it ran here
+        return self._reader().status(self.id, self.queue or None)
+
+    def ready(self) -> bool:
+        """Whether the task has ended (succeeded, failed, dead or cancelled)."""
+        return self.status() in FINAL
+
+    def get(self, timeout: float | None = None) -> R:
+        """The task's return value, waiting up to ``timeout`` seconds (None: as
+        long as it takes). Raises :class:`~gatorapp.errors.TaskFailed` when the
+        task failed for good, :class:`~gatorapp.errors.ResultTimeout` (a
+        ``TimeoutError``) when the time runs out. Reading deletes nothing."""
+        if self.task is not None and self._results is None:
+            return self.task.result  # type: ignore[no-any-return]
+        reader = self._reader()
+        value: R = reader.value(self.id, reader.wait(self.id, timeout))
+        return value
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.name} id={self.id} queue={self.queue}>"
@@ -78,6 +125,9 @@ class Producer:
         self.backend = backend
         self.check_queue = check_queue
         self.eager = eager
+        #: the app's result store and default TTL; None when it keeps no results
+        self.results: Results | None = None
+        self.result_ttl: float | None = None
 
     # -- building ------------------------------------------------------------
     def _encode(
@@ -122,7 +172,8 @@ class Producer:
     ]:
         """Queue, retries, hooks, envelope opts, due time, eagerness and id from ``opts``."""
         if not opts:
-            return tdef.queue, tdef.retries, None, None, None, self.eager, None
+            extra = self._keep(tdef, None, None) if self.result_ttl or tdef.store_result else None
+            return tdef.queue, tdef.retries, None, extra, None, self.eager, None
         queue = tdef.queue if opts.get("queue") is None else self.check_queue(opts["queue"])
         retries = tdef.retries if opts.get("retries") is None else opts["retries"]
         check_retries(retries, self.registry.max_attempts)
@@ -138,10 +189,27 @@ class Producer:
             if opts.get(kind) is not None
         }
         # The budget chosen here travels along, for requeue_dead to restore.
-        extra = {"retries": retries} if retries != tdef.retries else None
+        extra = self._keep(tdef, opts.get("store_result"), opts.get("result_ttl"))
+        if retries != tdef.retries:
+            extra = {**(extra or {}), "retries": retries}
         eager = self.eager or not as_bool(opts.get("is_async", True), "is_async")
         due = run_at(opts, time.time())
         return queue, retries, hooks or None, extra, due, eager, task_id
+
+    def _keep(self, tdef: TaskDef, store: Any, ttl: Any) -> dict[str, Any] | None:
+        """The envelope option that asks for a result record, or None."""
+        keep = tdef.store_result if store is None else as_bool(store, "store_result")
+        if keep is None:
+            keep = self.result_ttl is not None
+        if not keep:
+            return None
+        if self.result_ttl is None:
+            raise ConfigurationError(
+                f"task {tdef.name} stores its result, but the app keeps none: "
+                "App(..., results=True)"
+            )
+        seconds = check_ttl(ttl) if ttl is not None else tdef.result_ttl or self.result_ttl
+        return {OPTION: int(seconds) if seconds == int(seconds) else seconds}
 
     # -- sending -------------------------------------------------------------
     def send(
@@ -158,9 +226,9 @@ class Producer:
         if eager:
             backend.check_size(data)  # what the backend would refuse, eager mode refuses too
             task = self.run_eager(data)
-            return TaskHandle(task.task_id, task.name, task.queue, due, task)
+            return TaskHandle(task.task_id, task.name, task.queue, due, task, self.results)
         backend.enqueue([Message(queue, task_id, data, due)])
-        return TaskHandle(task_id, tdef.name, queue, due)
+        return TaskHandle(task_id, tdef.name, queue, due, None, self.results)
 
     def send_many(
         self, tdef: TaskDef, calls: Sequence[Call], opts: dict[str, Any]
@@ -186,11 +254,13 @@ class Producer:
             handles = []
             for data in datas:
                 task = self.run_eager(data)
-                handles.append(TaskHandle(task.task_id, task.name, task.queue, due, task))
+                handles.append(
+                    TaskHandle(task.task_id, task.name, task.queue, due, task, self.results)
+                )
             return handles
         backend.enqueue([Message(queue, i, data, due) for i, data in zip(ids, datas)])
-        name = tdef.name
-        return [TaskHandle(i, name, queue, due) for i in ids]
+        name, results = tdef.name, self.results
+        return [TaskHandle(i, name, queue, due, None, results) for i in ids]
 
     # -- eager -----------------------------------------------------------------
     def run_eager(
@@ -208,10 +278,21 @@ class Producer:
         while True:
             outcome = run_attempt(task, tdef, registry.hooks_for(task, tdef), registry.max_attempts)
             if outcome.kind == "success":
+                self._store_eager(task, success(task.result, task.name, task.attempt))
                 return task
             if outcome.kind == "dead":
                 assert outcome.exc is not None
+                summary = summarize(outcome.exc)
+                self._store_eager(
+                    task,
+                    failure(DEAD, outcome.reason, summary, outcome.error, task.name, task.attempt),
+                )
                 if on_dead is not None:
                     on_dead(task, outcome)
                 raise outcome.exc
             task = registry.task_class.deserialize(task.serialize())
+
+    def _store_eager(self, task: Task, record: bytes) -> None:
+        """An eager run's result, stored as a worker would (when it keeps one)."""
+        if task.options:
+            store_final(self.results, task, record)

@@ -44,6 +44,9 @@ class TaskDef:
     backoff: Any = DEFAULT_BACKOFF
     retry_on: tuple[type[BaseException], ...] | None = None
     lease: float | None = None
+    #: keep a result record (None: as the app does); for how long (None: the app's TTL)
+    store_result: bool | None = None
+    result_ttl: float | None = None
     #: the decoration hooks by kind, worked out once (empty when there are none)
     hooks: Hooks = field(default_factory=dict)
 
@@ -142,6 +145,8 @@ class Registry:
         backoff: Any = None,
         retry_on: Any = None,
         lease: float | None = None,
+        store_result: bool | None = None,
+        result_ttl: float | None = None,
     ) -> TaskDef:
         """Register ``fn`` (its queue name already checked by the caller)."""
         if not callable(fn):
@@ -174,6 +179,8 @@ class Registry:
             backoff=backoff or DEFAULT_BACKOFF,
             retry_on=retry_on,
             lease=lease,
+            store_result=store_result,
+            result_ttl=result_ttl,
         )
         self.tasks[name] = tdef
         self._by_fn[fn] = tdef

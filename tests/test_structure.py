@@ -25,9 +25,20 @@ PACKAGE = Path(__file__).resolve().parents[1] / "gatorapp"
 LAYERS = {
     "gatorapp.envelope": set(),
     "gatorapp.registry": {"gatorapp.envelope"},
-    "gatorapp.execution": {"gatorapp.envelope", "gatorapp.registry"},
-    "gatorapp.producer": {"gatorapp.envelope", "gatorapp.registry", "gatorapp.execution"},
-    "gatorapp.admin": {"gatorapp.envelope", "gatorapp.execution", "gatorapp.producer"},
+    "gatorapp.results": {"gatorapp.envelope"},
+    "gatorapp.execution": {"gatorapp.envelope", "gatorapp.registry", "gatorapp.results"},
+    "gatorapp.producer": {
+        "gatorapp.envelope",
+        "gatorapp.registry",
+        "gatorapp.results",
+        "gatorapp.execution",
+    },
+    "gatorapp.admin": {
+        "gatorapp.envelope",
+        "gatorapp.results",
+        "gatorapp.execution",
+        "gatorapp.producer",
+    },
     "gatorapp.tasks": {"gatorapp.registry", "gatorapp.producer"},
 }
 BASE = {"gatorapp.errors", "gatorapp.options", "gatorapp.signing", "gatorapp.encryption"}

@@ -15,15 +15,28 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, MissingDependencyError
-from .base import Backend, Burial, DeadLetter, Message, QueueStats, Reservation, RetryItem, Settled
+from .base import (
+    Backend,
+    Burial,
+    DeadLetter,
+    Located,
+    Message,
+    QueueStats,
+    Reservation,
+    ResultItem,
+    RetryItem,
+    Settled,
+)
 
 __all__ = [
     "Backend",
     "Burial",
     "DeadLetter",
+    "Located",
     "Message",
     "QueueStats",
     "Reservation",
+    "ResultItem",
     "RetryItem",
     "Settled",
     "load_backend",

@@ -78,6 +78,19 @@ RetryItem = tuple[Reservation, bytes, float]
 Burial = tuple[Reservation, str, str]
 
 
+class ResultItem(NamedTuple):
+    """A finished task's result record to store, for ``ttl`` seconds."""
+
+    task_id: str
+    record: bytes
+    ttl: float
+
+
+#: Where a task is in its queue (:meth:`Backend.locate`): ``ready``,
+#: ``delayed`` or ``running``, and its payload.
+Located = tuple[str, bytes]
+
+
 @dataclass(frozen=True, slots=True)
 class Settled:
     """What :meth:`Backend.settle` did: one bool per item of each list, False
@@ -297,18 +310,25 @@ class Backend(ABC):
         limit: int,
         lease: float,
         worker_id: str,
+        results: Sequence[ResultItem] = (),
     ) -> Callable[[], tuple[Settled, list[Reservation]]]:
         """Start :meth:`settle_and_reserve`; the function returned finishes it
-        (its result, or its error raised).
+        (its result, or its error raised). ``results`` are stored first
+        (:meth:`put_results`), so a task is never gone from its queue without
+        its result.
 
         A worker runs tasks between the two: a backend that can send the
         request now and read the reply then (Redis) overrides this, so the
         round trip and the backend's own work overlap the worker's. By default
         the call is made when it is finished.
         """
-        return lambda: self.settle_and_reserve(
-            acks, retries, buries, queues, limit, lease, worker_id
-        )
+
+        def finish() -> tuple[Settled, list[Reservation]]:
+            if results:
+                self.put_results(results)
+            return self.settle_and_reserve(acks, retries, buries, queues, limit, lease, worker_id)
+
+        return finish
 
     def release(self, reservations: Sequence[Reservation]) -> list[bool]:
         """Give back tasks that were reserved but never started; they keep their
@@ -349,6 +369,43 @@ class Backend(ABC):
     def dead_purge(self, queue: str, task_id: str | None = None) -> int:
         """Delete the queue's dead letters for good, or only those of ``task_id``
         (every letter of it); returns how many were deleted."""
+
+    # -- results (see gatorapp.results; a backend with supports_results) -------
+    #: whether this backend can be a result store
+    supports_results: ClassVar[bool] = False
+
+    def put_results(self, items: Sequence[ResultItem]) -> None:
+        """Store result records (replacing any of the same task id), each
+        readable for its ``ttl`` seconds, and wake whoever waits for them."""
+        raise NotImplementedError(f"{type(self).__name__} stores no results")
+
+    def get_result(self, task_id: str) -> bytes | None:
+        """The task's result record, or None (none stored, or expired)."""
+        raise NotImplementedError(f"{type(self).__name__} stores no results")
+
+    def wait_result(self, task_id: str, timeout: float) -> bytes | None:
+        """:meth:`get_result`, waiting up to ``timeout`` seconds for one to be
+        stored. By default polls with a growing interval (5 ms to 200 ms);
+        backends that can be woken override it."""
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            record = self.get_result(task_id)
+            left = deadline - time.monotonic()
+            if record is not None or left <= 0:
+                return record
+            time.sleep(min(pause, left))
+            pause = min(0.2, pause * 1.5)
+
+    def forget_result(self, task_id: str) -> None:
+        """Delete the task's result record, if any."""
+        raise NotImplementedError(f"{type(self).__name__} stores no results")
+
+    def locate(self, queue: str, task_id: str) -> Located | None:
+        """Where a task is in ``queue`` (``ready``, ``delayed`` or ``running``)
+        with its payload; None when the queue does not hold it. Backends that
+        cannot look a task up by id return None (``unsupported["locate"]``)."""
+        return None
 
     # -- introspection -------------------------------------------------------
     @abstractmethod

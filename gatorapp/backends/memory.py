@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import GatorError
-from .base import Backend, DeadLetter, Message, QueueStats, Reservation, running_error
+from .base import (
+    Backend,
+    DeadLetter,
+    Located,
+    Message,
+    QueueStats,
+    Reservation,
+    ResultItem,
+    running_error,
+)
 
 
 @dataclass(slots=True)
@@ -54,6 +63,7 @@ class _Queue:
 
 class MemoryBackend(Backend):
     poll_interval = 1.0  # wait() is woken by a condition variable, so polling is rare
+    supports_results = True
 
     def __init__(self, url: str = "memory://", **kwargs: object) -> None:
         super().__init__(url, **kwargs)  # type: ignore[arg-type]
@@ -64,6 +74,9 @@ class MemoryBackend(Backend):
         # enough, and far cheaper than a uuid per task.
         self._tokens = itertools.count(1)
         self._token_prefix = uuid.uuid4().hex[:8] + "-"
+        #: task id -> (result record, expires at); expired ones swept on put
+        self._results: dict[str, tuple[bytes, float]] = {}
+        self._results_swept = 0.0
 
     def _q(self, name: str) -> _Queue:
         q = self._queues.get(name)
@@ -239,6 +252,49 @@ class MemoryBackend(Backend):
                 out.append(entry is not None)
             self._cond.notify_all()
         return out
+
+    # -- results ---------------------------------------------------------------
+    def put_results(self, items: Sequence[ResultItem]) -> None:
+        now = time.time()
+        with self._cond:
+            results = self._results
+            for item in items:
+                results[item.task_id] = (item.record, now + item.ttl)
+            if now - self._results_swept > 60:
+                self._results_swept = now
+                for task_id in [t for t, (_, until) in results.items() if until <= now]:
+                    del results[task_id]
+            self._cond.notify_all()
+
+    def get_result(self, task_id: str) -> bytes | None:
+        with self._cond:
+            found = self._results.get(task_id)
+        return found[0] if found is not None and found[1] > time.time() else None
+
+    def wait_result(self, task_id: str, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                record = self.get_result(task_id)
+                left = deadline - time.monotonic()
+                if record is not None or left <= 0:
+                    return record
+                self._cond.wait(left)
+
+    def forget_result(self, task_id: str) -> None:
+        with self._cond:
+            self._results.pop(task_id, None)
+
+    def locate(self, queue: str, task_id: str) -> Located | None:
+        with self._cond:
+            q = self._queues.get(queue)
+            entry = q.entries.get(task_id) if q is not None else None
+            if entry is None:
+                return None
+            now = time.time()
+            if not _available(entry, now):
+                return "running", entry.data
+            return ("ready" if entry.run_at <= now else "delayed"), entry.data
 
     def _take(self, queue: str, task_id: str) -> bytes | None:
         with self._cond:

@@ -47,14 +47,17 @@ from redis.connection import parse_url as redis_parse_url
 from redis.exceptions import ResponseError
 
 from ..errors import BackendError
+from . import redis_results
 from .base import (
     DEFAULT_MAX_PAYLOAD,
     Backend,
     Burial,
     DeadLetter,
+    Located,
     Message,
     QueueStats,
     Reservation,
+    ResultItem,
     RetryItem,
     Settled,
     running_error,
@@ -91,6 +94,8 @@ class RedisBackend(Backend):
     :param prefix: key prefix; overrides ``?prefix=`` in the URL.
     :param client_options: passed to ``redis.Redis`` (URL query options win).
     """
+
+    supports_results = True
 
     def __init__(
         self,
@@ -162,7 +167,7 @@ class RedisBackend(Backend):
 
     @staticmethod
     def _load_scripts(conn: Any) -> None:
-        for source, _ in SCRIPTS.values():
+        for source in [*(source for source, _ in SCRIPTS.values()), redis_results.PUT]:
             conn.send_command("SCRIPT", "LOAD", source)
             conn.read_response()
 
@@ -374,14 +379,17 @@ class RedisBackend(Backend):
         queues: Sequence[str],
         limit: int,
         lease: float,
+        pre: Sequence[bytes] = (),
     ) -> Callable[[], tuple[list[Any], list[Reservation]]]:
-        """Send the settle calls of ``plan`` and the first queue's reserve (one
-        round trip) now; the function returned reads the replies, then reserves
-        from later queues while ``limit`` is not reached."""
+        """Send ``pre`` (result writes), the settle calls of ``plan`` and the
+        first queue's reserve (one round trip) now; the function returned reads
+        the replies, then reserves from later queues while ``limit`` is not
+        reached."""
         calls = [call for call, _ in plan]
         local = self.waiters.state()
         if (
             not calls
+            and not pre
             and local.stash
             and limit > 0
             and set(local.listened) <= {r.queue for r in local.stash}
@@ -393,7 +401,7 @@ class RedisBackend(Backend):
             stashed = local.stashed(limit)
             return lambda: ([], stashed)
         records = [(queue, self.calls.record(queue)) for _, queue, _ in calls]
-        commands = [
+        commands = [*pre] + [
             self.calls.command(name, queue, [self._record_ms, *args], keys)
             for (name, queue, args), (_, keys) in zip(calls, records)
         ]
@@ -436,6 +444,7 @@ class RedisBackend(Backend):
                     for reply in replies:
                         if isinstance(reply, ResponseError):
                             raise reply
+                    del replies[: len(pre)]
             except redis.RedisError as exc:
                 self._spent_after(records, first, failed=True)
                 self._maybe_listening(local, queues, waits)
@@ -540,9 +549,11 @@ class RedisBackend(Backend):
         limit: int,
         lease: float,
         worker_id: str,
+        results: Sequence[ResultItem] = (),
     ) -> Callable[[], tuple[Settled, list[Reservation]]]:
         plan = self._settle_plan(acks, retries, buries)
-        finish = self._begin(plan, queues, limit, lease)
+        pre = [redis_results.put_command(self.prefix, results)] if results else []
+        finish = self._begin(plan, queues, limit, lease, pre)
         n = (len(acks), len(retries), len(buries))
 
         def settled() -> tuple[Settled, list[Reservation]]:
@@ -622,6 +633,43 @@ class RedisBackend(Backend):
 
     def stop_waiting(self) -> None:
         self.waiters.stop()
+
+    # -- results (see redis_results) ---------------------------------------------
+    def put_results(self, items: Sequence[ResultItem]) -> None:
+        if items:
+            self._pipeline("result write", [redis_results.put_command(self.prefix, items)])
+
+    def _result_key(self, task_id: str) -> str:
+        return redis_results.key_prefix(self.prefix) + task_id
+
+    def get_result(self, task_id: str) -> bytes | None:
+        value = self._pipeline("result read", [("GET", self._result_key(task_id))])[0]
+        return None if value is None else bytes(value)
+
+    def wait_result(self, task_id: str, timeout: float) -> bytes | None:
+        with self._io("result wait"):
+            return redis_results.wait(self.client, self._result_key(task_id), timeout)
+
+    def forget_result(self, task_id: str) -> None:
+        self._pipeline("result delete", [("DEL", self._result_key(task_id))])
+
+    def locate(self, queue: str, task_id: str) -> Located | None:
+        keys = self.calls.keys(queue)
+        data, due, own = self._pipeline(
+            "locate",
+            [("HGET", keys[0], task_id), ("ZSCORE", keys[1], task_id), ("HGET", keys[2], task_id)],
+        )
+        if data is None:
+            return None
+        now = time.time()
+        token = text(own) if own is not None else ""
+        if due is None and len(token) >= 64:  # leased: running while the lease lives
+            (until,) = self._pipeline("locate", [("ZSCORE", keys[4], token)])
+            if until is not None and float(until) > now:
+                return "running", bytes(data)
+        if due is not None and float(due) > now:
+            return "delayed", bytes(data)
+        return "ready", bytes(data)
 
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:

@@ -32,13 +32,16 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import BackendError, ConfigurationError
+from . import sqlite_results
 from .base import (
     Backend,
     Burial,
     DeadLetter,
+    Located,
     Message,
     QueueStats,
     Reservation,
+    ResultItem,
     RetryItem,
     Settled,
     running_error,
@@ -129,6 +132,8 @@ def _translating(name: str, method: Callable[..., _R]) -> Callable[..., _R]:
 
 
 class SQLiteBackend(Backend):
+    supports_results = True
+
     def __init__(self, url: str = "sqlite:///gatorapp.db", **kwargs: object) -> None:
         super().__init__(url, **kwargs)  # type: ignore[arg-type]
         path = sqlite_path(url)
@@ -478,6 +483,37 @@ class SQLiteBackend(Backend):
             ).fetchone()
         return _blob(row[0]) if row else None
 
+    # -- results (see sqlite_results) ----------------------------------------------
+    def put_results(self, items: Sequence[ResultItem]) -> None:
+        if not items:
+            return
+        with self._tx() as conn:
+            sqlite_results.put(conn, self._target, items)
+        sqlite_results.notify(self._target)
+
+    def get_result(self, task_id: str) -> bytes | None:
+        return sqlite_results.get(self._conn, task_id)
+
+    def wait_result(self, task_id: str, timeout: float) -> bytes | None:
+        self._conn  # noqa: B018 (made, so the path of a temporary file is known)
+        return sqlite_results.wait(lambda: self.get_result(task_id), self._target, timeout)
+
+    def forget_result(self, task_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM gatorapp_results WHERE task_id = ?", (task_id,))
+
+    def locate(self, queue: str, task_id: str) -> Located | None:
+        now = time.time()
+        row = self._conn.execute(
+            "SELECT data, run_at, token IS NOT NULL AND lease_until > ? FROM gatorapp_tasks "
+            "WHERE queue = ? AND task_id = ?",
+            (now, queue, task_id),
+        ).fetchone()
+        if row is None:
+            return None
+        state = "running" if row[2] else ("ready" if row[1] <= now else "delayed")
+        return state, _blob(row[0])
+
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
         with self._tx() as conn:
@@ -567,6 +603,10 @@ for _name in (
     "_extend",
     "_bury",
     "_take",
+    "put_results",
+    "get_result",
+    "forget_result",
+    "locate",
     "wait",
     "dead_add",
     "dead_list",

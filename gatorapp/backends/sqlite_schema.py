@@ -9,6 +9,16 @@ from __future__ import annotations
 
 import sqlite3
 
+# Result records (see sqlite_results), made with the other tables.
+RESULTS = """
+CREATE TABLE IF NOT EXISTS gatorapp_results (
+    task_id TEXT PRIMARY KEY,
+    record BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS gatorapp_results_expiry ON gatorapp_results (expires_at);
+"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gatorapp_tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -63,7 +73,7 @@ DEAD_INSERT = (
 
 def create_tables(conn: sqlite3.Connection) -> None:
     """Make the tables, or move an earlier version's dead letters into them."""
-    conn.executescript(_SCHEMA)
+    conn.executescript(_SCHEMA + RESULTS)
     _dead_table(conn)
 
 

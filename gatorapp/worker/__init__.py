@@ -72,6 +72,8 @@ class AppLike(Protocol):
 
     def check_queue(self, queue: str) -> str: ...
 
+    def result_store(self) -> Backend | None: ...
+
 
 class Worker:
     """Consume ``queues`` (earlier ones first) until stopped.
@@ -191,6 +193,7 @@ class Worker:
                 prefetch=self.prefetch,
                 lease=self.app.lease,
                 refill_early=not inline,
+                result_store=self.app.result_store(),
             )
             outbox = self._outbox
             # (More than a worker ever holds: a full batch is settled with the next

@@ -47,6 +47,7 @@ class Fetcher:
     :param refill_early: refill before the buffer is empty (threads keep
         running while the loop fetches); a worker that runs tasks in its own
         thread refills when the buffer is empty.
+    :param result_store: where result records go, when not the backend.
     """
 
     def __init__(
@@ -59,8 +60,11 @@ class Fetcher:
         prefetch: int | None,
         lease: float,
         refill_early: bool,
+        result_store: Backend | None = None,
     ) -> None:
         self.backend = backend
+        #: where result records go (the task backend's own call when the same)
+        self.result_store = result_store or backend
         self.queues = list(queues)
         self.worker_id = worker_id
         self.lease = lease
@@ -126,7 +130,11 @@ class Fetcher:
         batch = outbox.take()
         if batch is None and not want:
             return list
+        results = batch.results if batch else []
         try:
+            if results and self.result_store is not self.backend:
+                self.result_store.put_results(results)  # (first: see gatorapp.results)
+                results = []
             finish = self.backend.begin_settle_and_reserve(
                 batch.acks if batch else (),
                 batch.retries if batch else (),
@@ -135,6 +143,7 @@ class Fetcher:
                 want,
                 self.lease,
                 self.worker_id,
+                **({"results": results} if results else {}),
             )
         except BaseException:
             if batch is not None:

@@ -27,7 +27,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..backends import Burial, Reservation, RetryItem, Settled
+from .. import results
+from ..backends import Burial, Reservation, ResultItem, RetryItem, Settled
 from ..execution import Settlement
 from .held import Held, fields
 
@@ -35,16 +36,22 @@ log = logging.getLogger("gatorapp.worker")
 
 
 class Batch:
-    """Settlements taken from the outbox for one backend call."""
+    """Settlements taken from the outbox for one backend call, and the result
+    records of those tasks that keep one (stored before they are settled)."""
 
-    __slots__ = ("acks", "buries", "retries")
+    __slots__ = ("acks", "buries", "results", "retries")
 
     def __init__(
-        self, acks: list[Reservation], retries: list[RetryItem], buries: list[Burial]
+        self,
+        acks: list[Reservation],
+        retries: list[RetryItem],
+        buries: list[Burial],
+        results: list[ResultItem],
     ) -> None:
         self.acks = acks
         self.retries = retries
         self.buries = buries
+        self.results = results
 
     def __len__(self) -> int:
         return len(self.acks) + len(self.retries) + len(self.buries)
@@ -77,6 +84,7 @@ class Outbox:
         self._acks: list[Reservation] = []
         self._retries: list[RetryItem] = []
         self._buries: list[Burial] = []
+        self._results: list[ResultItem] = []
         self._first = 0.0  # time.monotonic() of the oldest waiting outcome
         self._sending: Batch | None = None
         self._resent: set[int] = set()
@@ -159,6 +167,9 @@ class Outbox:
             self.succeeded += 1
             if self.keep_results:
                 self.results.append(s.result)
+            if s.result_ttl:
+                record = results.success(s.result, s.name, s.attempt)
+                self._results.append(ResultItem(s.task_id, record, s.result_ttl))
         elif kind == "retry":
             self._retries.append((r, s.payload or r.data, time.time() + s.delay))
             self.completed += 1
@@ -166,6 +177,11 @@ class Outbox:
             self._buries.append((r, s.reason, s.error))
             if s.attempt:
                 self.completed += 1
+            if s.result_ttl:
+                record = results.failure(
+                    results.DEAD, s.reason, s.summary, s.error, s.name, s.attempt
+                )
+                self._results.append(ResultItem(s.task_id, record, s.result_ttl))
 
     # -- sending ---------------------------------------------------------------
     def due(self) -> bool:
@@ -179,8 +195,8 @@ class Outbox:
         with self.lock:
             if not (self._acks or self._retries or self._buries):
                 return None
-            batch = Batch(self._acks, self._retries, self._buries)
-            self._acks, self._retries, self._buries = [], [], []
+            batch = Batch(self._acks, self._retries, self._buries, self._results)
+            self._acks, self._retries, self._buries, self._results = [], [], [], []
             self._sending = batch
             return batch
 
@@ -210,6 +226,7 @@ class Outbox:
             self._acks[:0] = batch.acks
             self._retries[:0] = batch.retries
             self._buries[:0] = batch.buries
+            self._results[:0] = batch.results
 
     def pending(self) -> set[int]:
         """Identities of reservations with an outcome (waiting or being sent)."""

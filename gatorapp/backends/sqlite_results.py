@@ -1,0 +1,77 @@
+"""Result records in a SQLite file: one table, rows that expire.
+
+The table is made with the others (``sqlite_schema.RESULTS``). Readers
+skip an expired row; writers delete expired rows now and then (at
+most once a minute per process), so no separate process sweeps. A reader
+waiting in this process is woken by the write at once; across processes it
+polls with a short, growing interval (see :meth:`Backend.wait_result`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from .base import ResultItem
+
+SWEEP_EVERY = 60.0  # seconds between two deletes of expired rows, per process
+
+# One condition per database file, for readers waiting in this process.
+_WAKE: dict[str, threading.Condition] = {}
+_WAKE_LOCK = threading.Lock()
+_swept: dict[str, float] = {}
+
+
+def wake(path: str) -> threading.Condition:
+    """The condition readers of ``path`` wait on in this process."""
+    with _WAKE_LOCK:
+        cond = _WAKE.get(path)
+        if cond is None:
+            cond = _WAKE[path] = threading.Condition()
+        return cond
+
+
+def put(conn: sqlite3.Connection, path: str, items: Sequence[ResultItem]) -> None:
+    """Store the records (in the caller's transaction)."""
+    now = time.time()
+    conn.executemany(
+        "INSERT OR REPLACE INTO gatorapp_results (task_id, record, expires_at) VALUES (?, ?, ?)",
+        [(i.task_id, i.record, now + i.ttl) for i in items],
+    )
+    if now - _swept.get(path, 0.0) > SWEEP_EVERY:
+        _swept[path] = now
+        conn.execute("DELETE FROM gatorapp_results WHERE expires_at <= ?", (now,))
+
+
+def notify(path: str) -> None:
+    """Wake this process's readers of ``path`` (after the commit)."""
+    cond = wake(path)
+    with cond:
+        cond.notify_all()
+
+
+def get(conn: sqlite3.Connection, task_id: str) -> bytes | None:
+    row = conn.execute(
+        "SELECT record FROM gatorapp_results WHERE task_id = ? AND expires_at > ?",
+        (task_id, time.time()),
+    ).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def wait(read: Callable[[], bytes | None], path: str, timeout: float) -> bytes | None:
+    """``read()`` until it finds a record or ``timeout`` runs out: woken at
+    once by a write in this process, polling every 5 ms to 200 ms (growing)
+    for one in another process."""
+    deadline = time.monotonic() + timeout
+    cond = wake(path)
+    pause = 0.005
+    while True:
+        with cond:  # (held from the read to the wait: a write's wake-up is not missed)
+            record = read()
+            left = deadline - time.monotonic()
+            if record is not None or left <= 0:
+                return record
+            cond.wait(min(pause, left))
+        pause = min(0.2, pause * 1.5)
