@@ -15,7 +15,6 @@ bad paths print one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib
 import logging
 import os
@@ -28,24 +27,15 @@ from typing import Any, NoReturn
 
 from .. import __version__
 from ..app import App
-from ..backends import DeadLetter
-from ..envelope import Task
 from ..errors import BackendError, GatorError
 from ..worker import Worker
 from ..worker.signals import EarlySignals
 from . import logs
+from .common import UsageError, no_store, queue_list, safe, warn_unknown
+from .dead import cmd_dead
 from .supervisor import LIFELINE_ENV, Supervisor, watch_lifeline
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-class UsageError(Exception):
-    """One line for the user, exit status 2. ``cause``: an exception whose
-    traceback is logged at DEBUG (a failed import of the user's module)."""
-
-    def __init__(self, message: str, cause: BaseException | None = None) -> None:
-        super().__init__(message)
-        self.cause = cause
 
 
 class _Parser(argparse.ArgumentParser):
@@ -205,30 +195,6 @@ def load_app(path: str) -> App:
     return app
 
 
-def _queue_list(app: App, chosen: list[str] | None) -> list[str]:
-    if chosen:
-        _warn_unknown(app, chosen)
-        return chosen
-    return list(dict.fromkeys(app.queues() + app.backend.known_queues()))
-
-
-def _warn_unknown(app: App, chosen: list[str]) -> None:
-    """A -Q name the app does not know and the backend holds nothing for is
-    most likely a typo: say so, with the names that do exist."""
-    own = app.queues()
-    unknown = [q for q in chosen if q not in own]
-    if not unknown:
-        return
-    known = list(dict.fromkeys(own + app.backend.known_queues()))
-    for q in unknown:
-        if q not in known:
-            print(
-                f"gatorapp: warning: queue {_safe(q)!r} is not one of this app's queues and "
-                f"holds nothing; known queues: {', '.join(_safe(k) for k in known)}",
-                file=sys.stderr,
-            )
-
-
 def _child_argv(args: argparse.Namespace, app_path: str) -> list[str]:
     """The command line of one worker process under a supervisor: the same
     worker, without -p."""
@@ -263,7 +229,7 @@ def cmd_worker(
         if not (isinstance(cls, type) and issubclass(cls, Worker)):
             raise UsageError(f"{args.worker_class!r} is not a subclass of gatorapp.Worker")
     if args.queues and not os.environ.get(LIFELINE_ENV):  # (a child: its parent said so)
-        _warn_unknown(app, args.queues)
+        warn_unknown(app, args.queues)
     if args.processes > 1:
         # The app imported and the worker class found: now the processes.
         sup = Supervisor(
@@ -288,185 +254,31 @@ def cmd_worker(
     return worker.run_forever()
 
 
-def _no_store(app: App) -> bool:
-    """Say so when there is nothing to look at: looking must not create it."""
-    why = app.backend.missing_store()
-    if why:
-        print(f"gatorapp: {why}; backend {app.backend.describe()}", file=sys.stderr)
-    return bool(why)
-
-
 def cmd_status(app: App, args: argparse.Namespace) -> int:
-    if _no_store(app):
+    if no_store(app):
         return 1
-    rows = [(q, app.backend.stats(q)) for q in _queue_list(app, args.queues)]
+    rows = [(q, app.backend.stats(q)) for q in queue_list(app, args.queues)]
     print(f"backend: {app.backend.describe()}", file=sys.stderr)  # (it answered)
     own = set(app.queues())
-    others = [_safe(q) for q, _ in rows if q not in own]
+    others = [safe(q) for q, _ in rows if q not in own]
     if others:
         print(
             f"(not consumed by a worker of this app by default, no task of it uses them: "
             f"{', '.join(others)})",
             file=sys.stderr,
         )
-    width = max([5, *(len(_safe(q)) for q, _ in rows)])
+    width = max([5, *(len(safe(q)) for q, _ in rows)])
     print(f"{'queue':<{width}}  {'ready':>7}  {'delayed':>7}  {'running':>7}  {'dead':>7}")
     unknown = app.backend.unsupported.get("stats_detail")
     for q, s in rows:
         # A count the backend cannot know is shown as "-", never as a false 0.
         delayed, running = ("-", "-") if unknown else (s.delayed, s.running)
-        print(f"{_safe(q):<{width}}  {s.ready:>7}  {delayed:>7}  {running:>7}  {s.dead:>7}")
+        print(f"{safe(q):<{width}}  {s.ready:>7}  {delayed:>7}  {running:>7}  {s.dead:>7}")
     why = app.backend.unsupported.get("exact_stats")
     if why:
         print(f"(approximate counts: {why})")
     if unknown:
         print(f"(ready counts delayed tasks too; {unknown})")
-    return 0
-
-
-def _describe(app: App, data: bytes) -> Task | None:
-    try:
-        return app.task_class.deserialize(app.registry.unseal(data))
-    except Exception:
-        return None
-
-
-# The stored payload is the one the last attempt started from, so these reasons
-# mean one more attempt ran than the payload records.
-_AFTER_AN_ATTEMPT = {"retries_exhausted", "not_retryable", "attempt_limit", "crashed"}
-
-
-def _attempts(task: Task, reason: str) -> int:
-    return task.attempt + (1 if reason in _AFTER_AN_ATTEMPT else 0)
-
-
-def _when(ts: float) -> str:
-    try:
-        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (TypeError, ValueError, OverflowError, OSError):
-        return "?"
-
-
-def _safe(value: object, keep: str = "") -> str:
-    """Text from the queue, fit for a terminal: control characters (a forged
-    line break, an escape sequence) are shown escaped, not obeyed. ``keep``
-    names the ones to leave (the line breaks of a traceback)."""
-    text = value if isinstance(value, str) else str(value)
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() or c in keep else repr(c)[1:-1] for c in text)
-
-
-def _cut(text: str, most: int = 120) -> str:
-    """``text`` cut at a word, with a marker, when longer than ``most``."""
-    if len(text) <= most:
-        return text
-    head = text[: most - 1]
-    space = head.rfind(" ")
-    return (head[:space] if space > most // 2 else head).rstrip() + "…"
-
-
-def _ls_line(app: App, q: str, letter: DeadLetter) -> str:
-    try:
-        task = _describe(app, letter.data)
-        name = task.name if task else "?"
-        error = letter.error.strip()
-        first = error.splitlines()[-1] if error else ""
-        fields = [q, letter.task_id, name, letter.reason, _when(letter.failed_at), _cut(first)]
-        return "\t".join(_safe(f) for f in fields)
-    except Exception as exc:  # a letter written by hand: say so, list the rest
-        return f"{_safe(q)}\t{_safe(letter.task_id)}\t(unreadable dead letter: {_safe(exc)})"
-
-
-def _show_letter(app: App, q: str, letter: DeadLetter) -> None:
-    task = _describe(app, letter.data)
-    print(f"task id:   {_safe(letter.task_id)}\nqueue:     {_safe(q)}")
-    print(f"reason:    {_safe(letter.reason)}\nfailed at: {_when(letter.failed_at)}")
-    if task is not None:
-        print(
-            f"task:      {_safe(task.name)}\nargs:      {task.func_args!r}\n"
-            f"kwargs:    {task.func_kwargs!r}\nattempts:  {_attempts(task, letter.reason)}"
-        )
-    else:
-        print(f"payload:   {len(letter.data)} bytes, not decodable")
-    print(f"error:\n{_safe(letter.error, keep=chr(10))}")
-
-
-def _no_letter(task_id: str, queues: list[str]) -> int:
-    listed = ", ".join(_safe(q) for q in queues)
-    print(f"gatorapp: no dead letter {_safe(task_id)!r} in {listed}", file=sys.stderr)
-    return 1
-
-
-def cmd_dead(app: App, args: argparse.Namespace) -> int:
-    backend = app.backend
-    if args.action == "ls" and (args.task_id or args.all):
-        raise UsageError("dead ls takes no task id or --all (it lists whole queues)")
-    if args.action == "purge" and args.all:
-        raise UsageError("dead purge takes a task id or nothing (every letter), not --all")
-    if args.action == "show" and args.all:
-        raise UsageError("dead show takes one task id, not --all")
-    if args.action == "requeue" and args.all and args.task_id:
-        raise UsageError("dead requeue takes a task id or --all, not both")
-    if args.action in ("show", "requeue") and not args.all and not args.task_id:
-        raise UsageError(
-            f"dead {args.action} needs a task id"
-            + (" (or --all)" if args.action == "requeue" else "")
-        )
-    if _no_store(app):
-        return 1
-    queues = _queue_list(app, args.queues)
-    if args.action == "ls":
-        count = 0
-        if sys.stdout.isatty():  # (piped, the lines stay plain data)
-            print("queue\ttask id\ttask\treason\tfailed at\terror")
-        for q in queues:
-            for letter in backend.dead_list(q):
-                print(_ls_line(app, q, letter))
-                count += 1
-        print(f"{count} dead letter(s)", file=sys.stderr)
-        return 0
-    if args.action == "show":
-        for q in queues:
-            if backend.dead_get(q, args.task_id) is None:
-                continue
-            # Every letter of the id, newest first (requeue takes the newest).
-            letters = [d for d in backend.dead_list(q, 10**9) if d.task_id == args.task_id]
-            letters.reverse()
-            for n, letter in enumerate(letters, 1):
-                if len(letters) > 1:
-                    print(f"{'' if n == 1 else chr(10)}-- letter {n} of {len(letters)}")
-                _show_letter(app, q, letter)
-            return 0
-        return _no_letter(args.task_id, queues)
-    if args.action == "requeue":
-        # The letters are read once and requeued as read (no second lookup by id).
-        if args.all:
-            letters = [letter for q in queues for letter in backend.dead_list(q, 10**9)]
-        else:
-            looked = (backend.dead_get(q, args.task_id) for q in queues)
-            letters = [letter for letter in looked if letter is not None]
-            if not letters:
-                return _no_letter(args.task_id, queues)
-        done = sum(1 for letter in letters if app.requeue_letter(letter))
-        print(f"requeued {done} task(s)")
-        return 0 if done == len(letters) else 1
-    if args.task_id is not None:  # one task's letters: named, so no question
-        purged = sum(backend.dead_purge(q, args.task_id) for q in queues)
-        if not purged:
-            return _no_letter(args.task_id, queues)
-        print(f"purged {purged} dead letter(s) of task {_safe(args.task_id)}")
-        return 0
-    if not args.yes:
-        listed = ", ".join(_safe(q) for q in queues)
-        if not sys.stdin.isatty():
-            raise UsageError(f"dead purge deletes every dead letter of {listed}: add --yes")
-        answer = input(f"delete every dead letter of {listed} for good? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing deleted")
-            return 1
-    purged = sum(backend.dead_purge(q) for q in queues)
-    print(f"purged {purged} dead letter(s)")
     return 0
 
 
@@ -545,7 +357,7 @@ def run() -> None:
         logging.getLogger("gatorapp.worker").warning(
             "exiting with %d thread(s) still running, started by a task and never stopped: %s",
             len(leftover),
-            ", ".join(_safe(t.name) for t in leftover),
+            ", ".join(safe(t.name) for t in leftover),
         )
         logging.shutdown()
         sys.stdout.flush()
