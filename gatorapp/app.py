@@ -54,6 +54,16 @@ def _pin_sqlite_path(url: str) -> str:
     return url
 
 
+def _wants_results(value: Any) -> bool:
+    try:
+        return as_bool(value, "results")
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"results must be True, False or a store URL (redis://..., sqlite:///...), "
+            f"not {value!r}"
+        ) from None
+
+
 class App:
     """One task registry and one backend.
 
@@ -143,10 +153,10 @@ class App:
             self.backend  # noqa: B018
             self.default_queue = self.check_queue(default_queue)
         self._result_store: Backend | None = None
-        if isinstance(results, str) and results:
+        if isinstance(results, str) and "://" in results:
             self._result_store = load_backend(_pin_sqlite_path(results))
             self._check_store(self._result_store, results)
-        elif not as_bool(results, "results"):
+        elif not _wants_results(results):
             return
         elif backend_class is None:
             self._check_store(self.backend, self.url)

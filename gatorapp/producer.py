@@ -47,7 +47,7 @@ class TaskHandle(Generic[R]):
     (``status()``, ``ready()``, ``get()``) when the app keeps results (see
     :mod:`gatorapp.results`). In eager mode ``task`` is the finished Task."""
 
-    __slots__ = ("_results", "id", "name", "queue", "run_at", "task")
+    __slots__ = ("_results", "id", "name", "queue", "run_at", "stores", "task")
 
     def __init__(
         self,
@@ -57,6 +57,7 @@ class TaskHandle(Generic[R]):
         run_at: float | None,
         task: Task | None = None,
         results: Results | None = None,
+        stores: bool = True,
     ) -> None:
         self.id = task_id
         self.name = name
@@ -64,6 +65,8 @@ class TaskHandle(Generic[R]):
         self.run_at = run_at
         self.task = task
         self._results = results
+        #: whether the enqueue asked for a result record (False: get() cannot wait for one)
+        self.stores = stores and results is not None
 
     @property
     def result(self) -> R | None:
@@ -74,15 +77,17 @@ class TaskHandle(Generic[R]):
 
     def _reader(self) -> Results:
         if self._results is None:
-            raise ConfigurationError("this handle has no result store")
+            raise ConfigurationError(
+                "this app keeps no results: App(..., results=True) (see docs/results.md)"
+            )
         return self._results
 
     def status(self) -> str:
         """``queued``, ``delayed``, ``running``, ``retrying``, ``succeeded``,
         ``failed``, ``dead``, ``cancelled``, or ``unknown`` (never stored, or
         its result expired)."""
-        if self.task is not None and self._results is None:
-            return SUCCEEDED  # eager, no store: it ran here
+        if self.task is not None and not self.stores:
+            return SUCCEEDED  # eager, nothing stored: it ran here
         return self._reader().status(self.id, self.queue or None)
 
     def ready(self) -> bool:
@@ -94,9 +99,14 @@ class TaskHandle(Generic[R]):
         long as it takes). Raises :class:`~gatorapp.errors.TaskFailed` when the
         task failed for good, :class:`~gatorapp.errors.ResultTimeout` (a
         ``TimeoutError``) when the time runs out. Reading deletes nothing."""
-        if self.task is not None and self._results is None:
+        if self.task is not None and not self.stores:
             return self.task.result  # type: ignore[no-any-return]
         reader = self._reader()
+        if not self.stores:
+            raise ConfigurationError(
+                f"task {self.name} {self.id} stores no result (it was enqueued with "
+                "store_result=False): there is nothing to wait for"
+            )
         value: R = reader.value(self.id, reader.wait(self.id, timeout))
         return value
 
@@ -217,6 +227,7 @@ class Producer:
     ) -> TaskHandle[Any]:
         """Enqueue one run of ``tdef`` (or run it now, eagerly)."""
         queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
+        keep = extra is not None and OPTION in extra
         task_id = task_id or new_task_id()
         data = self._encode(tdef, task_id, args, kwargs, queue, retries, hooks, extra)
         registry = self.registry
@@ -226,15 +237,16 @@ class Producer:
         if eager:
             backend.check_size(data)  # what the backend would refuse, eager mode refuses too
             task = self.run_eager(data)
-            return TaskHandle(task.task_id, task.name, task.queue, due, task, self.results)
+            return TaskHandle(task.task_id, task.name, task.queue, due, task, self.results, keep)
         backend.enqueue([Message(queue, task_id, data, due)])
-        return TaskHandle(task_id, tdef.name, queue, due, None, self.results)
+        return TaskHandle(task_id, tdef.name, queue, due, None, self.results, keep)
 
     def send_many(
         self, tdef: TaskDef, calls: Sequence[Call], opts: dict[str, Any]
     ) -> list[TaskHandle[Any]]:
         """Enqueue one run per ``(args, kwargs)`` in one backend call."""
         queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
+        keep = extra is not None and OPTION in extra
         ids = [task_id] * len(calls) if task_id else new_task_ids(len(calls))
         if self.registry.task_class is Task:
             datas = pack_envelopes(ids, tdef.name, queue, calls, retries, hooks, extra)
@@ -255,12 +267,12 @@ class Producer:
             for data in datas:
                 task = self.run_eager(data)
                 handles.append(
-                    TaskHandle(task.task_id, task.name, task.queue, due, task, self.results)
+                    TaskHandle(task.task_id, task.name, task.queue, due, task, self.results, keep)
                 )
             return handles
         backend.enqueue([Message(queue, i, data, due) for i, data in zip(ids, datas)])
         name, results = tdef.name, self.results
-        return [TaskHandle(i, name, queue, due, None, results) for i in ids]
+        return [TaskHandle(i, name, queue, due, None, results, keep) for i in ids]
 
     # -- eager -----------------------------------------------------------------
     def run_eager(

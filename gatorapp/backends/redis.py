@@ -662,9 +662,9 @@ class RedisBackend(Backend):
         if data is None:
             return None
         now = time.time()
-        token = text(own) if own is not None else ""
-        if due is None and len(token) >= 64:  # leased: running while the lease lives
-            (until,) = self._pipeline("locate", [("ZSCORE", keys[4], token)])
+        owned = text(own) if own is not None else ""  # token, then due time (redis.lua)
+        if due is None and len(owned) >= 64:  # leased: running while the lease lives
+            (until,) = self._pipeline("locate", [("ZSCORE", keys[4], owned[:64])])
             if until is not None and float(until) > now:
                 return "running", bytes(data)
         if due is not None and float(due) > now:

@@ -4,6 +4,7 @@
                     [--prefetch N] [--worker-class pkg.mod:Cls]
                     [-l LEVEL] [--log-format text|json] [--logfile PATH]
     gatorapp status -A myproj.app [-Q ...]
+    gatorapp result -A myproj.app TASK_ID [--wait SECONDS] [--json]
     gatorapp dead   -A myproj.app [-Q queue] ls | show ID | requeue ID | requeue --all
                     | purge [ID] [--yes]
 
@@ -33,6 +34,7 @@ from ..worker.signals import EarlySignals
 from . import logs
 from .common import UsageError, no_store, queue_list, safe, warn_unknown
 from .dead import cmd_dead
+from .result import cmd_result
 from .supervisor import LIFELINE_ENV, Supervisor, watch_lifeline
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -60,6 +62,16 @@ def _whole(minimum: int) -> Callable[[str], int]:
 
 _positive = _whole(1)
 _non_negative = _whole(0)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value < 10**9:
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
 
 
 def _level(text: str) -> str:
@@ -127,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--worker-class", default=None, help="pkg.mod:WorkerSubclass")
 
     sub.add_parser("status", parents=[common], help="ready / delayed / running / dead per queue")
+
+    r = sub.add_parser("result", parents=[common], help="a task's status, and its value or error")
+    r.add_argument("task_id", help="the task's id (handle.id)")
+    r.add_argument(
+        "--wait", type=_seconds, default=None, metavar="SECONDS", help="wait for it to end"
+    )
+    r.add_argument("--json", action="store_true", help="one JSON object, for scripts")
 
     d = sub.add_parser("dead", parents=[common], help="inspect and requeue dead letters")
     d.add_argument("action", choices=["ls", "show", "requeue", "purge"], nargs="?", default="ls")
@@ -335,7 +354,7 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: Ea
     got = early.restore()
     if got is not None:
         return 128 + got
-    command = {"status": cmd_status, "dead": cmd_dead}[args.command]
+    command = {"status": cmd_status, "dead": cmd_dead, "result": cmd_result}[args.command]
     return command(app, args)
 
 

@@ -1,0 +1,287 @@
+"""Results: the result part of the contract, run on every result store
+(memory, SQLite, Redis), through the API a user writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from worker_proc import APPS
+
+from gatorapp import App, ConfigurationError, ResultTimeout, Retry, TaskFailed, testing
+from gatorapp.results import MAX_RECORD
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/q.db"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+def app(store_url: str) -> Iterator[App]:
+    a = App(store_url, results=True)
+    yield a
+    a.close()
+
+
+def tasks(app: App):
+    gate = threading.Event()
+
+    @app.task
+    def add(a, b):
+        return a + b
+
+    @app.task(retries=1, backoff=None)
+    def boom():
+        raise KeyError("missing")
+
+    @app.task
+    def unencodable():
+        return object()
+
+    @app.task
+    def huge():
+        return b"x" * (MAX_RECORD + 1)
+
+    @app.task
+    def wait_for_gate():
+        gate.wait(10)
+        return "opened"
+
+    @app.task(retries=3)
+    def later():
+        raise Retry(delay=3600)
+
+    return add, boom, unencodable, huge, wait_for_gate, later, gate
+
+
+def test_success_is_kept_and_reading_deletes_nothing(app: App) -> None:
+    add, *_ = tasks(app)
+    h = add.delay(2, 3)
+    assert h.status() == "queued" and not h.ready()
+    app.drain()
+    assert h.status() == "succeeded" and h.ready()
+    assert h.get(timeout=5) == 5
+    assert h.get(timeout=5) == 5  # again: reading never deletes
+    rebuilt = app.result(h.id)
+    assert rebuilt.get(timeout=1) == 5 and rebuilt.status() == "succeeded"
+
+
+def test_get_waits_for_a_worker(app: App) -> None:
+    add, *_ = tasks(app)
+    with testing.worker(app):
+        assert add.delay(20, 22).get(timeout=10) == 42
+        handles = add.starmap([(i, i) for i in range(50)])
+        assert [h.get(timeout=10) for h in handles] == [2 * i for i in range(50)]
+
+
+def test_failure_names_the_remote_exception_and_keeps_its_traceback(app: App) -> None:
+    _, boom, *_ = tasks(app)
+    h = boom.delay()
+    app.drain()
+    assert h.status() == "retrying"
+    deadline = time.monotonic() + 10
+    while h.status() != "dead" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        app.drain()
+    with pytest.raises(TaskFailed) as info:
+        h.get(timeout=1)
+    err = info.value
+    assert err.status == "dead" and err.reason == "retries_exhausted"
+    assert "KeyError: 'missing'" in str(err)
+    assert 'raise KeyError("missing")' in err.traceback
+    assert isinstance(err, Exception)
+
+
+def test_timeout_is_a_timeout_error(app: App) -> None:
+    add, *_ = tasks(app)
+    h = add.delay(1, 1)
+    t0 = time.monotonic()
+    with pytest.raises(ResultTimeout) as info:
+        h.get(timeout=0.3)
+    assert time.monotonic() - t0 >= 0.3
+    assert isinstance(info.value, TimeoutError)
+    assert h.status() == "queued"
+
+
+def test_results_expire(store_url: str) -> None:
+    app = App(store_url, results=True, result_ttl=1)
+
+    @app.task
+    def one():
+        return 1
+
+    @app.task(result_ttl=60)
+    def kept():
+        return 2
+
+    h, k = one.delay(), kept.delay()
+    app.drain()
+    assert h.get(timeout=1) == 1
+    time.sleep(1.3)
+    assert h.status() == "unknown"  # expired: not "queued forever"
+    with pytest.raises(ResultTimeout):
+        h.get(timeout=0.1)
+    assert k.get(timeout=1) == 2  # its own TTL
+    app.close()
+
+
+def test_a_return_value_that_cannot_be_stored_fails_the_result_not_the_worker(app: App) -> None:
+    add, _, unencodable, huge, *_ = tasks(app)
+    u, big, after = unencodable.delay(), huge.delay(), add.delay(1, 2)
+    app.drain()
+    with pytest.raises(TaskFailed, match=r"result_not_encodable.*object"):
+        u.get(timeout=1)
+    with pytest.raises(TaskFailed, match="result_too_large"):
+        big.get(timeout=1)
+    assert u.status() == "failed"
+    assert after.get(timeout=1) == 3  # the worker went on
+    assert app.backend.stats("default").dead == 0  # it ran: nothing to run again
+
+
+def test_status_walks_through_every_state(app: App) -> None:
+    add, _, _, _, wait_for_gate, later, gate = tasks(app)
+    delayed = add.options(delay_by=3600).delay(1, 1)
+    assert delayed.status() == "delayed"
+    assert app.cancel(delayed.id) is not None
+    assert delayed.status() == "cancelled" and delayed.ready()
+    with pytest.raises(TaskFailed, match="cancelled"):
+        delayed.get(timeout=1)
+    h = wait_for_gate.delay()
+    with testing.worker(app, concurrency=2):
+        deadline = time.monotonic() + 10
+        while h.status() != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert h.status() == "running"
+        gate.set()
+        assert h.get(timeout=10) == "opened"
+    r = later.delay()
+    app.drain()
+    assert r.status() == "retrying"
+    assert app.result("no-such-id").status() == "unknown"
+
+
+def test_store_result_false_per_task_and_per_call(app: App) -> None:
+    add, *_ = tasks(app)
+
+    @app.task(store_result=False)
+    def fire_and_forget():
+        return "gone"
+
+    quiet = fire_and_forget.delay()
+    per_call = add.options(store_result=False).delay(1, 2)
+    kept = add.delay(1, 2)
+    app.drain()
+    for h in (quiet, per_call):
+        assert h.status() == "unknown"
+        with pytest.raises(ConfigurationError, match="stores no result"):
+            h.get(timeout=1)
+    assert kept.get(timeout=1) == 3
+
+
+def test_a_requeued_dead_letter_is_no_longer_dead(app: App) -> None:
+    _, boom, *_ = tasks(app)
+    h = boom.options(retries=0).delay()
+    app.drain()
+    assert h.status() == "dead"
+    assert app.requeue_dead("default", h.id)
+    assert h.status() == "queued"
+
+
+def test_eager_fills_the_same_handle(store_url: str) -> None:
+    app = App(store_url, results=True, eager=True)
+    add, boom, *_ = tasks(app)
+    h = add.delay(2, 3)
+    assert h.get() == 5 and h.status() == "succeeded" and h.result == 5
+    assert app.result(h.id).get(timeout=1) == 5
+    with pytest.raises(KeyError):
+        boom.options(task_id="eager-boom").delay()  # re-raised to the caller, as before
+    with pytest.raises(TaskFailed, match="KeyError"):
+        app.result("eager-boom").get(timeout=1)
+    app.close()
+
+
+def test_eager_without_results_still_returns_the_value() -> None:
+    app = App("memory://", eager=True)
+
+    @app.task
+    def add(a, b):
+        return a + b
+
+    h = add.delay(2, 3)
+    assert h.get() == 5 and h.status() == "succeeded"
+    with pytest.raises(ConfigurationError, match="keeps no results"):
+        app.result(h.id)
+
+
+def test_a_separate_result_store(tmp_path) -> None:
+    app = App("memory://", results=f"sqlite:///{tmp_path}/results.db")
+
+    @app.task
+    def add(a, b):
+        return a + b
+
+    h = add.delay(2, 3)
+    app.drain()
+    assert h.get(timeout=1) == 5
+    assert app.result_store() is not app.backend
+    app.close()
+
+
+def test_configuration_errors(tmp_path) -> None:
+    app = App("memory://")
+    with pytest.raises(ConfigurationError, match="keeps no results"):
+
+        @app.task(store_result=True)
+        def nope():
+            return 1
+
+    with pytest.raises(ConfigurationError, match="result_ttl"):
+        App("memory://", results=True, result_ttl=-1)
+    with pytest.raises(ConfigurationError, match="results"):
+        App("memory://", results="maybe")
+
+
+def test_sqs_needs_a_result_store_of_its_own(sqs_url: str, tmp_path) -> None:
+    with pytest.raises(ConfigurationError, match="cannot keep results"):
+        App(sqs_url, results=True)
+    app = App(sqs_url, results=f"sqlite:///{tmp_path}/results.db")
+
+    @app.task(queue="results-sqs")
+    def add(a, b):
+        return a + b
+
+    h = add.delay(2, 3)
+    app.drain(["results-sqs"])
+    assert h.get(timeout=5) == 5
+    app.close()
+
+
+def test_get_across_processes(tmp_path, monkeypatch) -> None:
+    """A worker process writes; this process's get() polls the SQLite file."""
+    monkeypatch.setenv("GATORAPP_TEST_URL", f"sqlite:///{tmp_path}/q.db")
+    env = {**os.environ, "PYTHONPATH": str(APPS)}
+    sys.path.insert(0, str(APPS))
+    try:
+        sys.modules.pop("results_app", None)
+        import results_app
+
+        h = results_app.add.delay(40, 2)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gatorapp", "worker", "-A", "results_app", "--burst"], env=env
+        )
+        assert h.get(timeout=60) == 42
+        assert proc.wait(60) == 0
+        results_app.app.close()
+    finally:
+        sys.path.remove(str(APPS))
+        sys.modules.pop("results_app", None)
