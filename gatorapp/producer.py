@@ -28,6 +28,7 @@ from .registry import Registry, TaskDef, check_retries
 from .results import (
     DEAD,
     FINAL,
+    MAX_RECORD,
     OPTION,
     SUCCEEDED,
     Results,
@@ -290,7 +291,9 @@ class Producer:
         while True:
             outcome = run_attempt(task, tdef, registry.hooks_for(task, tdef), registry.max_attempts)
             if outcome.kind == "success":
-                self._store_eager(task, success(task.result, task.name, task.attempt))
+                if task.options and self.results is not None:
+                    record = success(task.result, task.name, task.attempt, self._limit())
+                    self._store_eager(task, record)
                 return task
             if outcome.kind == "dead":
                 assert outcome.exc is not None
@@ -303,6 +306,10 @@ class Producer:
                     on_dead(task, outcome)
                 raise outcome.exc
             task = registry.task_class.deserialize(task.serialize())
+
+    def _limit(self) -> int:
+        store = self.results.store() if self.results and self.results.store else None
+        return min(MAX_RECORD, store.max_payload) if store is not None else MAX_RECORD
 
     def _store_eager(self, task: Task, record: bytes) -> None:
         """An eager run's result, stored as a worker would (when it keeps one)."""

@@ -285,3 +285,36 @@ def test_get_across_processes(tmp_path, monkeypatch) -> None:
     finally:
         sys.path.remove(str(APPS))
         sys.modules.pop("results_app", None)
+
+
+def test_the_result_command(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("GATORAPP_TEST_URL", f"sqlite:///{tmp_path}/q.db")
+    env = {**os.environ, "PYTHONPATH": str(APPS)}
+    sys.path.insert(0, str(APPS))
+    try:
+        sys.modules.pop("results_app", None)
+        import results_app
+
+        ok = results_app.add.delay(2, 3)
+        bad = results_app.add.delay(2, "x")
+
+        def result(*argv: str) -> subprocess.CompletedProcess[str]:
+            cmd = [sys.executable, "-m", "gatorapp", "result", "-A", "results_app", *argv]
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+
+        queued = result(ok.id)
+        assert queued.returncode == 0 and "status:    queued" in queued.stdout
+        results_app.app.drain()
+        done = result(ok.id)
+        assert done.returncode == 0
+        assert "status:    succeeded" in done.stdout and "value:     5" in done.stdout
+        failed = result(bad.id)
+        assert failed.returncode == 1
+        assert "status:    dead" in failed.stdout and "TypeError: unsupported operand" in failed.stdout
+        unknown = result("no-such-id", "--json")
+        assert unknown.returncode == 1 and '"status": "unknown"' in unknown.stdout
+        assert result(ok.id, "--wait", "1", "--json").stdout.startswith('{"task_id"')
+        results_app.app.close()
+    finally:
+        sys.path.remove(str(APPS))
+        sys.modules.pop("results_app", None)

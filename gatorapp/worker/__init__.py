@@ -185,6 +185,9 @@ class Worker:
             # so a killed worker loses at most the tasks it was running.
             if not leases:
                 self.prefetch = 0
+            store = self.app.result_store()
+            if store is not None:
+                self._outbox.result_limit = min(self._outbox.result_limit, store.max_payload)
             self._fetch = Fetcher(
                 backend,
                 self.queues,
@@ -193,7 +196,7 @@ class Worker:
                 prefetch=self.prefetch,
                 lease=self.app.lease,
                 refill_early=not inline,
-                result_store=self.app.result_store(),
+                result_store=store,
             )
             outbox = self._outbox
             # (More than a worker ever holds: a full batch is settled with the next

@@ -85,6 +85,8 @@ class Outbox:
         self._retries: list[RetryItem] = []
         self._buries: list[Burial] = []
         self._results: list[ResultItem] = []
+        #: the largest result record stored (the store's limit, if lower)
+        self.result_limit = results.MAX_RECORD
         self._first = 0.0  # time.monotonic() of the oldest waiting outcome
         self._sending: Batch | None = None
         self._resent: set[int] = set()
@@ -168,7 +170,7 @@ class Outbox:
             if self.keep_results:
                 self.results.append(s.result)
             if s.result_ttl:
-                record = results.success(s.result, s.name, s.attempt)
+                record = results.success(s.result, s.name, s.attempt, self.result_limit)
                 self._results.append(ResultItem(s.task_id, record, s.result_ttl))
         elif kind == "retry":
             self._retries.append((r, s.payload or r.data, time.time() + s.delay))
