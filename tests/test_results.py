@@ -310,7 +310,8 @@ def test_the_result_command(tmp_path, monkeypatch) -> None:
         assert "status:    succeeded" in done.stdout and "value:     5" in done.stdout
         failed = result(bad.id)
         assert failed.returncode == 1
-        assert "status:    dead" in failed.stdout and "TypeError: unsupported operand" in failed.stdout
+        assert "status:    dead" in failed.stdout
+        assert "TypeError: unsupported operand" in failed.stdout
         unknown = result("no-such-id", "--json")
         assert unknown.returncode == 1 and '"status": "unknown"' in unknown.stdout
         assert result(ok.id, "--wait", "1", "--json").stdout.startswith('{"task_id"')
