@@ -17,6 +17,11 @@ Phases (each a no-op task, N tasks, --reps runs; the median and the spread):
             to the last one settled (start-up excluded)
   latency   redis: an idle `gatorapp worker` process; enqueue one task, wait
             for it to run (it pushes to a Redis list), 300 times: p50 and p99
+  results   drain -c 1 with results off and on (App(results=True): every
+            task stores its return value), alternating, and the ratio; then
+            an idle `gatorapp worker` process with results on: enqueue one
+            task, get() its result, 300 times: how long after the task
+            returned get() did (p50, p99)
   ceiling   redis: a bare Python loop over the same payloads (one script
             reserving 200, msgpack decode, a dict lookup, the call, one
             script deleting the batch): what the round trips and Python
@@ -57,8 +62,14 @@ QUEUE = "bench"
 APP_SOURCE = """
 import os
 from gatorapp import App
-app = App(os.environ["BENCH_URL"], default_queue="bench", lease=60)
+app = App(os.environ["BENCH_URL"], default_queue="bench", lease=60,
+          results=bool(os.environ.get("BENCH_RESULTS")))
 _done = {}
+
+@app.task(name="bench.stamp")
+def stamp(x):
+    import time
+    return time.time()
 
 @app.task(name="bench.noop")
 def noop(x):
@@ -161,11 +172,11 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 # -- phases ------------------------------------------------------------------------------
 #: What --phases may name (procs: memory has none; latency and ceiling: Redis only).
-PHASES = ("enqueue", "bulk", "drain", "drain-c4", "procs", "latency", "ceiling")
+PHASES = ("enqueue", "bulk", "drain", "drain-c4", "procs", "latency", "results", "ceiling")
 
 
-def make_app(url: str) -> tuple[App, Callable[..., object]]:
-    app = App(url, default_queue=QUEUE, lease=60)
+def make_app(url: str, results: bool = False) -> tuple[App, Callable[..., object]]:
+    app = App(url, default_queue=QUEUE, lease=60, results=results)
 
     @app.task(name="bench.noop")
     def noop(x: int) -> None:
@@ -207,8 +218,8 @@ def phase_bulk(url: str, n: int) -> float:
     return n / seconds
 
 
-def phase_drain(url: str, n: int, concurrency: int) -> float:
-    app, noop = make_app(url)
+def phase_drain(url: str, n: int, concurrency: int, results: bool = False) -> float:
+    app, noop = make_app(url, results)
     fill(app, noop, n)
     worker = Worker(app, queues=[QUEUE], burst=True, concurrency=concurrency)
     seconds = timed(worker.run_forever)
@@ -290,6 +301,33 @@ def phase_latency(url: str, rounds: int, workdir: Path) -> tuple[float, float]:
             client.blpop("bench:done", 30)
             samples.append((time.perf_counter() - t0) * 1000)
             time.sleep(0.001)  # the worker goes idle between tasks
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        app.close()
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+def phase_get(url: str, rounds: int, workdir: Path) -> tuple[float, float]:
+    """ms from a task's return (its own clock) to get() returning its value."""
+    app = App(url, default_queue=QUEUE, lease=60, results=True)
+
+    @app.task(name="bench.stamp")
+    def stamp(x: int) -> float: ...
+
+    env = {**os.environ, "BENCH_URL": url, "BENCH_RESULTS": "1", "PYTHONPATH": str(workdir)}
+    cmd = [sys.executable, "-m", "gatorapp", "worker", "-A", "bench_app", "-Q", QUEUE]
+    proc = subprocess.Popen([*cmd, "-l", "ERROR"], env=env, cwd=workdir)
+    try:
+        for _ in range(5):  # warm-up, and the worker's start
+            stamp.delay(-1).get(timeout=30)
+        samples = []
+        for i in range(rounds):
+            handle = stamp.delay(i)
+            returned_at = handle.get(timeout=30)
+            samples.append((time.time() - returned_at) * 1000)
+            time.sleep(0.001)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -414,6 +452,20 @@ def main() -> None:
             pairs = [phase_latency(url, 300, workdir) for _ in range(reps)]
             median_of("latency p50", [p[0] for p in pairs], "ms")
             median_of("latency p99", [p[1] for p in pairs], "ms")
+        if on("results"):
+            off: list[float] = []
+            on_: list[float] = []
+            for _ in range(reps):  # alternating, so drift hits both alike
+                off.append(phase_drain(url, n, 1))
+                on_.append(phase_drain(url, n, 1, results=True))
+            median_of("drain -c 1, results off", off)
+            median_of("drain -c 1, results on", on_)
+            ratio = statistics.median(on_) / statistics.median(off)
+            print(f"  {'results on / off':<28} {ratio:>12.2f}", flush=True)
+            if args.backend != "memory":
+                pairs = [phase_get(url, 300, workdir) for _ in range(reps)]
+                median_of("get() after return, p50", [p[0] for p in pairs], "ms")
+                median_of("get() after return, p99", [p[1] for p in pairs], "ms")
         if args.backend == "redis" and on("ceiling"):
             median_of("ceiling: a bare loop", [phase_ceiling(url, n) for _ in range(reps)])
     finally:

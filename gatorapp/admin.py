@@ -76,7 +76,8 @@ def cancel(
         task = Task("?", task_id=task_id, queue=q)
     task.status = CANCELED
     record = failure(CANCELLED, "cancelled", "cancelled before it ran", "", task.name, task.attempt)
-    store_final(producer.results, task, record)
+    tdef = producer.registry.tasks.get(task.name)
+    store_final(producer.results, task, tdef.keep if tdef else None, record)
     return task
 
 

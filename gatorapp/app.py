@@ -303,6 +303,9 @@ class App:
         if result_ttl is not None:
             kwargs["result_ttl"] = check_ttl(result_ttl)
         tdef = self.registry.register(fn, queue=checked, **kwargs)
+        default = self.producer.result_ttl  # (None: the app keeps no results)
+        stores = tdef.store_result if tdef.store_result is not None else default is not None
+        tdef.keep = (tdef.result_ttl or default) if stores else None
         tfn: TaskFunction[Any, Any] = TaskFunction(self.producer, tdef)
         self.registry.alias(tfn, tdef)
         return tfn

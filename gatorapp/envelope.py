@@ -20,6 +20,7 @@ older workers; missing optional keys take their defaults.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -102,11 +103,24 @@ def _encode_error(exc: Exception) -> SerializationError:
     )
 
 
+_LOCAL = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's Packer: msgpack.packb builds one per call, which costs more
+    than packing a small value (a Packer is not shared: it has a buffer)."""
+    try:
+        packer: msgpack.Packer = _LOCAL.packer
+    except AttributeError:
+        packer = _LOCAL.packer = msgpack.Packer(use_bin_type=True, datetime=False)
+    return packer
+
+
 def pack(data: Any) -> bytes:
     """msgpack-encode ``data``; a value msgpack cannot encode, or that :func:`unpack`
     and the envelope checks would refuse, is a SerializationError."""
     try:
-        packed: bytes = msgpack.packb(data, use_bin_type=True, datetime=False)
+        packed: bytes = _packer().pack(data)
         _check_plain(data)
     except (TypeError, ValueError, OverflowError) as exc:  # DecodeError is a ValueError
         raise _encode_error(exc) from exc
@@ -144,7 +158,7 @@ def envelope_dict(
 
 
 def _packb(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+    return _packer().pack(value)  # type: ignore[no-any-return]
 
 
 def pack_envelopes(
@@ -199,7 +213,7 @@ def pack_envelope(data: dict[str, Any]) -> bytes:
     """:func:`pack` for a dict from :func:`envelope_dict`: only the parts a user
     supplies (arguments and opts) need the plain-data walk."""
     try:
-        packed: bytes = msgpack.packb(data, use_bin_type=True, datetime=False)
+        packed: bytes = _packer().pack(data)
         for item in data["args"]:
             if type(item) not in _SCALARS:
                 _check_plain(item, 1)
@@ -327,7 +341,10 @@ class Task:
         elif kwargs is _EMPTY:
             kwargs = {}  # (a fresh one: hooks may change it)
         if opts:
-            _check_plain(opts)
+            for key, value in opts.items():  # (mostly one scalar: {"result": ttl})
+                if type(key) is not str or type(value) not in _SCALARS:
+                    _check_plain(opts)
+                    break
         queue = get("queue")
         if type(queue) is not str or not queue:
             queue = "default"

@@ -212,7 +212,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
                     task.task_id,
                     task.attempt,
                     clock() - t0,
-                    ttl_of(task) if task.options else None,
+                    ttl_of(task.options, tdef.keep) if task.options else tdef.keep,
                 )
     except BaseException as exc:  # SystemExit from task code: record, don't die
         outcome = Outcome("dead", reason="crashed", error=format_error(exc), exc=exc)
@@ -226,7 +226,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
             task_id=task.task_id,
             attempt=task.attempt,
             duration=took,
-            result_ttl=ttl_of(task),
+            result_ttl=ttl_of(task.options, tdef.keep),
         )
     exc = outcome.exc
     summary = summarize(exc) if exc is not None else ""
@@ -243,7 +243,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
                 task_id=task.task_id,
                 attempt=task.attempt,
                 duration=took,
-                result_ttl=ttl_of(task),
+                result_ttl=ttl_of(task.options, tdef.keep),
             )
         return Settlement(
             "retry",
@@ -255,7 +255,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
             task_id=task.task_id,
             attempt=task.attempt,
             duration=took,
-            result_ttl=ttl_of(task),
+            result_ttl=ttl_of(task.options, tdef.keep),
         )
     return Settlement(
         "dead",
@@ -266,7 +266,7 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
         task_id=task.task_id,
         attempt=task.attempt,
         duration=took,
-        result_ttl=ttl_of(task),
+        result_ttl=ttl_of(task.options, tdef.keep),
     )
 
 

@@ -36,6 +36,7 @@ from .results import (
     failure,
     store_final,
     success,
+    ttl_of,
 )
 
 R = TypeVar("R")
@@ -183,8 +184,7 @@ class Producer:
     ]:
         """Queue, retries, hooks, envelope opts, due time, eagerness and id from ``opts``."""
         if not opts:
-            extra = self._keep(tdef, None, None) if self.result_ttl or tdef.store_result else None
-            return tdef.queue, tdef.retries, None, extra, None, self.eager, None
+            return tdef.queue, tdef.retries, None, None, None, self.eager, None
         queue = tdef.queue if opts.get("queue") is None else self.check_queue(opts["queue"])
         retries = tdef.retries if opts.get("retries") is None else opts["retries"]
         check_retries(retries, self.registry.max_attempts)
@@ -208,18 +208,21 @@ class Producer:
         return queue, retries, hooks or None, extra, due, eager, task_id
 
     def _keep(self, tdef: TaskDef, store: Any, ttl: Any) -> dict[str, Any] | None:
-        """The envelope option that asks for a result record, or None."""
-        keep = tdef.store_result if store is None else as_bool(store, "store_result")
-        if keep is None:
-            keep = self.result_ttl is not None
-        if not keep:
+        """The envelope option of an enqueue whose result is kept otherwise
+        than the task's default (see results.OPTION), or None."""
+        if store is None and ttl is None:
             return None
+        keep = tdef.keep is not None if store is None else as_bool(store, "store_result")
+        if not keep:
+            return None if tdef.keep is None else {OPTION: 0}
         if self.result_ttl is None:
             raise ConfigurationError(
                 f"task {tdef.name} stores its result, but the app keeps none: "
                 "App(..., results=True)"
             )
-        seconds = check_ttl(ttl) if ttl is not None else tdef.result_ttl or self.result_ttl
+        seconds = check_ttl(ttl) if ttl is not None else tdef.keep or self.result_ttl
+        if seconds == tdef.keep:
+            return None
         return {OPTION: int(seconds) if seconds == int(seconds) else seconds}
 
     # -- sending -------------------------------------------------------------
@@ -228,7 +231,7 @@ class Producer:
     ) -> TaskHandle[Any]:
         """Enqueue one run of ``tdef`` (or run it now, eagerly)."""
         queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
-        keep = extra is not None and OPTION in extra
+        keep = ttl_of(extra, tdef.keep) is not None
         task_id = task_id or new_task_id()
         data = self._encode(tdef, task_id, args, kwargs, queue, retries, hooks, extra)
         registry = self.registry
@@ -247,7 +250,7 @@ class Producer:
     ) -> list[TaskHandle[Any]]:
         """Enqueue one run per ``(args, kwargs)`` in one backend call."""
         queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
-        keep = extra is not None and OPTION in extra
+        keep = ttl_of(extra, tdef.keep) is not None
         ids = [task_id] * len(calls) if task_id else new_task_ids(len(calls))
         if self.registry.task_class is Task:
             datas = pack_envelopes(ids, tdef.name, queue, calls, retries, hooks, extra)
@@ -291,17 +294,17 @@ class Producer:
         while True:
             outcome = run_attempt(task, tdef, registry.hooks_for(task, tdef), registry.max_attempts)
             if outcome.kind == "success":
-                if task.options and self.results is not None:
+                if self.results is not None and ttl_of(task.options, tdef.keep):
                     record = success(task.result, task.name, task.attempt, self._limit())
-                    self._store_eager(task, record)
+                    store_final(self.results, task, tdef.keep, record)
                 return task
             if outcome.kind == "dead":
                 assert outcome.exc is not None
                 summary = summarize(outcome.exc)
-                self._store_eager(
-                    task,
-                    failure(DEAD, outcome.reason, summary, outcome.error, task.name, task.attempt),
+                record = failure(
+                    DEAD, outcome.reason, summary, outcome.error, task.name, task.attempt
                 )
+                store_final(self.results, task, tdef.keep, record)
                 if on_dead is not None:
                     on_dead(task, outcome)
                 raise outcome.exc
@@ -310,8 +313,3 @@ class Producer:
     def _limit(self) -> int:
         store = self.results.store() if self.results and self.results.store else None
         return min(MAX_RECORD, store.max_payload) if store is not None else MAX_RECORD
-
-    def _store_eager(self, task: Task, record: bytes) -> None:
-        """An eager run's result, stored as a worker would (when it keeps one)."""
-        if task.options:
-            store_final(self.results, task, record)

@@ -47,6 +47,9 @@ class TaskDef:
     #: keep a result record (None: as the app does); for how long (None: the app's TTL)
     store_result: bool | None = None
     result_ttl: float | None = None
+    #: seconds its result is kept unless an enqueue says otherwise (worked out
+    #: by the app from the two above and its own setting); None: not kept
+    keep: float | None = None
     #: the decoration hooks by kind, worked out once (empty when there are none)
     hooks: Hooks = field(default_factory=dict)
 

@@ -16,6 +16,7 @@ but the final write, and nothing at all for a task that stores none.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from .backends import Backend, ResultItem
+from .backends import Backend
 from .envelope import Task, pack, unpack
 from .errors import ConfigurationError, DecodeError, GatorError, ResultTimeout, TaskFailed
 
@@ -43,7 +44,10 @@ DEFAULT_TTL = 86400.0  # one day
 #: the largest record stored: a bigger return value fails the task's result
 MAX_RECORD = 512 * 1024
 
-#: the envelope option that asks the worker to store a result, for that many seconds
+#: the envelope option of an enqueue that keeps its result for other than the
+#: task's default: that many seconds, 0 for not at all. Absent, the worker
+#: keeps it as the task's definition says (TaskDef.keep), so the common case
+#: adds nothing to the envelope.
 OPTION = "result"
 
 
@@ -66,12 +70,19 @@ def _record(fields: dict[str, Any]) -> bytes:
     return data
 
 
+# A success record is the marker 0xc1 (a byte msgpack never uses), the time
+# it was stored as a msgpack float, then the value as packed: the cheapest
+# record to make, and every task that keeps a result makes one.
+_SUCCESS = struct.Struct(">BBd")
+_MARK = 0xC1
+
+
 def success(value: Any, name: str, attempts: int, limit: int = MAX_RECORD) -> bytes:
     """The record of a success; a return value that cannot be stored makes a
     ``failed`` record that says why (the task itself is done: it is not run
     again)."""
     try:
-        pack(value)
+        packed = pack(value)
     except GatorError as exc:
         why = exc.__cause__ or exc
         return failure(
@@ -83,17 +94,16 @@ def success(value: Any, name: str, attempts: int, limit: int = MAX_RECORD) -> by
             name,
             attempts,
         )
-    record = _record({"s": SUCCEEDED, "v": value, "n": name, "a": attempts, "t": time.time()})
-    if len(record) > limit:
+    if len(packed) > limit - 10:
         return failure(
             FAILED,
             "result_too_large",
-            f"the return value is {len(record)} bytes encoded, over the result limit of {limit}",
+            f"the return value is {len(packed)} bytes encoded, over the result limit of {limit}",
             "",
             name,
             attempts,
         )
-    return record
+    return _SUCCESS.pack(_MARK, 0xCB, time.time()) + packed
 
 
 def failure(
@@ -116,6 +126,9 @@ def failure(
 def read(record: bytes) -> Result:
     """Decode a stored record (one that is not ours reads as ``unknown``)."""
     try:
+        if record[:1] == b"\xc1":
+            _, _, at = _SUCCESS.unpack_from(record)
+            return Result(SUCCEEDED, unpack(record[_SUCCESS.size :]), finished_at=at)
         d = unpack(record)
         return Result(
             str(d["s"]),
@@ -131,16 +144,17 @@ def read(record: bytes) -> Result:
         return Result(UNKNOWN, reason="unreadable", summary="the stored result is not readable")
 
 
-def store_final(results: Results | None, task: Task, record: bytes) -> None:
+def store_final(results: Results | None, task: Task, default: float | None, record: bytes) -> None:
     """Store a record for ``task`` when the app keeps results and the task stores one."""
-    ttl = ttl_of(task)
+    ttl = ttl_of(task.options, default)
     if results is not None and results.store is not None and ttl:
-        results.store().put_results([ResultItem(task.task_id, record, ttl)])
+        results.store().put_results([(task.task_id, record, ttl)])
 
 
-def ttl_of(task: Task) -> float | None:
-    """Seconds to keep this task's result, or None when it stores none."""
-    ttl = task.options.get(OPTION)
+def ttl_of(options: dict[str, Any] | None, default: float | None) -> float | None:
+    """Seconds to keep a task's result (its enqueue's ``options``, else the
+    task's ``default``), or None when it keeps none."""
+    ttl = options.get(OPTION, default) if options else default
     return float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else None
 
 
@@ -149,10 +163,6 @@ def check_ttl(ttl: Any, what: str = "result_ttl") -> float:
     if not number or not 0 < ttl <= 10 * 365 * 86400:
         raise ConfigurationError(f"{what} must be seconds between 0 and 10 years, not {ttl!r}")
     return float(ttl)
-
-
-def item(task_id: str, record: bytes, ttl: float) -> ResultItem:
-    return ResultItem(task_id, record, ttl)
 
 
 class Results:

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gatorapp.worker.fetch import MAX_PREFETCH
+from gatorapp.worker.fetch import MAX_PREFETCH, OVERLAP
 
 APPS = Path(__file__).parent / "apps"
 
@@ -20,10 +20,10 @@ def held_bound(concurrency: int, prefetch: int | None) -> int:
     """The most tasks one worker process holds at once (buffered, running, or
     finished with its acknowledgement unsent): what a SIGKILL can make run
     again. Its high-water mark is concurrency + prefetch (adaptive prefetch:
-    at most MAX_PREFETCH); a worker with one thread also runs the last quarter
-    of a batch while the next one is on its way."""
+    at most MAX_PREFETCH); a worker with one thread also runs the last
+    OVERLAP of a batch while the next one is on its way."""
     high = concurrency + (MAX_PREFETCH if prefetch is None else prefetch)
-    return high + high // 4 if concurrency == 1 else high
+    return high + int(high * OVERLAP) if concurrency == 1 else high
 
 
 def env_for(url: str, ledger: Path, lease: float = 2.0) -> dict[str, str]:

@@ -78,12 +78,9 @@ RetryItem = tuple[Reservation, bytes, float]
 Burial = tuple[Reservation, str, str]
 
 
-class ResultItem(NamedTuple):
-    """A finished task's result record to store, for ``ttl`` seconds."""
-
-    task_id: str
-    record: bytes
-    ttl: float
+#: A finished task's result record to store: its task id, the record, and
+#: for how many seconds (a plain tuple: one is made per task).
+ResultItem = tuple[str, bytes, float]
 
 
 #: Where a task is in its queue (:meth:`Backend.locate`): ``ready``,

@@ -258,8 +258,8 @@ class MemoryBackend(Backend):
         now = time.time()
         with self._cond:
             results = self._results
-            for item in items:
-                results[item.task_id] = (item.record, now + item.ttl)
+            for task_id, record, ttl in items:
+                results[task_id] = (record, now + ttl)
             if now - self._results_swept > 60:
                 self._results_swept = now
                 for task_id in [t for t, (_, until) in results.items() if until <= now]:

@@ -648,7 +648,7 @@ class RedisBackend(Backend):
 
     def wait_result(self, task_id: str, timeout: float) -> bytes | None:
         with self._io("result wait"):
-            return redis_results.wait(self.client, self._result_key(task_id), timeout)
+            return redis_results.wait(self.client, self.prefix, self._result_key(task_id), timeout)
 
     def forget_result(self, task_id: str) -> None:
         self._pipeline("result delete", [("DEL", self._result_key(task_id))])

@@ -3,8 +3,13 @@
 The key is ``{prefix}:result:<task id>`` (every result under the prefix's
 hash tag). A worker writes its results with one script call per batch, in the
 same pipeline (one round trip) as the settle it belongs to, before it: a task
-is never gone from its queue without its result. The script publishes on a
-channel named like the key, so a reader blocked on it wakes at once.
+is never gone from its queue without its result.
+
+A reader that waits counts itself in ``{prefix}:result-waiters`` and listens on
+a channel named like the key; the script publishes each record on its
+channel only while someone waits (a publish costs Redis about as much as a
+third of the write), so a reader wakes at once and nobody pays when nobody
+waits.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from .redis_scripts import pack_args
 PUT = """
 local prefix = ARGV[1]
 local items = cmsgpack.unpack(ARGV[2])
+local waiting = tonumber(redis.call('GET', ARGV[3]) or '0') > 0
 for i = 1, #items, 3 do
   local key = prefix .. items[i]
   redis.call('SET', key, items[i + 1], 'PX', items[i + 2])
-  redis.call('PUBLISH', key, '1')
+  if waiting then redis.call('PUBLISH', key, items[i + 1]) end
 end
 return #items / 3
 """
@@ -35,34 +41,57 @@ def key_prefix(prefix: str) -> str:
     return "{" + prefix + "}:result:"
 
 
+def waiters_key(prefix: str) -> str:
+    return "{" + prefix + "}:result-waiters"
+
+
 def put_command(prefix: str, items: Sequence[ResultItem]) -> bytes:
     """The packed call that stores ``items`` (EVALSHA: a server that lost its
     scripts is sent :data:`PUT` by the link, see ``on_noscript``)."""
     flat: list[Any] = []
-    for item in items:
-        flat += (item.task_id, item.record, max(1, round(item.ttl * 1000)))
+    for task_id, record, ttl in items:
+        flat += (task_id, record, max(1, round(ttl * 1000)))
     return (
-        b"*5\r\n"
+        b"*6\r\n"
         + bulk("EVALSHA")
         + bulk(PUT_SHA)
         + bulk(0)
         + bulk(key_prefix(prefix))
         + bulk(pack_args(flat))
+        + bulk(waiters_key(prefix))
     )
 
 
-def wait(client: Any, key: str, timeout: float) -> bytes | None:
-    """The value of ``key`` once it exists, waiting up to ``timeout`` seconds
-    on its channel (subscribed before the first look, so no write is missed)."""
+def wait(client: Any, prefix: str, key: str, timeout: float) -> bytes | None:
+    """The value of ``key`` once it exists, waiting up to ``timeout`` seconds.
+
+    Counted as a waiter and subscribed before the first look, so a write
+    either comes before the look or publishes to this reader."""
+    value = client.get(key)  # (there already: no need to listen)
+    if value is not None or timeout <= 0:
+        return None if value is None else bytes(value)
     deadline = time.monotonic() + timeout
+    counter = waiters_key(prefix)
+    ms = int((timeout + 60) * 1000)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
+    counted = False
     try:
+        with client.pipeline(transaction=False) as pipe:
+            # (expires, in case this process dies waiting; only ever made longer)
+            pipe.incr(counter).pexpire(counter, ms, nx=True).pexpire(counter, ms, gt=True)
+            pipe.execute()
+        counted = True
         pubsub.subscribe(key)
-        while True:
-            value = client.get(key)
+        value = client.get(key)
+        while value is None:
             left = deadline - time.monotonic()
-            if value is not None or left <= 0:
-                return bytes(value) if value is not None else None
-            pubsub.get_message(timeout=min(left, 1.0))  # (a lost message: look again each second)
+            if left <= 0:
+                return None
+            # (Every second a look of its own, should a message be lost.)
+            message = pubsub.get_message(timeout=min(left, 1.0))
+            value = message["data"] if message is not None else client.get(key)
+        return bytes(value)
     finally:
         pubsub.close()
+        if counted:
+            client.decr(counter)

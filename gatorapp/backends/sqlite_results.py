@@ -38,7 +38,7 @@ def put(conn: sqlite3.Connection, path: str, items: Sequence[ResultItem]) -> Non
     now = time.time()
     conn.executemany(
         "INSERT OR REPLACE INTO gatorapp_results (task_id, record, expires_at) VALUES (?, ?, ?)",
-        [(i.task_id, i.record, now + i.ttl) for i in items],
+        [(task_id, record, now + ttl) for task_id, record, ttl in items],
     )
     if now - _swept.get(path, 0.0) > SWEEP_EVERY:
         _swept[path] = now
