@@ -103,7 +103,7 @@ def test_tutorial(tmp_path):
 
     # The tutorial's own tests: memory:// with app.drain(), and eager mode.
     out = python(proj, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_tasks.py").stdout
-    assert "5 passed" in out
+    assert "6 passed" in out
 
 
 def test_feeds(tmp_path):

@@ -7,7 +7,8 @@ from gatorapp import App
 OUTBOX = Path(__file__).parent / "outbox"
 
 # No URL: sqlite:///gatorapp.db in the current directory, or $GATORAPP_URL.
-app = App()
+# results=True: each task keeps its return value (for a day) for handle.get().
+app = App(results=True)
 
 
 @app.task

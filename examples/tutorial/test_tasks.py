@@ -17,6 +17,12 @@ def test_drain_runs_what_was_queued(tmp_path, monkeypatch):
     assert tasks.app.backend.len("emails") == 0
 
 
+def test_get_returns_what_the_task_returned():
+    handle = tasks.add.delay(2, 3)
+    tasks.app.drain()
+    assert handle.get(timeout=1) == 5
+
+
 def test_eager_returns_the_result():
     handle = tasks.add.options(is_async=False).delay(2, 3)
     assert handle.result == 5
