@@ -749,3 +749,58 @@ def test_dead_purge_of_one_id_deletes_its_letters_only(backend: Backend, q: str)
     letter = backend.dead_get(q, "t1")
     assert letter is not None and letter.data == b"third"
     assert backend.dead_purge(q) == 2
+
+
+# -- results (backends with supports_results; see gatorapp.results) ----------------
+def results_store(backend: Backend) -> None:
+    if not backend.supports_results:
+        pytest.skip(f"{type(backend).__name__} keeps no results (App names another store)")
+
+
+def test_results_are_stored_read_again_replaced_and_forgotten(backend: Backend) -> None:
+    results_store(backend)
+    a, b = f"r-{uuid.uuid4().hex}", f"r-{uuid.uuid4().hex}"
+    assert backend.get_result(a) is None
+    backend.put_results([(a, b"one", 60.0), (b, b"two", 60.0)])
+    assert backend.get_result(a) == b"one"
+    assert backend.get_result(a) == b"one"  # reading deletes nothing
+    backend.put_results([(a, b"again", 60.0)])
+    assert backend.get_result(a) == b"again"
+    backend.forget_result(a)
+    assert backend.get_result(a) is None and backend.get_result(b) == b"two"
+
+
+def test_results_expire(backend: Backend) -> None:
+    results_store(backend)
+    task_id = f"r-{uuid.uuid4().hex}"
+    backend.put_results([(task_id, b"soon gone", TICK)])
+    assert backend.get_result(task_id) == b"soon gone"
+    time.sleep(TICK + MARGIN)
+    assert backend.get_result(task_id) is None
+
+
+def test_wait_result_wakes_when_a_result_is_stored(backend: Backend) -> None:
+    results_store(backend)
+    task_id = f"r-{uuid.uuid4().hex}"
+    t0 = time.monotonic()
+    assert backend.wait_result(task_id, 0.2) is None
+    assert time.monotonic() - t0 >= 0.2
+    timer = threading.Timer(0.3, backend.put_results, [[(task_id, b"done", 60.0)]])
+    timer.start()
+    try:
+        assert backend.wait_result(task_id, 10) == b"done"
+    finally:
+        timer.join()
+
+
+def test_locate_says_where_a_task_is(backend: Backend, q: str) -> None:
+    results_store(backend)
+    put(backend, q, "now")
+    put(backend, q, "later", run_at=time.time() + 3600)
+    assert backend.locate(q, "now") == ("ready", b"data-now")
+    assert backend.locate(q, "later") == ("delayed", b"data-later")
+    (r,) = reserve(backend, q)
+    assert backend.locate(q, "now") == ("running", b"data-now")
+    backend.ack([r])
+    assert backend.locate(q, "now") is None
+    assert backend.locate(q, "never") is None

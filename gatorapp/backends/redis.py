@@ -654,22 +654,7 @@ class RedisBackend(Backend):
         self._pipeline("result delete", [("DEL", self._result_key(task_id))])
 
     def locate(self, queue: str, task_id: str) -> Located | None:
-        keys = self.calls.keys(queue)
-        data, due, own = self._pipeline(
-            "locate",
-            [("HGET", keys[0], task_id), ("ZSCORE", keys[1], task_id), ("HGET", keys[2], task_id)],
-        )
-        if data is None:
-            return None
-        now = time.time()
-        owned = text(own) if own is not None else ""  # token, then due time (redis.lua)
-        if due is None and len(owned) >= 64:  # leased: running while the lease lives
-            (until,) = self._pipeline("locate", [("ZSCORE", keys[4], owned[:64])])
-            if until is not None and float(until) > now:
-                return "running", bytes(data)
-        if due is not None and float(due) > now:
-            return "delayed", bytes(data)
-        return "ready", bytes(data)
+        return redis_results.locate(self._pipeline, self.calls.keys(queue), task_id)
 
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import ResultItem
+from .base import Located, ResultItem
 from .redis_link import bulk
-from .redis_scripts import pack_args
+from .redis_scripts import pack_args, text
 
 PUT = """
 local prefix = ARGV[1]
@@ -60,6 +60,28 @@ def put_command(prefix: str, items: Sequence[ResultItem]) -> bytes:
         + bulk(pack_args(flat))
         + bulk(waiters_key(prefix))
     )
+
+
+def locate(
+    pipeline: Callable[[str, list[Any]], list[Any]], keys: Sequence[str], task_id: str
+) -> Located | None:
+    """Where a task is in the queue of ``keys`` (the queue's keys, in the order
+    of redis.lua): two round trips at most, for ``status()``, never per task."""
+    data, due, own = pipeline(
+        "locate",
+        [("HGET", keys[0], task_id), ("ZSCORE", keys[1], task_id), ("HGET", keys[2], task_id)],
+    )
+    if data is None:
+        return None
+    now = time.time()
+    owned = text(own) if own is not None else ""  # token, then due time (redis.lua)
+    if due is None and len(owned) >= 64:  # leased: running while the lease lives
+        (until,) = pipeline("locate", [("ZSCORE", keys[4], owned[:64])])
+        if until is not None and float(until) > now:
+            return "running", bytes(data)
+    if due is not None and float(due) > now:
+        return "delayed", bytes(data)
+    return "ready", bytes(data)
 
 
 def wait(client: Any, prefix: str, key: str, timeout: float) -> bytes | None:

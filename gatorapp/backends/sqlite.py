@@ -503,16 +503,7 @@ class SQLiteBackend(Backend):
             conn.execute("DELETE FROM gatorapp_results WHERE task_id = ?", (task_id,))
 
     def locate(self, queue: str, task_id: str) -> Located | None:
-        now = time.time()
-        row = self._conn.execute(
-            "SELECT data, run_at, token IS NOT NULL AND lease_until > ? FROM gatorapp_tasks "
-            "WHERE queue = ? AND task_id = ?",
-            (now, queue, task_id),
-        ).fetchone()
-        if row is None:
-            return None
-        state = "running" if row[2] else ("ready" if row[1] <= now else "delayed")
-        return state, _blob(row[0])
+        return sqlite_results.locate(self._conn, queue, task_id)
 
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from .base import ResultItem
+from .base import Located, ResultItem
 
 SWEEP_EVERY = 60.0  # seconds between two deletes of expired rows, per process
 
@@ -58,6 +58,20 @@ def get(conn: sqlite3.Connection, task_id: str) -> bytes | None:
         (task_id, time.time()),
     ).fetchone()
     return bytes(row[0]) if row else None
+
+
+def locate(conn: sqlite3.Connection, queue: str, task_id: str) -> Located | None:
+    """Where a task is in its queue (for ``status()``, never per task)."""
+    now = time.time()
+    row = conn.execute(
+        "SELECT data, run_at, token IS NOT NULL AND lease_until > ? FROM gatorapp_tasks "
+        "WHERE queue = ? AND task_id = ?",
+        (now, queue, task_id),
+    ).fetchone()
+    if row is None:
+        return None
+    state = "running" if row[2] else ("ready" if row[1] <= now else "delayed")
+    return state, bytes(row[0])
 
 
 def wait(read: Callable[[], bytes | None], path: str, timeout: float) -> bytes | None:
