@@ -11,22 +11,24 @@ and in a worker alike. The work is done by the parts it holds: the
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import admin
-from .backends import Backend, DeadLetter, load_backend
+from .backends import Backend, DeadLetter, Message, load_backend
 from .backends.base import check_queue_name, masked_url
 from .encryption import Cipher
-from .envelope import Task
+from .envelope import Task, pack
 from .errors import ConfigurationError, GatorError, Rejected
 from .execution import Outcome, run_attempt
 from .options import as_bool, check_option_names
 from .producer import Producer
 from .registry import Hooks, Registry, TaskDef, qualified_name
 from .results import DEFAULT_TTL, Results, check_ttl
+from .schedules import Schedule
 from .signing import Signer
 from .tasks import Options, TaskFunction, TaskHandle, bound_options
 from .worker import Worker
@@ -142,6 +144,7 @@ class App:
         self.max_deliveries = max_deliveries
         self._backend: Backend | None = None
         self._backend_lock = threading.Lock()
+        self._schedules: list[Schedule] = []
         self.producer = Producer(
             self.registry, lambda: self.backend, self.check_queue, eager=as_bool(eager, "eager")
         )
@@ -179,6 +182,57 @@ class App:
         backend = self.backend
         self._check_store(backend, self.url)  # (a client class: known only now)
         return backend
+
+    # -- periodic tasks --------------------------------------------------------
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: float | dt.timedelta | None = None,
+        tz: str | None = None,
+        lateness: float | dt.timedelta | None = None,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]:
+        """Register a task that workers enqueue on a schedule (docs/periodic.md):
+        ``@app.periodic(cron="0 3 * * *", tz="Europe/Berlin")`` or
+        ``@app.periodic(every=30)``. It runs with ``args``/``kwargs`` (none by
+        default). ``lateness``: how late a missed tick may still run (default
+        one period). Other options are ``@app.task``'s (queue, retries, ...);
+        the function is an ordinary task too."""
+
+        def register(fn: Callable[P, R]) -> TaskFunction[P, R]:
+            tfn: TaskFunction[P, R] = self.task(**options)(fn)
+            schedule = Schedule.make(
+                tfn.name,
+                tfn.queue,
+                cron=cron,
+                every=every,
+                tz=tz,
+                lateness=lateness,
+                args=tuple(args),
+                kwargs=dict(kwargs or {}),
+            )
+            pack(list(schedule.args))  # arguments msgpack cannot carry: refused now
+            pack(schedule.kwargs)
+            self._schedules = [s for s in self._schedules if s.name != schedule.name]
+            self._schedules.append(schedule)
+            return tfn
+
+        return register
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        """The app's periodic tasks, in the order they were declared."""
+        return list(self._schedules)
+
+    def tick_message(self, schedule: Schedule, tick: float) -> Message:
+        """The message of one tick of ``schedule`` (its id is the tick's own)."""
+        tdef = self.registry.tasks[schedule.name]
+        return self.producer.message(
+            tdef, schedule.args, schedule.kwargs, schedule.queue, schedule.tick_id(tick)
+        )
 
     def result_store(self) -> Backend | None:
         """Where results are kept, or None when the app keeps none."""

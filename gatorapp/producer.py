@@ -225,6 +225,16 @@ class Producer:
             return None
         return {OPTION: int(seconds) if seconds == int(seconds) else seconds}
 
+    def message(
+        self, tdef: TaskDef, args: Sequence[Any], kwargs: dict[str, Any], queue: str, task_id: str
+    ) -> Message:
+        """The message ``.delay()`` would store for this call, due now, for a
+        caller that stores it itself (the scheduler, with ``enqueue_tick``)."""
+        data = self._encode(tdef, task_id, args, kwargs, queue, tdef.retries, None, None)
+        if self.registry.sealing:
+            data = self.registry.seal(data)
+        return Message(queue, task_id, data, None)
+
     # -- sending -------------------------------------------------------------
     def send(
         self, tdef: TaskDef, args: Sequence[Any], kwargs: dict[str, Any], opts: dict[str, Any]

@@ -20,8 +20,8 @@ from gatorapp import App, testing
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gatorapp"
 
-# What each module may import from gatorapp (besides errors, options, signing, encryption and the
-# backends' own modules, which any layer may use).
+# What each module may import from gatorapp (besides errors, options, signing, encryption,
+# schedules and the backends' own modules, which any layer may use).
 LAYERS = {
     "gatorapp.envelope": set(),
     "gatorapp.registry": {"gatorapp.envelope"},
@@ -41,7 +41,13 @@ LAYERS = {
     },
     "gatorapp.tasks": {"gatorapp.registry", "gatorapp.producer"},
 }
-BASE = {"gatorapp.errors", "gatorapp.options", "gatorapp.signing", "gatorapp.encryption"}
+BASE = {
+    "gatorapp.errors",
+    "gatorapp.options",
+    "gatorapp.signing",
+    "gatorapp.encryption",
+    "gatorapp.schedules",
+}
 
 
 def _imports() -> dict[str, set[str]]:

@@ -404,6 +404,26 @@ class Backend(ABC):
         cannot look a task up by id return None (``unsupported["locate"]``)."""
         return None
 
+    # -- periodic ticks (see gatorapp.schedules) ------------------------------
+    #: whether :meth:`enqueue_tick` enqueues each (schedule, tick) once however
+    #: many workers call it; when False, one scheduling worker only
+    ticks_once: ClassVar[bool] = False
+
+    def enqueue_tick(
+        self, message: Message, schedule: str, tick: float
+    ) -> tuple[bool, float | None]:
+        """Enqueue ``message`` unless ``schedule`` has a tick at or after
+        ``tick`` already, and record ``tick`` as its last, in one atomic step.
+        Returns whether it enqueued, and the schedule's last tick before (None
+        for none). By default (``ticks_once`` False) it just enqueues."""
+        self.enqueue([message])
+        return True, None
+
+    def last_tick(self, schedule: str, queue: str) -> float | None:
+        """The last tick enqueued of ``schedule`` (whose ticks go to ``queue``),
+        or None (none, or not recorded)."""
+        return None
+
     # -- introspection -------------------------------------------------------
     @abstractmethod
     def stats(self, queue: str) -> QueueStats: ...

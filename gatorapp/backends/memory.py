@@ -64,6 +64,7 @@ class _Queue:
 class MemoryBackend(Backend):
     poll_interval = 1.0  # wait() is woken by a condition variable, so polling is rare
     supports_results = True
+    ticks_once = True
 
     def __init__(self, url: str = "memory://", **kwargs: object) -> None:
         super().__init__(url, **kwargs)  # type: ignore[arg-type]
@@ -77,6 +78,7 @@ class MemoryBackend(Backend):
         #: task id -> (result record, expires at); expired ones swept on put
         self._results: dict[str, tuple[bytes, float]] = {}
         self._results_swept = 0.0
+        self._ticks: dict[str, float] = {}  # schedule -> last tick enqueued
 
     def _q(self, name: str) -> _Queue:
         q = self._queues.get(name)
@@ -284,6 +286,21 @@ class MemoryBackend(Backend):
     def forget_result(self, task_id: str) -> None:
         with self._cond:
             self._results.pop(task_id, None)
+
+    def enqueue_tick(
+        self, message: Message, schedule: str, tick: float
+    ) -> tuple[bool, float | None]:
+        with self._cond:
+            last = self._ticks.get(schedule)
+            if last is not None and last >= tick:
+                return False, last
+            self._ticks[schedule] = tick
+            self.enqueue([message])  # (re-entrant: the condition's lock is an RLock)
+            return True, last
+
+    def last_tick(self, schedule: str, queue: str) -> float | None:
+        with self._cond:
+            return self._ticks.get(schedule)
 
     def locate(self, queue: str, task_id: str) -> Located | None:
         with self._cond:

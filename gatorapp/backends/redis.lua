@@ -396,7 +396,25 @@ return {n, registered()}
 -- task due now goes straight to a waiting worker, leased to it in a batch of
 -- its own: it starts without a reserve of its own. Returns {1 added, 0 there
 -- already, or -1 refused (see running), registered}.
+-- With ARGV[4] (a periodic schedule's name) and ARGV[5] (a tick), it is a
+-- tick of that schedule: enqueued only if the schedule's last tick, kept in
+-- "<tag>tick:<name>", is older, which it then becomes; the reply ends with the
+-- last tick before ('' for none), and added is 0 when the tick was enqueued
+-- by another worker already.
 local id, due = ARGV[1], ARGV[3]
+if ARGV[4] then
+  local key = TAG .. 'tick:' .. ARGV[4]
+  local last = redis.call('GET', key)
+  if last and tonumber(last) >= tonumber(ARGV[5]) then return {0, registered(), last} end
+  redis.call('SET', key, ARGV[5])
+  local clock = redis.call('TIME')
+  local t = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+  if redis.call('HSETNX', K_DATA, id, ARGV[2]) == 1 then
+    redis.call('ZADD', K_WAIT, string.format('%.6f', t), id)
+    wake_for(t, t, nil)
+  end
+  return {1, registered(), last or ''}
+end
 local clock = redis.call('TIME')
 local t = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local at = t

@@ -96,6 +96,7 @@ class RedisBackend(Backend):
     """
 
     supports_results = True
+    ticks_once = True
 
     def __init__(
         self,
@@ -655,6 +656,23 @@ class RedisBackend(Backend):
 
     def locate(self, queue: str, task_id: str) -> Located | None:
         return redis_results.locate(self._pipeline, self.calls.keys(queue), task_id)
+
+    def enqueue_tick(
+        self, message: Message, schedule: str, tick: float
+    ) -> tuple[bool, float | None]:
+        self.check_size(message.data)
+        m = message
+        args = (m.task_id, m.data, "", schedule, repr(tick))
+        added, registered, last = self._pipeline(
+            "enqueue", [self.calls.command("enqueue_one", m.queue, args)]
+        )[0]
+        if not registered:
+            self._register({m.queue})
+        return added == 1, float(text(last)) if last else None
+
+    def last_tick(self, schedule: str, queue: str) -> float | None:
+        (value,) = self._pipeline("ticks", [("GET", self.calls.tag(queue) + ":tick:" + schedule)])
+        return None if value is None else float(text(value))
 
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:

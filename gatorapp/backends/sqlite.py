@@ -133,6 +133,7 @@ def _translating(name: str, method: Callable[..., _R]) -> Callable[..., _R]:
 
 class SQLiteBackend(Backend):
     supports_results = True
+    ticks_once = True
 
     def __init__(self, url: str = "sqlite:///gatorapp.db", **kwargs: object) -> None:
         super().__init__(url, **kwargs)  # type: ignore[arg-type]
@@ -505,6 +506,16 @@ class SQLiteBackend(Backend):
     def locate(self, queue: str, task_id: str) -> Located | None:
         return sqlite_results.locate(self._conn, queue, task_id)
 
+    def enqueue_tick(
+        self, message: Message, schedule: str, tick: float
+    ) -> tuple[bool, float | None]:
+        self.check_size(message.data)
+        with self._tx() as conn:
+            return sqlite_results.enqueue_tick(conn, message, schedule, tick)
+
+    def last_tick(self, schedule: str, queue: str) -> float | None:
+        return sqlite_results.last_tick(self._conn, schedule)
+
     # -- dead letters ----------------------------------------------------------
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
         with self._tx() as conn:
@@ -598,6 +609,8 @@ for _name in (
     "get_result",
     "forget_result",
     "locate",
+    "enqueue_tick",
+    "last_tick",
     "wait",
     "dead_add",
     "dead_list",

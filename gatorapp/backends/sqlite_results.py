@@ -1,4 +1,5 @@
-"""Result records in a SQLite file: one table, rows that expire.
+"""Result records in a SQLite file (one table, rows that expire), and the
+last tick of each periodic schedule.
 
 The table is made with the others (``sqlite_schema.RESULTS``). Readers
 skip an expired row; writers delete expired rows now and then (at
@@ -14,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from .base import Located, ResultItem
+from .base import Located, Message, ResultItem
 
 SWEEP_EVERY = 60.0  # seconds between two deletes of expired rows, per process
 
@@ -89,3 +90,32 @@ def wait(read: Callable[[], bytes | None], path: str, timeout: float) -> bytes |
                 return record
             cond.wait(min(pause, left))
         pause = min(0.2, pause * 1.5)
+
+
+def enqueue_tick(
+    conn: sqlite3.Connection, message: Message, schedule: str, tick: float
+) -> tuple[bool, float | None]:
+    """Backend.enqueue_tick, in the caller's transaction."""
+    row = conn.execute(
+        "SELECT last_tick FROM gatorapp_schedules WHERE name = ?", (schedule,)
+    ).fetchone()
+    last = None if row is None else float(row[0])
+    if last is not None and last >= tick:
+        return False, last
+    conn.execute(
+        "INSERT INTO gatorapp_schedules (name, last_tick) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET last_tick = excluded.last_tick",
+        (schedule, tick),
+    )
+    conn.execute(
+        "INSERT OR IGNORE INTO gatorapp_tasks (queue, task_id, data, run_at) VALUES (?, ?, ?, ?)",
+        (message.queue, message.task_id, message.data, message.run_at or time.time()),
+    )
+    return True, last
+
+
+def last_tick(conn: sqlite3.Connection, schedule: str) -> float | None:
+    row = conn.execute(
+        "SELECT last_tick FROM gatorapp_schedules WHERE name = ?", (schedule,)
+    ).fetchone()
+    return None if row is None else float(row[0])

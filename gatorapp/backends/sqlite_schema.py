@@ -19,6 +19,14 @@ CREATE TABLE IF NOT EXISTS gatorapp_results (
 CREATE INDEX IF NOT EXISTS gatorapp_results_expiry ON gatorapp_results (expires_at);
 """
 
+# Each periodic schedule's last tick enqueued (see Backend.enqueue_tick).
+SCHEDULES = """
+CREATE TABLE IF NOT EXISTS gatorapp_schedules (
+    name TEXT PRIMARY KEY,
+    last_tick REAL NOT NULL
+);
+"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gatorapp_tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,7 +81,7 @@ DEAD_INSERT = (
 
 def create_tables(conn: sqlite3.Connection) -> None:
     """Make the tables, or move an earlier version's dead letters into them."""
-    conn.executescript(_SCHEMA + RESULTS)
+    conn.executescript(_SCHEMA + RESULTS + SCHEDULES)
     _dead_table(conn)
 
 

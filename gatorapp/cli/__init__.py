@@ -5,6 +5,7 @@
                     [-l LEVEL] [--log-format text|json] [--logfile PATH]
     gatorapp status -A myproj.app [-Q ...]
     gatorapp result -A myproj.app TASK_ID [--wait SECONDS] [--json]
+    gatorapp periodic -A myproj.app
     gatorapp dead   -A myproj.app [-Q queue] ls | show ID | requeue ID | requeue --all
                     | purge [ID] [--yes]
 
@@ -34,6 +35,7 @@ from ..worker.signals import EarlySignals
 from . import logs
 from .common import UsageError, no_store, queue_list, safe, warn_unknown
 from .dead import cmd_dead
+from .periodic import cmd_periodic
 from .result import cmd_result
 from .supervisor import LIFELINE_ENV, Supervisor, watch_lifeline
 
@@ -137,8 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="tasks reserved ahead of free threads (default: adapts to task length)",
     )
     w.add_argument("--worker-class", default=None, help="pkg.mod:WorkerSubclass")
+    w.add_argument(
+        "--no-schedule",
+        action="store_true",
+        help="do not enqueue the app's periodic tasks (scheduling is off with --burst)",
+    )
 
     sub.add_parser("status", parents=[common], help="ready / delayed / running / dead per queue")
+    sub.add_parser("periodic", parents=[common], help="the app's periodic tasks and their ticks")
 
     r = sub.add_parser("result", parents=[common], help="a task's status, and its value or error")
     r.add_argument("task_id", help="the task's id (handle.id)")
@@ -236,6 +244,8 @@ def _child_argv(args: argparse.Namespace, app_path: str) -> list[str]:
         argv += ["--prefetch", str(args.prefetch)]
     if args.worker_class:
         argv += ["--worker-class", args.worker_class]
+    if args.no_schedule:
+        argv.append("--no-schedule")
     return argv
 
 
@@ -266,6 +276,7 @@ def cmd_worker(
         concurrency=args.concurrency,
         burst=args.burst,
         prefetch=args.prefetch,
+        schedule=not (args.burst or args.no_schedule),
     )
     if early is not None:
         early.forward(worker.handle_signal)
@@ -354,7 +365,12 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: Ea
     got = early.restore()
     if got is not None:
         return 128 + got
-    command = {"status": cmd_status, "dead": cmd_dead, "result": cmd_result}[args.command]
+    command = {
+        "status": cmd_status,
+        "dead": cmd_dead,
+        "result": cmd_result,
+        "periodic": cmd_periodic,
+    }[args.command]
     return command(app, args)
 
 

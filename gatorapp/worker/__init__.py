@@ -32,14 +32,16 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..backends import Backend
+from ..backends import Backend, Message
 from ..errors import ConfigurationError
 from ..registry import Registry
+from ..schedules import Schedule
 from .executors import InlineExecutor, Runner, ThreadExecutor
 from .fetch import MAX_PREFETCH, Fetcher, Outage, hand_back
 from .heartbeat import Heartbeat
 from .held import Held
 from .outbox import Outbox
+from .scheduler import Scheduler
 from .signals import Installed
 
 __all__ = ["AppLike", "Worker"]
@@ -74,6 +76,11 @@ class AppLike(Protocol):
 
     def result_store(self) -> Backend | None: ...
 
+    @property
+    def schedules(self) -> list[Schedule]: ...
+
+    def tick_message(self, schedule: Schedule, tick: float) -> Message: ...
+
 
 class Worker:
     """Consume ``queues`` (earlier ones first) until stopped.
@@ -86,6 +93,9 @@ class Worker:
     :param burst: return once the queues have nothing ready.
     :param prefetch: tasks reserved ahead of free threads; default: adapts to
         how long tasks take (up to 500, see :mod:`gatorapp.worker.fetch`).
+    :param schedule: also enqueue the ticks of the app's periodic tasks (see
+        :mod:`gatorapp.worker.scheduler`); ``gatorapp worker`` does unless
+        ``--no-schedule`` or ``--burst``.
     """
 
     def __init__(
@@ -97,6 +107,7 @@ class Worker:
         concurrency: int = 1,
         burst: bool = False,
         prefetch: int | None = None,
+        schedule: bool = False,
     ) -> None:
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
@@ -112,6 +123,7 @@ class Worker:
         self.max_tasks = max_tasks
         self.concurrency = concurrency
         self.burst = burst
+        self.schedule = schedule
         self.prefetch = prefetch
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
@@ -223,13 +235,22 @@ class Worker:
             )
             self._outage = Outage(self.ident())
             beating = leases and backend.thread_safe
+            scheduler = None
+            if self.schedule and self.app.schedules:  # (no thread at all without them)
+                scheduler = Scheduler(
+                    backend, self.app.schedules, self.app.tick_message, self.ident()
+                )
             try:
                 self.starting()
                 if beating:
                     self._heartbeat.start()
+                if scheduler is not None:
+                    scheduler.start()
                 self._loop()
                 self._shutdown()
             finally:
+                if scheduler is not None:
+                    scheduler.stop()
                 self._heartbeat.stop()
                 self._executor.shutdown(wait=not self._cold)
         self.stopping()
