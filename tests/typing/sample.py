@@ -23,3 +23,25 @@ add.delay("2", 3)  # E: arg-type
 add.delay(2)  # E: call-arg
 send.delay(1, loud=True)  # E: call-arg
 add.options(queue="x").delay(2, "3")  # E: arg-type
+
+results_app = App("memory://", results=True)
+
+
+@results_app.task
+def double(x: int) -> int:
+    return 2 * x
+
+
+value: int = double.delay(2).get(timeout=1)
+wrong: str = double.delay(2).get(timeout=1)  # E: assignment
+state: str = double.delay(2).status()
+done: bool = app.result("some-id").ready()
+
+
+@app.periodic(every=30)
+def refresh() -> int:
+    return 1
+
+
+count: int = refresh()
+refresh.delay(1)  # E: call-arg
