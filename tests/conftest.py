@@ -47,6 +47,16 @@ def url(request: pytest.FixtureRequest, tmp_path) -> str:
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/queue.db"
 
 
+@pytest.fixture(params=["memory", "sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """The backends that keep results and ticks of their own."""
+    if request.param == "memory":
+        return "memory://"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/q.db"
+    return str(request.getfixturevalue("redis_url"))
+
+
 @pytest.fixture(params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest, tmp_path) -> str:
     kind = request.param

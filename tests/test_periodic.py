@@ -117,15 +117,6 @@ def test_bad_schedules_are_refused_at_decoration(kwargs, message) -> None:
     assert app.schedules == []
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/q.db"
-    return str(request.getfixturevalue("redis_url"))
-
-
 def scheduled_app(url: str) -> App:
     app = App(url)
 

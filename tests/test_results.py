@@ -9,21 +9,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from worker_proc import APPS
 
 from gatorapp import App, ConfigurationError, ResultTimeout, Retry, TaskFailed, testing
 from gatorapp.results import MAX_RECORD
-
-
-@pytest.fixture(params=["memory", "sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "memory":
-        return "memory://"
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/q.db"
-    return str(request.getfixturevalue("redis_url"))
 
 
 @pytest.fixture
@@ -266,56 +258,50 @@ def test_sqs_needs_a_result_store_of_its_own(sqs_url: str, tmp_path) -> None:
     app.close()
 
 
-def test_get_across_processes(tmp_path, monkeypatch) -> None:
+@pytest.fixture
+def results_app(tmp_path, monkeypatch) -> Iterator[Any]:
+    """tests/apps/results_app.py on a SQLite file that worker processes share."""
+    monkeypatch.setenv("GATORAPP_TEST_URL", f"sqlite:///{tmp_path}/q.db")
+    monkeypatch.syspath_prepend(str(APPS))
+    sys.modules.pop("results_app", None)
+    import results_app
+
+    yield results_app
+    results_app.app.close()
+    sys.modules.pop("results_app", None)
+
+
+def test_get_across_processes(results_app) -> None:
     """A worker process writes; this process's get() polls the SQLite file."""
-    monkeypatch.setenv("GATORAPP_TEST_URL", f"sqlite:///{tmp_path}/q.db")
     env = {**os.environ, "PYTHONPATH": str(APPS)}
-    sys.path.insert(0, str(APPS))
-    try:
-        sys.modules.pop("results_app", None)
-        import results_app
-
-        h = results_app.add.delay(40, 2)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gatorapp", "worker", "-A", "results_app", "--burst"], env=env
-        )
-        assert h.get(timeout=60) == 42
-        assert proc.wait(60) == 0
-        results_app.app.close()
-    finally:
-        sys.path.remove(str(APPS))
-        sys.modules.pop("results_app", None)
+    h = results_app.add.delay(40, 2)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gatorapp", "worker", "-A", "results_app", "--burst"], env=env
+    )
+    assert h.get(timeout=60) == 42
+    assert proc.wait(60) == 0
 
 
-def test_the_result_command(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("GATORAPP_TEST_URL", f"sqlite:///{tmp_path}/q.db")
+def test_the_result_command(results_app) -> None:
     env = {**os.environ, "PYTHONPATH": str(APPS)}
-    sys.path.insert(0, str(APPS))
-    try:
-        sys.modules.pop("results_app", None)
-        import results_app
 
-        ok = results_app.add.delay(2, 3)
-        bad = results_app.add.delay(2, "x")
+    ok = results_app.add.delay(2, 3)
+    bad = results_app.add.delay(2, "x")
 
-        def result(*argv: str) -> subprocess.CompletedProcess[str]:
-            cmd = [sys.executable, "-m", "gatorapp", "result", "-A", "results_app", *argv]
-            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    def result(*argv: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "gatorapp", "result", "-A", "results_app", *argv]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
 
-        queued = result(ok.id)
-        assert queued.returncode == 0 and "status:    queued" in queued.stdout
-        results_app.app.drain()
-        done = result(ok.id)
-        assert done.returncode == 0
-        assert "status:    succeeded" in done.stdout and "value:     5" in done.stdout
-        failed = result(bad.id)
-        assert failed.returncode == 1
-        assert "status:    dead" in failed.stdout
-        assert "TypeError: unsupported operand" in failed.stdout
-        unknown = result("no-such-id", "--json")
-        assert unknown.returncode == 1 and '"status": "unknown"' in unknown.stdout
-        assert result(ok.id, "--wait", "1", "--json").stdout.startswith('{"task_id"')
-        results_app.app.close()
-    finally:
-        sys.path.remove(str(APPS))
-        sys.modules.pop("results_app", None)
+    queued = result(ok.id)
+    assert queued.returncode == 0 and "status:    queued" in queued.stdout
+    results_app.app.drain()
+    done = result(ok.id)
+    assert done.returncode == 0
+    assert "status:    succeeded" in done.stdout and "value:     5" in done.stdout
+    failed = result(bad.id)
+    assert failed.returncode == 1
+    assert "status:    dead" in failed.stdout
+    assert "TypeError: unsupported operand" in failed.stdout
+    unknown = result("no-such-id", "--json")
+    assert unknown.returncode == 1 and '"status": "unknown"' in unknown.stdout
+    assert result(ok.id, "--wait", "1", "--json").stdout.startswith('{"task_id"')
