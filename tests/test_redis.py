@@ -164,8 +164,8 @@ def test_prefixes_keep_apps_apart(redis_server) -> None:
 # The ACL rules docs/redis.md recommends, with the prefix "{prefix}".
 ACL_RULES = (
     "on >{password} resetkeys ~{{{prefix}:* ~{{{prefix}}}:* resetchannels "
-    "-@all +@read +@write +@scripting -script|flush -script|kill -@dangerous "
-    "+ping +hello +time"
+    "&{{{prefix}}}:result:* -@all +@read +@write +@scripting -script|flush "
+    "-script|kill -@dangerous +ping +hello +time +subscribe +unsubscribe +publish"
 )
 
 
@@ -184,6 +184,11 @@ def test_works_as_a_restricted_acl_user_confined_to_its_prefix(redis_server) -> 
     b.wait(["q"], 0.05)
     assert (b.stats("q").delayed, b.known_queues(), b.dead_purge("q")) == (1, ["q"], 1)
     assert b.take("q", "b") == b"2"
+    # Results: a reader waits on its task's channel, the worker publishes.
+    timer = threading.Timer(0.3, b.put_results, [[("r", b"done", 60.0)]])
+    timer.start()
+    assert b.wait_result("r", 10) == b"done"
+    timer.join()
     other = load_backend(url.replace(f"prefix={prefix}", "prefix=someone-else"))
     with pytest.raises(BackendError, match="permissions"):
         other.stats("q")
@@ -191,6 +196,47 @@ def test_works_as_a_restricted_acl_user_confined_to_its_prefix(redis_server) -> 
     for backend in (b, other):
         backend.close()
     admin.close()
+
+
+def test_results_that_cannot_be_stored_do_not_fail_the_settle(
+    redis_server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A user allowed the queues but not the result keys: the tasks ran, so the
+    # settle goes through (failing it would run them again) and the lost
+    # results are logged.
+    user, prefix = f"u{uuid.uuid4().hex[:6]}", f"nr{uuid.uuid4().hex[:6]}"
+    admin = redis.Redis(port=redis_server.port)
+    rules = f"on >pw resetkeys ~{{{prefix}:* ~{{{prefix}}}:queues +@all".split()
+    admin.execute_command("ACL", "SETUSER", user, *rules)
+    b = load_backend(f"redis://{user}:pw@127.0.0.1:{redis_server.port}/0?prefix={prefix}")
+    b.enqueue([Message("q", "a", b"1"), Message("q", "b", b"2")])
+    got = b.reserve(["q"], 1, 30, "w")
+    with caplog.at_level("ERROR", logger="gatorapp"):
+        settled, more = b.begin_settle_and_reserve(
+            got, [], [], ["q"], 1, 30, "w", [("a", b"done", 60.0)]
+        )()
+    assert settled.acked == [True] and [r.task_id for r in more] == ["b"]
+    assert "results of finished tasks not stored" in caplog.text
+    assert "can't access" in caplog.text
+    b.close()
+    admin.acl_deluser(user)
+    admin.close()
+
+
+def test_waiting_for_a_result_leaves_no_count_behind(redis_server) -> None:
+    prefix = f"w{uuid.uuid4().hex[:6]}"
+    b = RedisBackend(redis_server.url, prefix=prefix)
+    client = redis.Redis(port=redis_server.port)
+    counter = f"{{{prefix}}}:result-waiters"
+    client.set(counter, 1, px=600_000)  # another reader, waiting long
+    assert b.wait_result("nothing", 0.1) is None
+    # counted in and out again; the other reader's expiry was not cut short
+    assert int(client.get(counter)) == 1 and client.pttl(counter) > 500_000
+    client.delete(counter)
+    assert b.wait_result("nothing", 0.1) is None
+    assert client.exists(counter) == 0  # no count of zero left behind
+    b.close()
+    client.close()
 
 
 # -- lost replies: redis-py retries the command, the script must not act twice ------

@@ -35,6 +35,7 @@ trip. See ``redis_wait.py``.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -76,6 +77,8 @@ from .redis_scripts import (
     text,
 )
 from .redis_wait import WAIT_TTL, Waiters, WaitState, handed
+
+log = logging.getLogger("gatorapp.backends")
 
 
 def count(value: bytes | str) -> int:
@@ -442,9 +445,15 @@ class RedisBackend(Backend):
             try:
                 if sent is not None:
                     replies = sent.read()
-                    for reply in replies:
+                    for reply in replies[len(pre) :]:
                         if isinstance(reply, ResponseError):
                             raise reply
+                    for reply in replies[: len(pre)]:
+                        # The tasks ran and their settle went through; failing
+                        # it would only run them again, so results that could
+                        # not be stored are logged instead.
+                        if isinstance(reply, ResponseError):
+                            log.error("results of finished tasks not stored: %s", reply)
                     del replies[: len(pre)]
             except redis.RedisError as exc:
                 self._spent_after(records, first, failed=True)

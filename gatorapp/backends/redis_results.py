@@ -36,6 +36,19 @@ return #items / 3
 """
 PUT_SHA = hashlib.sha1(PUT.encode()).hexdigest()
 
+# A waiter counts itself in and out. The count expires, in case a reader dies
+# waiting, and its expiry is only ever made longer (PTTL is -1 with none set).
+# (Scripts rather than INCR and PEXPIRE ... NX/GT, which need Redis 7.)
+ENTER = """
+redis.call('INCR', KEYS[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+"""
+LEAVE = """
+if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
+"""
+
 
 def key_prefix(prefix: str) -> str:
     return "{" + prefix + "}:result:"
@@ -96,13 +109,11 @@ def wait(client: Any, prefix: str, key: str, timeout: float) -> bytes | None:
     counter = waiters_key(prefix)
     ms = int((timeout + 60) * 1000)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
-    counted = False
     try:
-        with client.pipeline(transaction=False) as pipe:
-            # (expires, in case this process dies waiting; only ever made longer)
-            pipe.incr(counter).pexpire(counter, ms, nx=True).pexpire(counter, ms, gt=True)
-            pipe.execute()
-        counted = True
+        # (Counted out in any case: the reply may be lost after it counted in.
+        # A count that falls to zero or below is deleted, so a spare count out
+        # costs at most another reader's prompt wake, never a result.)
+        client.eval(ENTER, 1, counter, ms)
         pubsub.subscribe(key)
         value = client.get(key)
         while value is None:
@@ -115,5 +126,4 @@ def wait(client: Any, prefix: str, key: str, timeout: float) -> bytes | None:
         return bytes(value)
     finally:
         pubsub.close()
-        if counted:
-            client.decr(counter)
+        client.eval(LEAVE, 1, counter)
