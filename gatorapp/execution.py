@@ -172,9 +172,34 @@ def _failed(task: Task, tdef: TaskDef, hooks: Hooks, exc: Exception, max_attempt
     return Outcome("retry", delay=delay, exc=exc)
 
 
-def rejected(exc: Rejected) -> Settlement:
-    """The settlement of a payload that cannot run: a dead letter, not an attempt."""
-    return Settlement("dead", reason=exc.reason, error=exc.error, summary=exc.error)
+def undeliverable(reason: str, error: str, data: bytes, registry: Registry) -> Settlement:
+    """The settlement of a delivery that never runs (its payload cannot run,
+    or its workers kept dying): a dead letter, not an attempt.
+
+    It carries a result record when what can be read of the task says it
+    keeps one, so a caller waiting in ``get()`` learns that it died."""
+    name, task_id, ttl = "", "", None
+    try:
+        task = registry.task_class.deserialize(registry.unseal(data))
+        tdef = registry.tasks.get(task.name) if isinstance(task.name, str) else None
+        ttl = ttl_of(task.options, tdef.keep if tdef is not None else None)
+        name, task_id = str(task.name)[:200], str(task.task_id)
+    except Exception:  # (nothing readable: no record)
+        pass
+    return Settlement(
+        "dead",
+        reason=reason,
+        error=error,
+        summary=error,
+        name=name,
+        task_id=task_id,
+        result_ttl=ttl,
+    )
+
+
+def rejected(exc: Rejected, data: bytes, registry: Registry) -> Settlement:
+    """The settlement of a payload that cannot run (see :func:`undeliverable`)."""
+    return undeliverable(exc.reason, exc.error, data, registry)
 
 
 def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
@@ -279,5 +304,5 @@ def execute(data: bytes, registry: Registry, max_payload: int | None = None) -> 
     try:
         task, tdef = registry.decode(data, max_payload)
     except Rejected as exc:
-        return rejected(exc)
+        return rejected(exc, data, registry)
     return attempt(task, tdef, registry)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from worker_proc import APPS
 
-from gatorapp import App, ConfigurationError, ResultTimeout, Retry, TaskFailed, testing
+from gatorapp import App, ConfigurationError, ResultTimeout, Retry, Task, TaskFailed, testing
 from gatorapp.results import MAX_RECORD
 
 
@@ -187,6 +187,34 @@ def test_a_requeued_dead_letter_is_no_longer_dead(app: App) -> None:
     assert h.status() == "dead"
     assert app.requeue_dead("default", h.id)
     assert h.status() == "queued"
+
+
+def test_tasks_that_never_ran_still_end_their_result(store_url: str) -> None:
+    # Dead letters that are not attempts (its workers kept dying; a payload
+    # this worker cannot run) store a dead record too: get() says so, rather
+    # than wait for a result that never comes.
+    app = App(store_url, results=True, max_deliveries=1, lease=0.2)
+    try:
+        add, *_ = tasks(app)
+        lost = add.delay(1, 2)
+        assert app.backend.reserve(["default"], 1, 0.2, "dying")
+        time.sleep(0.3)
+        hooked = Task(add.name, [1, 2], on_error="os.system")
+        app.backend.push("default", hooked.task_id, hooked.serialize())
+        bad = add.delay(1, 2)
+        app.backend.take("default", bad.id)
+        app.backend.push("default", bad.id, b"\x00not msgpack")
+        app.drain()
+        with pytest.raises(TaskFailed, match="its workers died") as info:
+            lost.get(timeout=5)
+        assert (info.value.status, info.value.reason) == ("dead", "worker_lost")
+        assert lost.status() == "dead"
+        with pytest.raises(TaskFailed, match=r"unknown_hook.*os\.system"):
+            app.result(hooked.task_id).get(timeout=5)
+        # (nothing can be read from that payload: no record, as before)
+        assert bad.status() == "unknown"
+    finally:
+        app.close()
 
 
 def test_eager_fills_the_same_handle(store_url: str) -> None:

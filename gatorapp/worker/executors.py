@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from ..backends import Reservation
 from ..errors import Rejected
-from ..execution import Settlement, attempt, rejected
+from ..execution import Settlement, attempt, rejected, undeliverable
 from ..registry import Registry
 from .held import Held, fields
 from .outbox import Outbox
@@ -70,20 +70,16 @@ class Runner:
             )
             return False
         if r.deliveries > self.max_deliveries:
-            self.outbox.add(
-                r,
-                Settlement(
-                    "dead",
-                    reason="worker_lost",
-                    error=f"delivered {r.deliveries} times without an outcome: its workers "
-                    "died or lost their leases",
-                ),
+            error = (
+                f"delivered {r.deliveries} times without an outcome: its workers died "
+                "or lost their leases"
             )
+            self.outbox.add(r, undeliverable("worker_lost", error, r.data, self.registry))
             return False
         try:
             task, tdef = self.registry.decode(r.data, self.max_payload)
         except Rejected as exc:
-            self.outbox.add(r, rejected(exc))
+            self.outbox.add(r, rejected(exc, r.data, self.registry))
             return False
         if not r.task_id:
             if r.token:

@@ -171,7 +171,7 @@ class Outbox:
                 self.results.append(s.result)
             if s.result_ttl:
                 record = results.success(s.result, s.name, s.attempt, self.result_limit)
-                self._results.append((s.task_id, record, s.result_ttl))
+                self._results.append((r.task_id or s.task_id, record, s.result_ttl))
         elif kind == "retry":
             self._retries.append((r, s.payload or r.data, time.time() + s.delay))
             self.completed += 1
@@ -183,7 +183,7 @@ class Outbox:
                 record = results.failure(
                     results.DEAD, s.reason, s.summary, s.error, s.name, s.attempt
                 )
-                self._results.append((s.task_id, record, s.result_ttl))
+                self._results.append((r.task_id or s.task_id, record, s.result_ttl))
 
     # -- sending ---------------------------------------------------------------
     def due(self) -> bool:
