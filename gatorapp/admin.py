@@ -99,8 +99,9 @@ def requeue_letter(producer: Producer, letter: DeadLetter) -> bool:
         data = registry.seal(task.serialize())
     except (Rejected, DecodeError):
         pass  # requeue as it was: a later deploy may know how to run it
-    done = producer.backend().dead_requeue(letter.queue, letter.task_id, data)
+    # Its dead record goes first: once requeued, the task may run and store
+    # a new result before a later forget would delete it.
     results = producer.results
-    if done and results is not None and results.store is not None:
-        results.store().forget_result(letter.task_id)  # it has not ended any more
-    return done
+    if results is not None and results.store is not None:
+        results.store().forget_result(letter.task_id)
+    return producer.backend().dead_requeue(letter.queue, letter.task_id, data)

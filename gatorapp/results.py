@@ -218,6 +218,9 @@ class Results:
             if attempt:
                 return RETRYING
             return QUEUED if state == "ready" else DELAYED
+        # In no queue: it may have ended since the first look (a worker
+        # stores the result before it acknowledges), so look again.
+        found = found or self.stored(task_id)
         return found.status if found is not None else UNKNOWN
 
     def wait(self, task_id: str, timeout: float | None) -> Result:

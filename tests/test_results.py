@@ -15,7 +15,7 @@ import pytest
 from worker_proc import APPS
 
 from gatorapp import App, ConfigurationError, ResultTimeout, Retry, Task, TaskFailed, testing
-from gatorapp.results import MAX_RECORD
+from gatorapp.results import MAX_RECORD, success
 
 
 @pytest.fixture
@@ -213,6 +213,40 @@ def test_tasks_that_never_ran_still_end_their_result(store_url: str) -> None:
             app.result(hooked.task_id).get(timeout=5)
         # (nothing can be read from that payload: no record, as before)
         assert bad.status() == "unknown"
+    finally:
+        app.close()
+
+
+def test_status_and_requeue_race_a_worker_that_finishes_meanwhile() -> None:
+    from gatorapp.backends.memory import MemoryBackend
+
+    class Racing(MemoryBackend):
+        """A worker finishes the task just as the reader or the requeue acts."""
+
+        def locate(self, queue, task_id):
+            self.finish(queue, task_id)
+            return super().locate(queue, task_id)
+
+        def dead_requeue(self, queue, task_id, data=None):
+            done = super().dead_requeue(queue, task_id, data)
+            self.finish(queue, task_id)
+            return done
+
+        def finish(self, queue, task_id):
+            if self.take(queue, task_id) is not None:
+                self.put_results([(task_id, success(4, "t", 1), 60.0)])
+
+    app = App("memory://", backend_class=Racing, results=True)
+    try:
+        add, boom, *_ = tasks(app)
+        h = add.delay(2, 2)
+        # gone from its queue between the status's two looks: it succeeded
+        assert h.status() == "succeeded"
+        dead = boom.options(retries=0).delay()
+        app.drain()
+        assert app.requeue_dead("default", dead.id)
+        # its new result outlives the requeue that forgot the dead one
+        assert dead.get(timeout=1) == 4
     finally:
         app.close()
 
