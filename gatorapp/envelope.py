@@ -104,6 +104,7 @@ def _encode_error(exc: Exception) -> SerializationError:
 
 
 _LOCAL = threading.local()
+_KEEP_BUFFER = 256 * 1024
 
 
 def _packer() -> msgpack.Packer:
@@ -121,6 +122,8 @@ def pack(data: Any) -> bytes:
     and the envelope checks would refuse, is a SerializationError."""
     try:
         packed: bytes = _packer().pack(data)
+        if len(packed) > _KEEP_BUFFER:
+            del _LOCAL.packer  # (its buffer keeps the size of its largest output)
         _check_plain(data)
     except (TypeError, ValueError, OverflowError) as exc:  # DecodeError is a ValueError
         raise _encode_error(exc) from exc

@@ -458,3 +458,22 @@ def test_bulk_envelopes_are_byte_for_byte_the_single_ones() -> None:
             assert got == want
     with pytest.raises(SerializationError):
         pack_envelopes(["a"], "mod.fn", "q", [((object(),), {})], 0)
+
+
+def test_packing_a_large_value_keeps_no_large_buffer_behind() -> None:
+    # Packing reuses a buffer per thread; one large value must not leave a
+    # thread holding a buffer of its size for good.
+    import gc
+    import tracemalloc
+
+    from gatorapp.envelope import pack
+
+    pack(1)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        assert len(pack(b"x" * (4 << 20))) > 4 << 20
+        gc.collect()
+        assert tracemalloc.get_traced_memory()[0] - before < 1 << 20
+    finally:
+        tracemalloc.stop()
