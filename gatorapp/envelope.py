@@ -121,9 +121,7 @@ def pack(data: Any) -> bytes:
     """msgpack-encode ``data``; a value msgpack cannot encode, or that :func:`unpack`
     and the envelope checks would refuse, is a SerializationError."""
     try:
-        packed: bytes = _packer().pack(data)
-        if len(packed) > _KEEP_BUFFER:
-            del _LOCAL.packer  # (its buffer keeps the size of its largest output)
+        packed = _packb(data)
         _check_plain(data)
     except (TypeError, ValueError, OverflowError) as exc:  # DecodeError is a ValueError
         raise _encode_error(exc) from exc
@@ -161,7 +159,10 @@ def envelope_dict(
 
 
 def _packb(value: Any) -> bytes:
-    return _packer().pack(value)  # type: ignore[no-any-return]
+    packed: bytes = _packer().pack(value)
+    if len(packed) > _KEEP_BUFFER:
+        del _LOCAL.packer  # (its buffer keeps the size of its largest output)
+    return packed
 
 
 def pack_envelopes(
@@ -216,7 +217,7 @@ def pack_envelope(data: dict[str, Any]) -> bytes:
     """:func:`pack` for a dict from :func:`envelope_dict`: only the parts a user
     supplies (arguments and opts) need the plain-data walk."""
     try:
-        packed: bytes = _packer().pack(data)
+        packed = _packb(data)
         for item in data["args"]:
             if type(item) not in _SCALARS:
                 _check_plain(item, 1)
