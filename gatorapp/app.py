@@ -356,6 +356,11 @@ class App:
                 )
         if result_ttl is not None:
             kwargs["result_ttl"] = check_ttl(result_ttl)
+            if self.producer.results is None and kwargs.get("store_result") is not False:
+                raise ConfigurationError(
+                    f"result_ttl on {getattr(fn, '__name__', fn)!r}, but the app keeps no "
+                    "results: App(..., results=True)"
+                )
         tdef = self.registry.register(fn, queue=checked, **kwargs)
         default = self.producer.result_ttl  # (None: the app keeps no results)
         stores = tdef.store_result if tdef.store_result is not None else default is not None

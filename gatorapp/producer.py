@@ -212,7 +212,11 @@ class Producer:
         than the task's default (see results.OPTION), or None."""
         if store is None and ttl is None:
             return None
-        keep = tdef.keep is not None if store is None else as_bool(store, "store_result")
+        # (A result_ttl alone asks for a result: ignoring it would be a surprise.)
+        if store is None:
+            keep = tdef.keep is not None or ttl is not None
+        else:
+            keep = as_bool(store, "store_result")
         if not keep:
             return None if tdef.keep is None else {OPTION: 0}
         if self.result_ttl is None:

@@ -140,7 +140,7 @@ def read(record: bytes) -> Result:
             int(d.get("a", 0)),
             float(d.get("t", 0.0)),
         )
-    except (DecodeError, KeyError, TypeError, ValueError, AttributeError):
+    except (DecodeError, KeyError, TypeError, ValueError, AttributeError, struct.error):
         return Result(UNKNOWN, reason="unreadable", summary="the stored result is not readable")
 
 

@@ -15,7 +15,7 @@ import pytest
 from worker_proc import APPS
 
 from gatorapp import App, ConfigurationError, ResultTimeout, Retry, Task, TaskFailed, testing
-from gatorapp.results import MAX_RECORD, success
+from gatorapp.results import MAX_RECORD, read, success
 
 
 @pytest.fixture
@@ -172,12 +172,14 @@ def test_store_result_false_per_task_and_per_call(app: App) -> None:
     quiet = fire_and_forget.delay()
     per_call = add.options(store_result=False).delay(1, 2)
     kept = add.delay(1, 2)
+    asked = fire_and_forget.options(result_ttl=60).delay()  # a TTL asks for a result
     app.drain()
     for h in (quiet, per_call):
         assert h.status() == "unknown"
         with pytest.raises(ConfigurationError, match="stores no result"):
             h.get(timeout=1)
     assert kept.get(timeout=1) == 3
+    assert asked.get(timeout=1) == "gone"
 
 
 def test_a_requeued_dead_letter_is_no_longer_dead(app: App) -> None:
@@ -299,6 +301,18 @@ def test_configuration_errors(tmp_path) -> None:
         def nope():
             return 1
 
+    with pytest.raises(ConfigurationError, match="keeps no results"):
+
+        @app.task(result_ttl=60)
+        def nope_either():
+            return 1
+
+    @app.task
+    def plain():
+        return 1
+
+    with pytest.raises(ConfigurationError, match="keeps none"):
+        plain.options(result_ttl=60).delay()
     with pytest.raises(ConfigurationError, match="result_ttl"):
         App("memory://", results=True, result_ttl=-1)
     with pytest.raises(ConfigurationError, match="results"):
@@ -366,4 +380,15 @@ def test_the_result_command(results_app) -> None:
     assert "TypeError: unsupported operand" in failed.stdout
     unknown = result("no-such-id", "--json")
     assert unknown.returncode == 1 and '"status": "unknown"' in unknown.stdout
-    assert result(ok.id, "--wait", "1", "--json").stdout.startswith('{"task_id"')
+    import json
+
+    done_json = json.loads(result(ok.id, "--wait", "1", "--json").stdout)
+    assert (done_json["status"], done_json["value"]) == ("succeeded", 5)
+    assert "attempts" not in done_json  # (not kept for a success, so not made up)
+    bad_json = json.loads(result(bad.id, "--json").stdout)
+    assert (bad_json["status"], bad_json["attempts"]) == ("dead", 1)
+
+
+def test_a_record_that_is_not_ours_reads_as_unknown() -> None:
+    for record in (b"\xc1", b"\xc1\xcb\x00", b"\x93\x01\x02\x03", b"\xa3abc"):
+        assert read(record).status == "unknown"

@@ -35,9 +35,9 @@ def cmd_result(app: App, args: argparse.Namespace) -> int:
     if args.json:
         out = {"task_id": args.task_id, "status": status}
         if found is not None and status in FINAL:
+            if found.name:  # (a success record keeps only its value and time)
+                out.update(task=found.name, attempts=found.attempts)
             out.update(
-                task=found.name,
-                attempts=found.attempts,
                 finished_at=found.finished_at,
                 value=found.value,
                 reason=found.reason,

@@ -103,8 +103,9 @@ class Fetcher:
             # worker fed one task at a time makes one call per task, not two.
             return 0
         # Threads keep running what is pending: top up to the high-water mark.
-        # A worker running tasks itself has run what is left by the time the
-        # refill arrives: a whole batch.
+        # A worker running tasks itself asks for a whole batch, since it runs
+        # what is left while the call travels; so it may hold up to
+        # (1 + OVERLAP) batches at once (the bound docs/operations.md gives).
         n = self.high - pending if self.refill_early else self.high
         if budget is not None:
             n = min(n, budget)
