@@ -28,13 +28,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import ConfigurationError
 
-UTC = dt.timezone.utc
-
 
 def _cronsim() -> Any:
     import cronsim  # (imported when an app declares a cron schedule, not before)
 
     return cronsim
+
+
+def _stamps(ticks: Any) -> Any:
+    """The epoch seconds of cronsim's ticks (a few at most are ever read)."""
+    return (float(tick.timestamp()) for tick in ticks)
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,9 @@ class Schedule:
     every: float | None = None
     cron: str | None = None
     tz: str = "UTC"
-    #: seconds a missed tick may be late and still run (default: one period)
-    lateness: float = 0.0
+    #: seconds a missed tick may be late and still run (None: one period,
+    #: see :meth:`limit`)
+    lateness: float | None = None
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -91,12 +95,12 @@ class Schedule:
         if every is not None and tz is not None:
             raise ConfigurationError("tz applies to cron schedules; every= counts seconds")
         late = lateness.total_seconds() if isinstance(lateness, dt.timedelta) else lateness
-        schedule = cls(name, queue, seconds, cron, zone, 0.0, tuple(args), dict(kwargs))
-        if late is None:
-            late = schedule.period()
-        if isinstance(late, bool) or not isinstance(late, (int, float)) or late < 0:
+        if late is not None and (
+            isinstance(late, bool) or not isinstance(late, (int, float)) or late < 0
+        ):
             raise ConfigurationError(f"lateness must be seconds >= 0, not {lateness!r}")
-        return cls(name, queue, seconds, cron, zone, float(late), tuple(args), dict(kwargs))
+        late = None if late is None else float(late)
+        return cls(name, queue, seconds, cron, zone, late, tuple(args), dict(kwargs))
 
     @property
     def spec(self) -> str:
@@ -110,24 +114,30 @@ class Schedule:
     def latest(self, now: float) -> float:
         """The last tick at or before ``now`` (epoch seconds)."""
         if self.every is not None:
-            return math.floor(now / self.every) * self.every
+            # (min: a float product may land a hair past ``now``)
+            return min(now, math.floor(now / self.every) * self.every)
         at = dt.datetime.fromtimestamp(math.floor(now) + 1, self._zone())
-        return float(next(_cronsim().CronSim(self.cron, at, reverse=True)).timestamp())
+        ticks = _cronsim().CronSim(self.cron, at, reverse=True)
+        # (In the hour an autumn clock repeats, cronsim reads the start as its
+        # first occurrence, so a tick it gives may lie on the wrong side of
+        # ``now``: take the first that does not.)
+        return next(t for t in _stamps(ticks) if t <= now)
 
     def after(self, t: float) -> float:
         """The first tick after ``t``."""
         if self.every is not None:
             return (math.floor(t / self.every) + 1) * self.every
         at = dt.datetime.fromtimestamp(t, self._zone())
-        return float(next(_cronsim().CronSim(self.cron, at)).timestamp())
+        return next(s for s in _stamps(_cronsim().CronSim(self.cron, at)) if s > t)
 
-    def period(self) -> float:
-        """Seconds between two ticks (for cron, the gap around now)."""
-        if self.every is not None:
-            return self.every
-        now = dt.datetime.now(UTC).timestamp()
-        last = self.latest(now)
-        return self.after(last) - last
+    def limit(self, tick: float) -> float:
+        """Seconds ``tick`` may be late and still run: the schedule's
+        lateness, or by default one period, the gap to the tick after it (a
+        weekday task missed on Friday still runs on Monday morning). Worked
+        out from the tick alone, so every worker agrees."""
+        if self.lateness is not None:
+            return self.lateness
+        return self.after(tick) - tick
 
     def tick_id(self, tick: float) -> str:
         """The task id of a tick: the same in every process."""

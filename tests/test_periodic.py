@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from worker_proc import APPS
 
-from gatorapp import App, ConfigurationError
-from gatorapp.backends import load_backend
+from gatorapp import App, ConfigurationError, PayloadTooLarge
+from gatorapp.backends import Message, load_backend
 from gatorapp.schedules import Schedule
 from gatorapp.worker.scheduler import Scheduler
 
@@ -48,7 +48,10 @@ def ticks(s: Schedule, start: float, n: int) -> list[str]:
 def test_every_ticks_on_multiples_of_its_period() -> None:
     s = Schedule.make("t", "q", cron=None, every=30, tz=None, lateness=None, args=(), kwargs={})
     assert (s.latest(100.0), s.after(90.0), s.after(89.9)) == (90.0, 120.0, 90.0)
-    assert s.lateness == 30 and s.tick_id(90.0) == "periodic:t:90000"
+    assert s.limit(90.0) == 30 and s.tick_id(90.0) == "periodic:t:90000"
+    # (a period that is no whole number: the latest tick is never after now)
+    odd = Schedule.make("t", "q", cron=None, every=1.1, tz=None, lateness=None, args=(), kwargs={})
+    assert all(odd.latest(n * 1.1) <= n * 1.1 for n in range(1, 2000))
     hourly = Schedule.make(
         "t", "q", cron=None, every=dt.timedelta(hours=1), tz=None, lateness=None, args=(), kwargs={}
     )
@@ -80,6 +83,38 @@ def test_a_daily_task_neither_skips_nor_doubles_across_daylight_saving() -> None
         "10-25 02:00+0100",
         "10-25 02:30+0100",
     ]
+
+
+@pytest.mark.parametrize("expr", ["30 2 * * *", "*/15 * * * *", "0 * * * *", "*/7 1-3 * * *"])
+@pytest.mark.parametrize(
+    ("tz", "night"),
+    [
+        ("Europe/Berlin", at(2026, 10, 24, 22, 0)),  # autumn: 03:00 back to 02:00
+        ("Europe/Berlin", at(2026, 3, 28, 22, 0)),  # spring: 02:00 on to 03:00
+        ("America/New_York", at(2026, 11, 1, 4, 0)),
+        ("America/New_York", at(2026, 3, 8, 5, 0)),
+    ],
+)
+def test_ticks_never_fall_on_the_wrong_side_of_now(expr: str, tz: str, night: float) -> None:
+    # In the repeated autumn hour a cron library may read "now" as the
+    # hour's first occurrence; a next tick in the past would make the
+    # scheduler spin, a latest tick in the future would run it early.
+    s = cron(expr, tz)
+    for t in (night + i for i in range(0, 6 * 3600, 37)):
+        assert s.after(t) > t and s.latest(t) <= t
+
+
+def test_the_default_lateness_is_the_gap_to_the_next_tick() -> None:
+    # Worked out from the tick alone (every worker agrees, whenever it started):
+    # a weekday task's Friday tick may be late until Monday's.
+    weekdays = cron("0 9 * * 1-5")
+    friday, monday = at(2026, 6, 5, 9, 0), at(2026, 6, 8, 9, 0)
+    assert weekdays.limit(friday) == monday - friday
+    assert weekdays.limit(monday) == 86400
+    strict = Schedule.make(
+        "t", "q", cron="0 9 * * 1-5", every=None, tz=None, lateness=600, args=(), kwargs={}
+    )
+    assert strict.limit(friday) == 600
 
 
 def test_latest_is_the_tick_at_or_before_now() -> None:
@@ -189,6 +224,31 @@ def test_a_tick_later_than_its_lateness_is_skipped(store_url: str, caplog) -> No
     assert backend.stats("ticks").ready == 0
     assert "is 30 s late, more than its lateness of 10 s: skipped" in caplog.text
     app.close()
+
+
+def test_without_a_record_of_ticks_a_restart_waits_for_the_next_tick(sqs_url: str) -> None:
+    # SQS keeps no record of ticks: a worker started 30 s after a tick
+    # cannot know whether it ran, and running it at every restart would be
+    # worse than missing it.
+    app = scheduled_app(sqs_url)
+    t0 = 1_800_000_000.0
+    scheduler = Scheduler(app.backend, app.schedules, app.tick_message, "w1")
+    assert scheduler.run_once(t0 + 30) == t0 + 60
+    assert app.backend.stats("ticks").ready == 0
+    scheduler.run_once(t0 + 60.2)
+    assert app.backend.stats("ticks").ready == 1
+    app.close()
+
+
+def test_a_refused_tick_is_not_recorded(store_url: str) -> None:
+    backend = load_backend(store_url, max_payload=100)
+    with pytest.raises(PayloadTooLarge):
+        backend.enqueue_tick(Message("ticks", "t1", b"x" * 200), "big", 60.0)
+    with pytest.raises(ConfigurationError, match="queue name"):
+        backend.enqueue_tick(Message("", "t2", b"x"), "nameless", 60.0)
+    assert backend.last_tick("big", "ticks") is None
+    assert backend.last_tick("nameless", "") is None
+    backend.close()
 
 
 def test_a_backend_that_cannot_tick_once_says_so(sqs_url: str, caplog) -> None:

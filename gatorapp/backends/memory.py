@@ -294,8 +294,10 @@ class MemoryBackend(Backend):
             last = self._ticks.get(schedule)
             if last is not None and last >= tick:
                 return False, last
+            # (Enqueued first: a refused message leaves the tick unrecorded.
+            # Re-entrant: the condition's lock is an RLock.)
+            self.enqueue([message])
             self._ticks[schedule] = tick
-            self.enqueue([message])  # (re-entrant: the condition's lock is an RLock)
             return True, last
 
     def last_tick(self, schedule: str, queue: str) -> float | None:

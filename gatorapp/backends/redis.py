@@ -669,6 +669,7 @@ class RedisBackend(Backend):
     def enqueue_tick(
         self, message: Message, schedule: str, tick: float
     ) -> tuple[bool, float | None]:
+        self.check_queue(message.queue)
         self.check_size(message.data)
         m = message
         args = (m.task_id, m.data, "", schedule, repr(tick))

@@ -509,6 +509,7 @@ class SQLiteBackend(Backend):
     def enqueue_tick(
         self, message: Message, schedule: str, tick: float
     ) -> tuple[bool, float | None]:
+        self.check_queue(message.queue)
         self.check_size(message.data)
         with self._tx() as conn:
             return sqlite_results.enqueue_tick(conn, message, schedule, tick)

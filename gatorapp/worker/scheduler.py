@@ -98,14 +98,19 @@ class Scheduler:
 
     def _first(self, s: Schedule, tick: float, now: float) -> bool:
         """A schedule's first look: one never ticked starts with its next tick
-        (a tick that is due this very second still runs). False: ask again."""
-        if not self.backend.ticks_once:
-            return True
-        try:
-            last = self.backend.last_tick(s.name, s.queue)
-        except Exception as exc:
-            log.warning("periodic %s: could not read its last tick: %s", s.name, exc)
-            return False
+        (a tick that is due this very second still runs). False: ask again.
+
+        A backend that keeps no record of ticks (``ticks_once`` False) cannot
+        say whether the latest tick ran before a restart: running it again at
+        every restart would be worse than missing it, so there too the first
+        tick is the next."""
+        last: float | None = None
+        if self.backend.ticks_once:
+            try:
+                last = self.backend.last_tick(s.name, s.queue)
+            except Exception as exc:
+                log.warning("periodic %s: could not read its last tick: %s", s.name, exc)
+                return False
         if last is None and now - tick > 1.0:
             self.done[s.name] = tick
             log.debug("periodic %s: never ticked here; its first tick is the next", s.name)
@@ -113,8 +118,8 @@ class Scheduler:
 
     def _tick(self, s: Schedule, tick: float, now: float) -> bool:
         """Deal with one tick; False when it must be tried again."""
-        late = now - tick
-        if late > s.lateness:
+        late, limit = now - tick, s.limit(tick)
+        if late > limit:
             self.done[s.name] = tick
             log.info(
                 "periodic %s: the tick of %s is %.0f s late, more than its lateness of "
@@ -122,7 +127,7 @@ class Scheduler:
                 s.name,
                 _when(tick),
                 late,
-                s.lateness,
+                limit,
             )
             return True
         try:
