@@ -122,7 +122,8 @@ def pack(data: Any) -> bytes:
     and the envelope checks would refuse, is a SerializationError."""
     try:
         packed = _packb(data)
-        _check_plain(data)
+        if type(data) not in _SCALARS:  # (most return values are scalars)
+            _check_plain(data)
     except (TypeError, ValueError, OverflowError) as exc:  # DecodeError is a ValueError
         raise _encode_error(exc) from exc
     return packed

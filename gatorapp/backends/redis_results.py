@@ -62,8 +62,11 @@ def put_command(prefix: str, items: Sequence[ResultItem]) -> bytes:
     """The packed call that stores ``items`` (EVALSHA: a server that lost its
     scripts is sent :data:`PUT` by the link, see ``on_noscript``)."""
     flat: list[Any] = []
+    last_ttl, ms = None, 0  # (a batch's TTLs are mostly one: converted once)
     for task_id, record, ttl in items:
-        flat += (task_id, record, max(1, round(ttl * 1000)))
+        if ttl != last_ttl:
+            last_ttl, ms = ttl, max(1, round(ttl * 1000))
+        flat += (task_id, record, ms)
     return (
         b"*6\r\n"
         + bulk("EVALSHA")
