@@ -21,7 +21,15 @@ from gatorapp import App, DecodeError, PayloadTooLarge, Rejected, SerializationE
 from gatorapp.envelope import ENVELOPE_VERSION, unpack
 
 RAN: list[Any] = []
-REASONS = {"decode_error", "unknown_task", "unknown_hook", "too_large"}
+# (bad_signature and decrypt_error: random bytes may start like a sealed payload)
+REASONS = {
+    "decode_error",
+    "unknown_task",
+    "unknown_hook",
+    "too_large",
+    "bad_signature",
+    "decrypt_error",
+}
 
 
 @pytest.fixture(autouse=True)
