@@ -29,7 +29,7 @@ local items = cmsgpack.unpack(ARGV[2])
 local waiting = tonumber(redis.call('GET', ARGV[3]) or '0') > 0
 for i = 1, #items, 3 do
   local key = prefix .. items[i]
-  redis.call('SET', key, items[i + 1], 'PX', items[i + 2])
+  redis.call('PSETEX', key, items[i + 2], items[i + 1])
   if waiting then redis.call('PUBLISH', key, items[i + 1]) end
 end
 return #items / 3
