@@ -310,6 +310,7 @@ class App:
         lease: float | None = None,
         store_result: bool | None = None,
         result_ttl: float | None = None,
+        timeout: float | None = None,
     ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
 
     def task(self, fn: Any = None, *args: Any, **kwargs: Any) -> Any:

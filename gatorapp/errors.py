@@ -101,5 +101,10 @@ class TaskFailed(GatorError):
         super().__init__(f"task {task_id} {status} ({reason}): {summary}")
 
 
+class TaskTimeout(GatorError, TimeoutError):
+    """An attempt ran past its task's ``timeout``: a failed attempt, retried
+    as the task's policy says (see docs/asyncio.md for what stops it)."""
+
+
 class ResultTimeout(GatorError, TimeoutError):
     """``handle.get(timeout=...)`` ran out of time before the task finished."""

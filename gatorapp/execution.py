@@ -20,6 +20,8 @@ backend, and what to log), so it can cross a thread or process boundary.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import time
 import traceback
@@ -30,7 +32,7 @@ from typing import Any, Literal
 import tenacity
 
 from .envelope import FAILED, RETRYING, RUNNING, SUCCESS, Task
-from .errors import Rejected, Retry
+from .errors import Rejected, Retry, TaskTimeout
 from .registry import DEFAULT_BACKOFF, Hooks, Registry, TaskDef
 from .results import ttl_of
 
@@ -108,11 +110,37 @@ def _call_hook(kind: str, hook: Callable[..., Any] | None, *args: Any) -> BaseEx
     if hook is None:
         return None
     try:
-        hook(*args)
+        out = hook(*args)
+        if inspect.isawaitable(out):
+            # An async hook of a sync task: run here, on a loop of its own (a
+            # sync task runs on a thread with none).
+            asyncio.run(_awaited(out))
     except Exception as exc:  # a broken hook must not lose or re-run the task
         log.exception("%s hook %r failed for %s", kind, getattr(hook, "__name__", hook), args[0])
         return exc
     return None
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def time_limit(task: Task, tdef: TaskDef) -> float | None:
+    """Seconds this attempt may run: the enqueue's ``timeout``, else the task's."""
+    opts = task.options
+    if opts:
+        limit = opts.get("timeout")
+        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0:
+            return float(limit)
+    return tdef.timeout
+
+
+def overran(took: float, limit: float) -> TaskTimeout:
+    """The failure of a sync attempt that returned after its time limit."""
+    return TaskTimeout(
+        f"the attempt took {took:.3g} s, past its timeout of {limit:g} s (a task on a "
+        "thread cannot be stopped: it ran to its end, and its return value is discarded)"
+    )
 
 
 def format_error(exc: BaseException) -> str:
@@ -133,14 +161,18 @@ def run_attempt(task: Task, tdef: TaskDef, hooks: Hooks, max_attempts: int) -> O
     """
     task.attempt += 1
     task.status = RUNNING
+    limit = time_limit(task, tdef)
+    t0 = time.perf_counter()
     try:
         if hooks:
             start_err = _call_hook("on_start", hooks.get("on_start"), task)
             if start_err is not None:
                 raise start_err
         result = tdef.fn(*task.func_args, **task.func_kwargs)
+        if limit is not None and time.perf_counter() - t0 > limit:
+            raise overran(time.perf_counter() - t0, limit)
     except Exception as exc:
-        return _failed(task, tdef, hooks, exc, max_attempts)
+        return failed(task, tdef, hooks, exc, max_attempts)
     task.status = SUCCESS
     task.result = result
     if hooks:
@@ -148,11 +180,16 @@ def run_attempt(task: Task, tdef: TaskDef, hooks: Hooks, max_attempts: int) -> O
     return Outcome("success", result=result)
 
 
-def _failed(task: Task, tdef: TaskDef, hooks: Hooks, exc: Exception, max_attempts: int) -> Outcome:
-    """The retry decision for an attempt that raised ``exc``."""
+def failed(task: Task, tdef: TaskDef, hooks: Hooks, exc: Exception, max_attempts: int) -> Outcome:
+    """An attempt that raised ``exc``: ``on_error``, then the retry decision."""
     task.status = FAILED
     if hooks:
         _call_hook("on_error", hooks.get("on_error"), task, exc)
+    return decide(task, tdef, exc, max_attempts)
+
+
+def decide(task: Task, tdef: TaskDef, exc: Exception, max_attempts: int) -> Outcome:
+    """The retry decision for an attempt that raised ``exc`` (its hooks run)."""
     retryable = isinstance(exc, Retry) or tdef.retry_on is None or isinstance(exc, tdef.retry_on)
     # (The traceback is formatted only for a dead letter: retries log the
     # exception itself, and formatting is costly on a hot retry path.)
@@ -220,8 +257,12 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
             task.status = RUNNING
             try:
                 result = tdef.fn(*task.func_args, **task.func_kwargs)
+                if tdef.timeout is not None or task.options:
+                    limit = time_limit(task, tdef)
+                    if limit is not None and clock() - t0 > limit:
+                        raise overran(clock() - t0, limit)
             except Exception as exc:
-                outcome = _failed(task, tdef, hooks, exc, registry.max_attempts)
+                outcome = failed(task, tdef, hooks, exc, registry.max_attempts)
             else:
                 task.status = SUCCESS
                 task.result = result
@@ -241,7 +282,13 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
                 )
     except BaseException as exc:  # SystemExit from task code: record, don't die
         outcome = Outcome("dead", reason="crashed", error=format_error(exc), exc=exc)
-    took = clock() - t0
+    return settlement(task, tdef, registry, outcome, clock() - t0)
+
+
+def settlement(
+    task: Task, tdef: TaskDef, registry: Registry, outcome: Outcome, took: float
+) -> Settlement:
+    """What the backend must do after an attempt that came to ``outcome``."""
     kind = outcome.kind
     if kind == "success":
         return Settlement(

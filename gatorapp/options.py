@@ -26,6 +26,7 @@ OPTION_NAMES = frozenset(
         "task_id",
         "store_result",
         "result_ttl",
+        "timeout",
     }
 )
 
@@ -64,6 +65,20 @@ def check_retries(value: Any, max_attempts: int) -> int:
             f"(App(max_attempts=...) raises it)"
         )
     return value
+
+
+MAX_TIMEOUT = 366 * 86400.0
+
+
+def check_timeout(value: Any) -> float | None:
+    """A task's time limit in seconds (None: none)."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    number = isinstance(seconds, (int, float)) and not isinstance(seconds, bool)
+    if not number or not 0 < seconds <= MAX_TIMEOUT:
+        raise ConfigurationError(f"timeout must be seconds > 0 (at most a year), not {value!r}")
+    return float(seconds)
 
 
 def _as_float(number: int | float) -> float:

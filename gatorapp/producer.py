@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .backends.base import Backend, Message
 from .envelope import (
@@ -23,7 +23,8 @@ from .envelope import (
 )
 from .errors import ConfigurationError
 from .execution import Outcome, run_attempt, summarize
-from .options import as_bool, check_text, run_at
+from .execution_async import run_attempt_async, run_coroutine
+from .options import as_bool, check_text, check_timeout, run_at
 from .registry import Registry, TaskDef, check_retries
 from .results import (
     DEAD,
@@ -42,6 +43,17 @@ from .results import (
 R = TypeVar("R")
 
 Call = tuple[Sequence[Any], dict[str, Any]]
+
+
+class Built(NamedTuple):
+    """The envelopes of one enqueue, ready to store (or to run, eagerly)."""
+
+    queue: str
+    due: float | None
+    eager: bool
+    keep: bool
+    ids: list[str]
+    datas: list[bytes]
 
 
 class TaskHandle(Generic[R]):
@@ -84,6 +96,16 @@ class TaskHandle(Generic[R]):
             )
         return self._results
 
+    def _checked_reader(self) -> Results:
+        """The reader, for a handle whose enqueue stores a result."""
+        reader = self._reader()
+        if not self.stores:
+            raise ConfigurationError(
+                f"task {self.name} {self.id} stores no result (it was enqueued with "
+                "store_result=False): there is nothing to wait for"
+            )
+        return reader
+
     def status(self) -> str:
         """``queued``, ``delayed``, ``running``, ``retrying``, ``succeeded``,
         ``failed``, ``dead``, ``cancelled``, or ``unknown`` (never stored, or
@@ -103,14 +125,27 @@ class TaskHandle(Generic[R]):
         ``TimeoutError``) when the time runs out. Reading deletes nothing."""
         if self.task is not None and not self.stores:
             return self.task.result  # type: ignore[no-any-return]
-        reader = self._reader()
-        if not self.stores:
-            raise ConfigurationError(
-                f"task {self.name} {self.id} stores no result (it was enqueued with "
-                "store_result=False): there is nothing to wait for"
-            )
+        reader = self._checked_reader()
         value: R = reader.value(self.id, reader.wait(self.id, timeout))
         return value
+
+    async def aget(self, timeout: float | None = None) -> R:
+        """:meth:`get` for async code: waits without blocking the event loop."""
+        if self.task is not None and not self.stores:
+            return self.task.result  # type: ignore[no-any-return]
+        reader = self._checked_reader()
+        value: R = reader.value(self.id, await reader.await_(self.id, timeout))
+        return value
+
+    async def astatus(self) -> str:
+        """:meth:`status` for async code."""
+        if self.task is not None and not self.stores:
+            return SUCCEEDED
+        return await self._reader().astatus(self.id, self.queue or None)
+
+    async def aready(self) -> bool:
+        """:meth:`ready` for async code."""
+        return await self.astatus() in FINAL
 
     def __repr__(self) -> str:
         return f"<TaskHandle {self.name} id={self.id} queue={self.queue}>"
@@ -203,6 +238,8 @@ class Producer:
         extra = self._keep(tdef, opts.get("store_result"), opts.get("result_ttl"))
         if retries != tdef.retries:
             extra = {**(extra or {}), "retries": retries}
+        if opts.get("timeout") is not None:
+            extra = {**(extra or {}), "timeout": check_timeout(opts["timeout"])}
         eager = self.eager or not as_bool(opts.get("is_async", True), "is_async")
         due = run_at(opts, time.time())
         return queue, retries, hooks or None, extra, due, eager, task_id
@@ -240,57 +277,74 @@ class Producer:
         return Message(queue, task_id, data, None)
 
     # -- sending -------------------------------------------------------------
+    def _build(self, tdef: TaskDef, calls: Sequence[Call], opts: dict[str, Any]) -> Built:
+        """The envelopes of one enqueue (one per call), checked and sealed."""
+        queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
+        keep = ttl_of(extra, tdef.keep) is not None
+        if len(calls) == 1:
+            ids = [task_id or new_task_id()]
+            args, kwargs = calls[0]
+            datas = [self._encode(tdef, ids[0], args, kwargs, queue, retries, hooks, extra)]
+        else:
+            ids = [task_id] * len(calls) if task_id else new_task_ids(len(calls))
+            if self.registry.task_class is Task:
+                datas = pack_envelopes(ids, tdef.name, queue, calls, retries, hooks, extra)
+            else:
+                encode = self._encode
+                datas = [
+                    encode(tdef, i, args, kwargs, queue, retries, hooks, extra)
+                    for i, (args, kwargs) in zip(ids, calls)
+                ]
+        registry = self.registry
+        if registry.sealing:
+            datas = [registry.seal(d) for d in datas]
+        if eager:
+            backend = self.backend()
+            for data in datas:
+                backend.check_size(data)  # what the backend would refuse, eager mode refuses too
+        return Built(queue, due, eager, keep, ids, datas)
+
+    def _handles(self, tdef: TaskDef, built: Built) -> list[TaskHandle[Any]]:
+        name, results, queue, due = tdef.name, self.results, built.queue, built.due
+        return [TaskHandle(i, name, queue, due, None, results, built.keep) for i in built.ids]
+
+    def _eager_handle(self, built: Built, task: Task) -> TaskHandle[Any]:
+        return TaskHandle(
+            task.task_id, task.name, task.queue, built.due, task, self.results, built.keep
+        )
+
     def send(
         self, tdef: TaskDef, args: Sequence[Any], kwargs: dict[str, Any], opts: dict[str, Any]
     ) -> TaskHandle[Any]:
         """Enqueue one run of ``tdef`` (or run it now, eagerly)."""
-        queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
-        keep = ttl_of(extra, tdef.keep) is not None
-        task_id = task_id or new_task_id()
-        data = self._encode(tdef, task_id, args, kwargs, queue, retries, hooks, extra)
-        registry = self.registry
-        if registry.sealing:
-            data = registry.seal(data)
-        backend = self.backend()
-        if eager:
-            backend.check_size(data)  # what the backend would refuse, eager mode refuses too
-            task = self.run_eager(data)
-            return TaskHandle(task.task_id, task.name, task.queue, due, task, self.results, keep)
-        backend.enqueue([Message(queue, task_id, data, due)])
-        return TaskHandle(task_id, tdef.name, queue, due, None, self.results, keep)
+        return self.send_many(tdef, [(args, kwargs)], opts)[0]
 
     def send_many(
         self, tdef: TaskDef, calls: Sequence[Call], opts: dict[str, Any]
     ) -> list[TaskHandle[Any]]:
         """Enqueue one run per ``(args, kwargs)`` in one backend call."""
-        queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
-        keep = ttl_of(extra, tdef.keep) is not None
-        ids = [task_id] * len(calls) if task_id else new_task_ids(len(calls))
-        if self.registry.task_class is Task:
-            datas = pack_envelopes(ids, tdef.name, queue, calls, retries, hooks, extra)
-        else:
-            encode = self._encode
-            datas = [
-                encode(tdef, i, args, kwargs, queue, retries, hooks, extra)
-                for i, (args, kwargs) in zip(ids, calls)
-            ]
-        registry = self.registry
-        if registry.sealing:
-            datas = [registry.seal(d) for d in datas]
-        backend = self.backend()
-        if eager:
-            for data in datas:
-                backend.check_size(data)
-            handles = []
-            for data in datas:
-                task = self.run_eager(data)
-                handles.append(
-                    TaskHandle(task.task_id, task.name, task.queue, due, task, self.results, keep)
-                )
-            return handles
-        backend.enqueue([Message(queue, i, data, due) for i, data in zip(ids, datas)])
-        name, results = tdef.name, self.results
-        return [TaskHandle(i, name, queue, due, None, results, keep) for i in ids]
+        built = self._build(tdef, calls, opts)
+        if built.eager:
+            return [self._eager_handle(built, self.run_eager(data)) for data in built.datas]
+        queue, due = built.queue, built.due
+        self.backend().enqueue(
+            [Message(queue, i, data, due) for i, data in zip(built.ids, built.datas)]
+        )
+        return self._handles(tdef, built)
+
+    async def asend_many(
+        self, tdef: TaskDef, calls: Sequence[Call], opts: dict[str, Any]
+    ) -> list[TaskHandle[Any]]:
+        """:meth:`send_many` for async code: the event loop is never blocked on
+        the backend. Eagerly, an async task is awaited here."""
+        built = self._build(tdef, calls, opts)
+        if built.eager:
+            return [self._eager_handle(built, await self.arun_eager(data)) for data in built.datas]
+        queue, due = built.queue, built.due
+        await self.backend().aenqueue(
+            [Message(queue, i, data, due) for i, data in zip(built.ids, built.datas)]
+        )
+        return self._handles(tdef, built)
 
     # -- eager -----------------------------------------------------------------
     def run_eager(
@@ -306,23 +360,55 @@ class Producer:
         registry = self.registry
         task, tdef = registry.decode(data)
         while True:
-            outcome = run_attempt(task, tdef, registry.hooks_for(task, tdef), registry.max_attempts)
-            if outcome.kind == "success":
-                if self.results is not None and ttl_of(task.options, tdef.keep):
-                    record = success(task.result, task.name, task.attempt, self._limit())
-                    store_final(self.results, task, tdef.keep, record)
+            hooks = registry.hooks_for(task, tdef)
+            if tdef.is_async:
+                # (on a loop of its own: outside a loop, asyncio.run; inside
+                # one, which cannot be blocked on, on a thread of its own)
+                attempt = run_attempt_async(task, tdef, hooks, registry.max_attempts)
+                outcome = run_coroutine(attempt)
+            else:
+                outcome = run_attempt(task, tdef, hooks, registry.max_attempts)
+            if self._eager_done(task, tdef, outcome, on_dead):
                 return task
-            if outcome.kind == "dead":
-                assert outcome.exc is not None
-                summary = summarize(outcome.exc)
-                record = failure(
-                    DEAD, outcome.reason, summary, outcome.error, task.name, task.attempt
-                )
-                store_final(self.results, task, tdef.keep, record)
-                if on_dead is not None:
-                    on_dead(task, outcome)
-                raise outcome.exc
             task = registry.task_class.deserialize(task.serialize())
+
+    async def arun_eager(self, data: bytes) -> Task:
+        """:meth:`run_eager` in async code: an async task is awaited here."""
+        registry = self.registry
+        task, tdef = registry.decode(data)
+        while True:
+            hooks = registry.hooks_for(task, tdef)
+            if tdef.is_async:
+                outcome = await run_attempt_async(task, tdef, hooks, registry.max_attempts)
+            else:
+                outcome = run_attempt(task, tdef, hooks, registry.max_attempts)
+            if self._eager_done(task, tdef, outcome, None):
+                return task
+            task = registry.task_class.deserialize(task.serialize())
+
+    def _eager_done(
+        self,
+        task: Task,
+        tdef: TaskDef,
+        outcome: Outcome,
+        on_dead: Callable[[Task, Outcome], None] | None,
+    ) -> bool:
+        """Store what an eager attempt came to; True when it succeeded, False
+        to run it again; a final failure raises the task's exception."""
+        if outcome.kind == "success":
+            if self.results is not None and ttl_of(task.options, tdef.keep):
+                record = success(task.result, task.name, task.attempt, self._limit())
+                store_final(self.results, task, tdef.keep, record)
+            return True
+        if outcome.kind == "dead":
+            assert outcome.exc is not None
+            summary = summarize(outcome.exc)
+            record = failure(DEAD, outcome.reason, summary, outcome.error, task.name, task.attempt)
+            store_final(self.results, task, tdef.keep, record)
+            if on_dead is not None:
+                on_dead(task, outcome)
+            raise outcome.exc
+        return False
 
     def _limit(self) -> int:
         store = self.results.store() if self.results and self.results.store else None

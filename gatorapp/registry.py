@@ -9,6 +9,7 @@ It knows no backend and no worker.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import sys
@@ -21,6 +22,7 @@ import tenacity
 from .encryption import Cipher, without_key
 from .envelope import HOOK_NAMES, Task
 from .errors import ConfigurationError, Rejected, UnknownTaskError
+from .options import check_timeout
 from .signing import Signer, unsigned
 
 #: The default backoff: exponential from 1 s, doubling, capped at 5 minutes,
@@ -50,13 +52,27 @@ class TaskDef:
     #: seconds its result is kept unless an enqueue says otherwise (worked out
     #: by the app from the two above and its own setting); None: not kept
     keep: float | None = None
+    #: seconds an attempt may run (None: no limit); see docs/asyncio.md
+    timeout: float | None = None
     #: the decoration hooks by kind, worked out once (empty when there are none)
     hooks: Hooks = field(default_factory=dict)
+    #: an ``async def`` task: the worker runs it on its event loop
+    is_async: bool = False
 
     def __post_init__(self) -> None:
         self.hooks = {
             kind: getattr(self, kind) for kind in HOOK_NAMES if getattr(self, kind) is not None
         }
+        self.is_async = is_coroutine_function(self.fn)
+
+
+def is_coroutine_function(fn: Any) -> bool:
+    """``async def`` (also behind functools.partial or a callable's ``__call__``)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 (an object's __call__, not callable())
+    )
 
 
 def _main_module_name() -> str:
@@ -150,6 +166,7 @@ class Registry:
         lease: float | None = None,
         store_result: bool | None = None,
         result_ttl: float | None = None,
+        timeout: Any = None,
     ) -> TaskDef:
         """Register ``fn`` (its queue name already checked by the caller)."""
         if not callable(fn):
@@ -184,6 +201,7 @@ class Registry:
             lease=lease,
             store_result=store_result,
             result_ttl=result_ttl,
+            timeout=check_timeout(timeout),
         )
         self.tasks[name] = tdef
         self._by_fn[fn] = tdef

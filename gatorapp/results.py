@@ -16,6 +16,7 @@ but the final write, and nothing at all for a task that stores none.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -233,6 +234,22 @@ class Results:
             record = store.wait_result(task_id, max(0.0, left))
             if record is not None:
                 return read(record)  # (only final records are ever stored)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ResultTimeout(f"task {task_id} did not finish within {timeout} s")
+
+    async def astatus(self, task_id: str, queue: str | None) -> str:
+        """:meth:`status` for async code (its few reads on a thread)."""
+        return await asyncio.to_thread(self.status, task_id, queue)
+
+    async def await_(self, task_id: str, timeout: float | None) -> Result:
+        """:meth:`wait` for async code: the event loop is never blocked."""
+        store = self._store()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 3600.0 if deadline is None else deadline - time.monotonic()
+            record = await store.await_result(task_id, max(0.0, left))
+            if record is not None:
+                return read(record)
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeout(f"task {task_id} did not finish within {timeout} s")
 

@@ -34,6 +34,21 @@ class BoundTask(Generic[P, R]):
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
         return self.task_function.producer.send(self.tdef, args, kwargs, self.opts)
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """:meth:`delay` for async code."""
+        producer = self.task_function.producer
+        return (await producer.asend_many(self.tdef, [(args, kwargs)], self.opts))[0]
+
+    def map(self, items: Iterable[Any]) -> list[TaskHandle[R]]:
+        """:meth:`TaskFunction.map` with these options."""
+        calls = [((item,), {}) for item in items]
+        return self.task_function.producer.send_many(self.tdef, calls, self.opts)
+
+    async def amap(self, items: Iterable[Any]) -> list[TaskHandle[R]]:
+        """:meth:`map` for async code."""
+        calls = [((item,), {}) for item in items]
+        return await self.task_function.producer.asend_many(self.tdef, calls, self.opts)
+
     def options(self, **opts: Any) -> BoundTask[P, R]:
         return self.task_function.options(**{**self.opts, **opts})
 
@@ -62,9 +77,14 @@ class TaskFunction(Generic[P, R]):
         """Enqueue one run with the task's default options."""
         return self.producer.send(self.tdef, args, kwargs, {})
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle[R]:
+        """:meth:`delay` for async code: the event loop never waits on the backend."""
+        return (await self.producer.asend_many(self.tdef, [(args, kwargs)], {}))[0]
+
     def options(self, **opts: Any) -> BoundTask[P, R]:
         """Options for one enqueue: queue, retries, delay_by, delay_until,
-        on_start, on_success, on_error, is_async, task_id."""
+        on_start, on_success, on_error, is_async, task_id, store_result,
+        result_ttl, timeout."""
         check_option_names(opts)
         return BoundTask(self, opts)
 
@@ -75,6 +95,15 @@ class TaskFunction(Generic[P, R]):
     def starmap(self, items: Iterable[Sequence[Any]]) -> list[TaskHandle[R]]:
         """Enqueue one run per argument tuple, in one backend call."""
         return self.producer.send_many(self.tdef, [(tuple(a), {}) for a in items], {})
+
+    async def amap(self, items: Iterable[Any]) -> list[TaskHandle[R]]:
+        """:meth:`map` for async code."""
+        return await self.producer.asend_many(self.tdef, [((item,), {}) for item in items], {})
+
+    async def astarmap(self, items: Iterable[Sequence[Any]]) -> list[TaskHandle[R]]:
+        """:meth:`starmap` for async code."""
+        calls = [(tuple(a), {}) for a in items]
+        return await self.producer.asend_many(self.tdef, calls, {})
 
     def __repr__(self) -> str:
         return f"<task {self.name} queue={self.queue}>"

@@ -27,11 +27,13 @@ LAYERS = {
     "gatorapp.registry": {"gatorapp.envelope"},
     "gatorapp.results": {"gatorapp.envelope"},
     "gatorapp.execution": {"gatorapp.envelope", "gatorapp.registry", "gatorapp.results"},
+    "gatorapp.execution_async": {"gatorapp.envelope", "gatorapp.registry", "gatorapp.execution"},
     "gatorapp.producer": {
         "gatorapp.envelope",
         "gatorapp.registry",
         "gatorapp.results",
         "gatorapp.execution",
+        "gatorapp.execution_async",
     },
     "gatorapp.admin": {
         "gatorapp.envelope",

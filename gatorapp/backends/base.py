@@ -26,6 +26,7 @@ does. Subclasses must be safe to call from several threads unless they set
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import weakref
@@ -217,6 +218,17 @@ class Backend(ABC):
     def enqueue(self, messages: Sequence[Message]) -> None:
         """Store tasks. Idempotent by (queue, task_id): a second enqueue of an
         id still in the queue changes nothing."""
+        self.check_messages(messages)
+        if messages:
+            self._enqueue(messages)
+
+    async def aenqueue(self, messages: Sequence[Message]) -> None:
+        """:meth:`enqueue` for async code: it never blocks the event loop. By
+        default the call runs on a thread; Redis uses its asyncio client."""
+        await asyncio.to_thread(self.enqueue, messages)
+
+    def check_messages(self, messages: Sequence[Message]) -> None:
+        """What :meth:`enqueue` refuses before any I/O."""
         for queue in {m.queue for m in messages}:
             self.check_queue(queue)
         limit = self.max_payload
@@ -225,8 +237,6 @@ class Backend(ABC):
                 check_message(m)
             if len(m.data) > limit:
                 self.check_size(m.data)  # (says why, in the backend's words)
-        if messages:
-            self._enqueue(messages)
 
     # -- worker side ---------------------------------------------------------
     def reserve(
@@ -393,6 +403,20 @@ class Backend(ABC):
                 return record
             time.sleep(min(pause, left))
             pause = min(0.2, pause * 1.5)
+
+    async def aget_result(self, task_id: str) -> bytes | None:
+        """:meth:`get_result` for async code (by default on a thread)."""
+        return await asyncio.to_thread(self.get_result, task_id)
+
+    async def await_result(self, task_id: str, timeout: float) -> bytes | None:
+        """:meth:`wait_result` for async code (by default on a thread, a
+        second at a time, so a cancelled wait leaves no thread waiting long)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            record = await asyncio.to_thread(self.wait_result, task_id, max(0.0, min(left, 1.0)))
+            if record is not None or left <= 1.0:
+                return record
 
     def forget_result(self, task_id: str) -> None:
         """Delete the task's result record, if any."""

@@ -273,6 +273,9 @@ class MemoryBackend(Backend):
             found = self._results.get(task_id)
         return found[0] if found is not None and found[1] > time.time() else None
 
+    async def aenqueue(self, messages: Sequence[Message]) -> None:
+        self.enqueue(messages)  # (in memory, under a lock held briefly: no I/O to wait for)
+
     def wait_result(self, task_id: str, timeout: float) -> bytes | None:
         deadline = time.monotonic() + timeout
         with self._cond:

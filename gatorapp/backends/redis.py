@@ -64,6 +64,7 @@ from .base import (
     running_error,
     truncate,
 )
+from .redis_aio import AsyncLink
 from .redis_config import parse_redis_url, record_ttl
 from .redis_link import Link
 from .redis_scripts import (
@@ -119,6 +120,7 @@ class RedisBackend(Backend):
         self._record_ms = math.ceil(self.record_ttl * 1000)
         self._client: redis.Redis | None = None
         self._link: Link | None = None
+        self._alink: AsyncLink | None = None
         self._lock = threading.Lock()
         self.calls = Calls(self.prefix)
         # Each thread's waiting state, and all of them, so a worker that stops
@@ -150,6 +152,15 @@ class RedisBackend(Backend):
                     self._link, self._client = link, made
                 client = self._client
         return client
+
+    @property
+    def alink(self) -> AsyncLink:
+        """The asyncio link for producers in async code (made on first use)."""
+        alink = self._alink
+        if alink is None:
+            sources = [*(source for source, _ in SCRIPTS.values()), redis_results.PUT]
+            alink = self._alink = AsyncLink(self._client_url, self._client_options, sources)
+        return alink
 
     @property
     def link(self) -> Link:
@@ -236,27 +247,21 @@ class RedisBackend(Backend):
                 self.calls.spend(queue, ks)  # (on failure the record may still be there)
 
     # -- registry ------------------------------------------------------------------
-    def _register(self, queues: set[str]) -> None:
+    def _register_commands(self, queues: set[str]) -> list[tuple[Any, ...]]:
         """Add queues to the registry, which lives outside their slots, then mark
         each as registered in its own slot (so this happens once per queue, and
         again after a Redis that restarted empty)."""
         commands: list[tuple[Any, ...]] = [("SADD", self.calls.registry, *sorted(queues))]
         commands += [("HSET", self.calls.keys(q)[META], "reg", 1) for q in sorted(queues)]
-        self._pipeline("enqueue", commands)
+        return commands
 
     # -- primitives ----------------------------------------------------------
-    def _enqueue(self, messages: Sequence[Message]) -> None:
+    def _enqueue_commands(self, messages: Sequence[Message]) -> tuple[list[bytes], list[str]]:
+        """The script calls that store ``messages``, and the queue of each."""
         if len(messages) == 1:  # .delay(): the common case, kept short
             m = messages[0]
             args = (m.task_id, m.data, f"{m.run_at:.6f}" if m.run_at else "")
-            added, registered = self._pipeline(
-                "enqueue", [self.calls.command("enqueue_one", m.queue, args)]
-            )[0]
-            if not registered:
-                self._register({m.queue})
-            if added == -1:
-                raise running_error(m.queue, m.task_id)
-            return
+            return [self.calls.command("enqueue_one", m.queue, args)], [m.queue]
         by_queue: dict[str, dict[str, Message]] = {}
         for m in messages:
             # Each id once per queue (the first one wins), as the script expects.
@@ -269,14 +274,46 @@ class RedisBackend(Backend):
                     flat += (m.task_id, m.data, f"{m.run_at:.6f}" if m.run_at else "")
                 commands.append(self.calls.command("enqueue", queue, [pack_args(flat)]))
                 queues.append(queue)
-        replies = self._pipeline("enqueue", commands)
-        unregistered = {q for q, (_, registered, *_) in zip(queues, replies) if not registered}
-        if unregistered:
-            self._register(unregistered)
+        return commands, queues
+
+    @staticmethod
+    def _unregistered(queues: list[str], replies: list[Any]) -> set[str]:
+        return {q for q, (_, registered, *_) in zip(queues, replies) if not registered}
+
+    @staticmethod
+    def _refused(messages: Sequence[Message], queues: list[str], replies: list[Any]) -> None:
+        """Raise for an id refused because that task is running now."""
         for queue, (added, _, *refused) in zip(queues, replies):
             if added == -1:
                 # (Calls of more than CHUNK tasks: the other chunks are stored.)
-                raise running_error(queue, text(refused[0]))
+                raise running_error(queue, text(refused[0]) if refused else messages[0].task_id)
+
+    def _register(self, queues: set[str]) -> None:
+        self._pipeline("enqueue", self._register_commands(queues))
+
+    def _enqueue(self, messages: Sequence[Message]) -> None:
+        commands, queues = self._enqueue_commands(messages)
+        replies = self._pipeline("enqueue", commands)
+        missing = self._unregistered(queues, replies)
+        if missing:
+            self._register(missing)
+        self._refused(messages, queues, replies)
+
+    async def aenqueue(self, messages: Sequence[Message]) -> None:
+        """:meth:`enqueue` through redis-py's asyncio client (see redis_aio)."""
+        self.check_messages(messages)
+        if not messages:
+            return
+        commands, queues = self._enqueue_commands(messages)
+        link = self.alink
+        try:
+            replies = await link.pipeline(commands)
+            missing = self._unregistered(queues, replies)
+            if missing:
+                await link.pipeline(self._register_commands(missing))
+        except redis.RedisError as exc:
+            raise self._error("enqueue", exc) from exc
+        self._refused(messages, queues, replies)
 
     def _reserve(self, queue: str, limit: int, lease: float, worker_id: str) -> list[Reservation]:
         return self.reserve([queue], limit, lease, worker_id)
@@ -659,6 +696,19 @@ class RedisBackend(Backend):
     def wait_result(self, task_id: str, timeout: float) -> bytes | None:
         with self._io("result wait"):
             return redis_results.wait(self.client, self.prefix, self._result_key(task_id), timeout)
+
+    async def aget_result(self, task_id: str) -> bytes | None:
+        try:
+            value = await self.alink.client().get(self._result_key(task_id))
+        except redis.RedisError as exc:
+            raise self._error("result read", exc) from exc
+        return None if value is None else bytes(value)
+
+    async def await_result(self, task_id: str, timeout: float) -> bytes | None:
+        try:
+            return await self.alink.wait(self.prefix, self._result_key(task_id), timeout)
+        except redis.RedisError as exc:
+            raise self._error("result wait", exc) from exc
 
     def forget_result(self, task_id: str) -> None:
         self._pipeline("result delete", [("DEL", self._result_key(task_id))])

@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "-c", "--concurrency", type=_positive, default=1, help="tasks at once, per process"
     )
+    w.add_argument(
+        "--async-concurrency",
+        type=_positive,
+        default=None,
+        help="async def tasks at once, per process, on its event loop (default 100)",
+    )
     w.add_argument("--max-tasks", type=_positive, default=None, help="exit after N attempts")
     w.add_argument("--burst", action="store_true", help="exit once the queues have nothing ready")
     w.add_argument(
@@ -226,6 +232,8 @@ def _child_argv(args: argparse.Namespace, app_path: str) -> list[str]:
     """The command line of one worker process under a supervisor: the same
     worker, without -p."""
     argv = ["worker", "-A", app_path, "-c", str(args.concurrency)]
+    if args.async_concurrency is not None:
+        argv += ["--async-concurrency", str(args.async_concurrency)]
     # (Logging flags only as given: a child, too, keeps the app's own setup.)
     for flag, value in (
         ("-l", args.loglevel),
@@ -277,6 +285,11 @@ def cmd_worker(
         burst=args.burst,
         prefetch=args.prefetch,
         schedule=not (args.burst or args.no_schedule),
+        **(
+            {"async_concurrency": args.async_concurrency}
+            if args.async_concurrency is not None
+            else {}
+        ),
     )
     if early is not None:
         early.forward(worker.handle_signal)

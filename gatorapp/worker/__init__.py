@@ -36,6 +36,7 @@ from ..backends import Backend, Message
 from ..errors import ConfigurationError
 from ..registry import Registry
 from ..schedules import Schedule
+from .aio import AsyncRunner
 from .executors import InlineExecutor, Runner, ThreadExecutor
 from .fetch import MAX_PREFETCH, Fetcher, Outage, hand_back
 from .heartbeat import Heartbeat
@@ -54,6 +55,10 @@ SHUTDOWN_FLUSH_DEADLINE = 30.0
 
 #: Seconds the oldest outcome may wait in the outbox before it is sent.
 OUTBOX_MAX_AGE = 0.05
+
+#: ``async def`` tasks a worker runs at once by default (on one event loop,
+#: so many cost little; they wait on I/O together).
+DEFAULT_ASYNC_CONCURRENCY = 100
 
 #: Seconds a cold stop (second signal) spends handing tasks back before it
 #: exits regardless (an unreachable backend: the leases expire instead).
@@ -96,6 +101,8 @@ class Worker:
     :param schedule: also enqueue the ticks of the app's periodic tasks (see
         :mod:`gatorapp.worker.scheduler`); ``gatorapp worker`` does unless
         ``--no-schedule`` or ``--burst``.
+    :param async_concurrency: ``async def`` tasks run at once on the worker's
+        event loop (see :mod:`gatorapp.worker.aio`), besides ``concurrency``.
     """
 
     def __init__(
@@ -108,6 +115,7 @@ class Worker:
         burst: bool = False,
         prefetch: int | None = None,
         schedule: bool = False,
+        async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
@@ -117,6 +125,11 @@ class Worker:
             raise ConfigurationError("max_tasks must be >= 1")
         if prefetch is not None and prefetch < 0:
             raise ConfigurationError("prefetch must be >= 0")
+        if isinstance(async_concurrency, bool) or not isinstance(async_concurrency, int):
+            raise ConfigurationError("async_concurrency must be an integer >= 1")
+        if async_concurrency < 1:
+            raise ConfigurationError("async_concurrency must be >= 1")
+        self.async_concurrency = async_concurrency
         self.app = app
         # Named queues are checked by the backend's rules now, not on first fetch.
         self.queues: list[str] = [app.check_queue(q) for q in (queues or app.queues())]
@@ -200,11 +213,17 @@ class Worker:
             store = self.app.result_store()
             if store is not None:
                 self._outbox.result_limit = min(self._outbox.result_limit, store.max_payload)
+            registry = self.app.registry
+            has_async = any(t.is_async for t in registry.tasks.values())
+            # (No thread until the first async task; with none, never.)
+            self._aio = AsyncRunner(
+                registry, self.async_concurrency, self._outbox.add, threading.Event()
+            )
             self._fetch = Fetcher(
                 backend,
                 self.queues,
                 self.worker_id,
-                concurrency=self.concurrency,
+                concurrency=self.concurrency + (self.async_concurrency if has_async else 0),
                 prefetch=self.prefetch,
                 lease=self.app.lease,
                 refill_early=not inline,
@@ -215,7 +234,7 @@ class Worker:
             # reserve, not on its own.)
             outbox.max_items = 2 * (self.concurrency + MAX_PREFETCH)
             outbox.keep_results = type(self).result is not Worker.result
-            outbox.shared = not inline
+            outbox.shared = not inline or has_async
             self._heartbeat = Heartbeat(backend, self._held, self.app.lease, outbox.pending)
             runner = Runner(
                 self.app.registry,
@@ -224,6 +243,7 @@ class Worker:
                 max_deliveries=self.app.max_deliveries,
                 max_payload=backend.max_payload,
                 on_shorter_lease=self._heartbeat.wake,
+                aio=self._aio,
             )
             stopping = self._stop.is_set
             self._executor: InlineExecutor | ThreadExecutor = (
@@ -233,6 +253,7 @@ class Worker:
                     runner, self.concurrency, stopping, lambda: self._fetch.concurrency
                 )
             )
+            self._aio.progress = self._executor.progress  # (finishing wakes the loop)
             self._outage = Outage(self.ident())
             beating = leases and backend.thread_safe
             scheduler = None
@@ -253,6 +274,7 @@ class Worker:
                     scheduler.stop()
                 self._heartbeat.stop()
                 self._executor.shutdown(wait=not self._cold)
+                self._aio.shutdown(wait=not self._cold, timeout=SHUTDOWN_FLUSH_DEADLINE)
         self.stopping()
         return 0
 
@@ -276,6 +298,18 @@ class Worker:
             except Exception:
                 log.exception("%s.result() failed", type(self).__name__)
 
+    def _observe(self, ran: int, busy: float) -> None:
+        """Tell the fetcher how long tasks take: sync ones by the thread time
+        they took, async ones by their time over the loop's concurrency (many
+        wait together)."""
+        runner = self._executor.run
+        if runner.handed:
+            ran, runner.handed = ran - runner.handed, 0
+            n, seconds = self._aio.observed()
+            if n:
+                self._fetch.observe(n, seconds / self._aio.concurrency)
+        self._fetch.observe(ran, busy)
+
     def _left(self) -> int | None:
         """Attempts ``max_tasks`` still allows."""
         return None if self.max_tasks is None else self.max_tasks - self._executor.started
@@ -295,7 +329,7 @@ class Worker:
             #    the threads report).
             if ex.pending():
                 ran, busy = ex.work(outbox, self._left(), fetch.low if overlap else 0)
-                fetch.observe(ran, busy)
+                self._observe(ran, busy)
                 if outbox.keep_results:
                     self._deliver_results()
                 if stop.is_set():
@@ -315,7 +349,7 @@ class Worker:
                     finish = fetch.begin(outbox, held, want)
                     if overlap and ex.pending():
                         ran, busy = ex.work(outbox, self._left())
-                        fetch.observe(ran, busy)
+                        self._observe(ran, busy)
                     got = finish()
                     if outbox.keep_results:
                         self._deliver_results()
@@ -332,14 +366,18 @@ class Worker:
             elif overlap and ex.pending():
                 # Nothing to send or fetch (max_tasks reached): run the rest.
                 ran, busy = ex.work(outbox, self._left())
-                fetch.observe(ran, busy)
+                self._observe(ran, busy)
                 continue
             # 3. Nothing new to run: wait for a task, or for the threads.
             if not ex.pending():
                 if len(outbox):
                     continue
                 if self.burst:
-                    return
+                    if want:
+                        return  # (the queues were looked at just now: nothing ready)
+                    # The last tasks finished after ``want`` was worked out
+                    # (threads, or the event loop): look once more before stopping.
+                    continue
                 if not idle:
                     idle = True
                     log.debug("%s idle: waiting for tasks on %s", self.ident(), self.to_consume)
@@ -365,7 +403,7 @@ class Worker:
             backend.stop_waiting()  # what an idle poll received goes back now
         except Exception as exc:
             log.warning("could not hand back tasks received while idle (%s)", exc)
-        unstarted = ex.unstarted()
+        unstarted = ex.unstarted() + self._aio.unstarted()
         if unstarted:
             try:
                 backend.release(unstarted)

@@ -25,6 +25,7 @@ from ..backends import Reservation
 from ..errors import Rejected
 from ..execution import Settlement, attempt, rejected, undeliverable
 from ..registry import Registry
+from .aio import AsyncRunner
 from .held import Held, fields
 from .outbox import Outbox
 
@@ -47,7 +48,10 @@ class Runner:
         max_deliveries: int,
         max_payload: int | None,
         on_shorter_lease: Callable[[], None],
+        aio: AsyncRunner | None = None,
     ) -> None:
+        self.aio = aio
+        self.handed = 0  # async tasks handed to the loop (see Worker._observe)
         self.registry = registry
         self.held = held
         self.outbox = outbox
@@ -98,6 +102,10 @@ class Runner:
                 # Renew at once with the task's shorter lease, so a crash now
                 # frees it after that lease, not the worker's longer one.
                 self.on_shorter_lease()
+        if tdef.is_async and self.aio is not None:
+            self.aio.add(r, task, tdef)  # (its outcome goes to the outbox from there)
+            self.handed += 1
+            return True
         self.outbox.add(r, attempt(task, tdef, self.registry))
         return True
 
@@ -112,6 +120,7 @@ class InlineExecutor:
         self.stopping = stopping
         self.buffer: deque[Reservation] = deque()
         self.started = 0  # attempts started (what max_tasks counts)
+        self.progress = threading.Event()  # async tasks finishing wake the loop
 
     def submit(self, reservations: list[Reservation]) -> None:
         self.buffer.extend(reservations)
@@ -120,8 +129,9 @@ class InlineExecutor:
         return len(self.buffer)
 
     def pending(self) -> int:
-        """Tasks buffered or running."""
-        return len(self.buffer)
+        """Tasks buffered or running (async ones included)."""
+        aio = self.run.aio
+        return len(self.buffer) + (aio.held if aio is not None else 0)
 
     def work(self, outbox: Outbox, budget: int | None, stop_at: int = 0) -> tuple[int, float]:
         """Run buffered tasks until ``stop_at`` are left, the outbox is due to be
@@ -148,7 +158,11 @@ class InlineExecutor:
         return n, clock() - t0
 
     def wait(self, timeout: float) -> None:
-        """Nothing runs in the background here: there is nothing to wait for."""
+        """Wait for async tasks to finish (sync ones run in the caller)."""
+        aio = self.run.aio
+        if aio is not None and aio.held:
+            self.progress.wait(timeout)
+            self.progress.clear()
 
     def unstarted(self) -> list[Reservation]:
         """Take back every buffered task (the worker hands them back)."""
@@ -157,7 +171,8 @@ class InlineExecutor:
         return out
 
     def running(self) -> int:
-        return 0
+        aio = self.run.aio
+        return aio.held if aio is not None else 0
 
     def shutdown(self, wait: bool) -> None:
         return None
@@ -206,10 +221,12 @@ class ThreadExecutor:
         return len(self.buffer)
 
     def pending(self) -> int:
-        return len(self.buffer) + self._running
+        aio = self.run.aio
+        return len(self.buffer) + self._running + (aio.held if aio is not None else 0)
 
     def running(self) -> int:
-        return self._running
+        aio = self.run.aio
+        return self._running + (aio.held if aio is not None else 0)
 
     def _main(self) -> None:
         cond, buffer, run = self._cond, self.buffer, self.run

@@ -5,6 +5,7 @@ ledger file, with O_APPEND so lines from several processes never interleave.
 The URL, lease and ledger path come from the environment.
 """
 
+import asyncio
 import os
 import time
 
@@ -30,6 +31,18 @@ def record(key, sleep=0.0):
     _log("start", key)
     if sleep:
         time.sleep(sleep)
+    _log("done", key)
+    return key
+
+
+@app.task
+async def record_async(key, sleep=0.0, block=0.0):
+    """``sleep``: awaited; ``block``: a sync sleep that holds the event loop."""
+    _log("start", key)
+    if sleep:
+        await asyncio.sleep(sleep)
+    if block:
+        time.sleep(block)
     _log("done", key)
     return key
 
