@@ -57,14 +57,14 @@ class AsyncRunner:
         self._lock = threading.Lock()
         self._incoming: list[Item] = []
         self._waiting: deque[Item] = deque()  # (loop thread only)
-        self._running = 0  # (loop thread only)
+        self._parked: deque[asyncio.Future[None]] = deque()  # idle runners (loop thread)
         #: tasks handed over and not finished (buffered here or running)
         self.held = 0
         self.finished = 0  # attempts finished since the last observed()
         self.busy = 0.0  # their seconds, summed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._runners: set[asyncio.Task[None]] = set()
         self._idle = threading.Condition(self._lock)
 
     # -- any thread ----------------------------------------------------------------
@@ -139,6 +139,11 @@ class AsyncRunner:
         try:
             loop.run_forever()
         finally:
+            # Idle runners (and, after a stop at once, running tasks) end here.
+            left = asyncio.all_tasks(loop)
+            for t in left:
+                t.cancel()
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
@@ -146,17 +151,34 @@ class AsyncRunner:
         with self._lock:
             items, self._incoming = self._incoming, []
         self._waiting.extend(items)
-        self._start_more()
-
-    def _start_more(self) -> None:
+        # Wake parked runners, and start more while tasks wait and the limit
+        # allows. A runner is a long-lived coroutine taking tasks one after
+        # another: an asyncio Task per task would cost more than a no-op task.
+        parked = self._parked
+        for _ in range(min(len(parked), len(self._waiting))):
+            fut = parked.popleft()
+            if not fut.done():
+                fut.set_result(None)
         loop = self._loop
         assert loop is not None
-        while self._waiting and self._running < self.concurrency:
-            r, task, tdef = self._waiting.popleft()
-            self._running += 1
-            t = loop.create_task(self._one(r, task, tdef))
-            self._tasks.add(t)
-            t.add_done_callback(self._tasks.discard)
+        runners = self._runners
+        while len(runners) < self.concurrency and len(runners) - len(parked) < len(self._waiting):
+            t = loop.create_task(self._runner())
+            runners.add(t)
+            t.add_done_callback(runners.discard)
+
+    async def _runner(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        waiting = self._waiting
+        while True:
+            while waiting:
+                r, task, tdef = waiting.popleft()
+                await self._one(r, task, tdef)
+            self.progress.set()  # (nothing waits here: the worker may send, refill)
+            fut: asyncio.Future[None] = loop.create_future()
+            self._parked.append(fut)
+            await fut
 
     async def _one(self, r: Reservation, task: Task, tdef: TaskDef) -> None:
         t0 = time.perf_counter()
@@ -165,7 +187,7 @@ class AsyncRunner:
         except asyncio.CancelledError:
             self._finish(time.perf_counter() - t0)
             raise
-        except BaseException:  # never lose the loop: its lease runs out, it runs again
+        except BaseException:  # never lose the runner: its lease runs out, it runs again
             log.exception("unexpected error running task %s", r.task_id, extra=fields(r))
             self._finish(time.perf_counter() - t0)
             return
@@ -173,19 +195,16 @@ class AsyncRunner:
         self._finish(time.perf_counter() - t0)
 
     def _finish(self, took: float) -> None:
-        self._running -= 1
         with self._lock:
             self.held -= 1
             self.finished += 1
             self.busy += took
             if self.held == 0:
                 self._idle.notify_all()
-        self.progress.set()
-        self._start_more()
 
     def _cancel_all(self) -> None:
         with self._lock:
             self._waiting.clear()
             self._incoming.clear()
-        for t in list(self._tasks):
+        for t in list(self._runners):
             t.cancel()
