@@ -46,21 +46,25 @@ def _noscript(reply: Any) -> bool:
 class _Protocol(asyncio.Protocol):
     """One connection: calls go out in order, their replies are matched in order."""
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: Any, timeout: float | None) -> None:
         self.reader = reader
+        self.timeout = timeout
         self.transport: asyncio.Transport | None = None
-        self.waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any]]] = deque()
+        # (future, replies expected, replies so far, when sent)
+        self.waiting: deque[tuple[asyncio.Future[list[Any]], int, list[Any], float]] = deque()
         self.lost: BaseException | None = None
+        # One timer watches the oldest call, not one timer per call.
+        self._watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports are not asyncio.Transport subclasses)
+        self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         waiting = self.waiting
         while waiting:
-            fut, n, out = waiting[0]
+            fut, n, out, _ = waiting[0]
             while len(out) < n:
                 reply = self.reader.gets()
                 if reply is False:
@@ -71,20 +75,45 @@ class _Protocol(asyncio.Protocol):
                 fut.set_result(out)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = redis.ConnectionError(f"connection to Redis lost: {exc or 'closed'}")
+        self._fail(redis.ConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+
+    def _fail(self, error: BaseException) -> None:
+        self.lost = self.lost or error
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         while self.waiting:
-            fut, _, _ = self.waiting.popleft()
+            fut = self.waiting.popleft()[0]
             if not fut.done():
-                fut.set_exception(self.lost)
+                fut.set_exception(error)
 
     def call(self, packed: bytes, n: int) -> asyncio.Future[list[Any]]:
-        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
         if self.lost is not None or self.transport is None:
             fut.set_exception(self.lost or redis.ConnectionError("not connected"))
             return fut
-        self.waiting.append((fut, n, []))
+        now = loop.time()
+        self.waiting.append((fut, n, [], now))
         self.transport.write(packed)
+        if self.timeout is not None and self._watch is None:
+            self._watch = loop.call_at(now + self.timeout, self._check)
         return fut
+
+    def _check(self) -> None:
+        """The oldest call has had ``timeout`` seconds: fail it (the connection
+        is out of step then, so it is dropped), or look again when it has."""
+        self._watch = None
+        if not self.waiting or self.timeout is None:
+            return
+        loop = asyncio.get_running_loop()
+        due = self.waiting[0][3] + self.timeout
+        if loop.time() < due:
+            self._watch = loop.call_at(due, self._check)
+            return
+        if self.transport is not None:
+            self.transport.abort()
+        self._fail(redis.TimeoutError(f"Redis did not answer within {self.timeout} s"))
 
 
 class _Fast:
@@ -104,9 +133,11 @@ class _Fast:
         kw = self.kwargs
         reader = hiredis.Reader(replyError=ResponseError)
         made = (
-            loop.create_unix_connection(lambda: _Protocol(reader), kw["path"])
+            loop.create_unix_connection(lambda: _Protocol(reader, self.timeout), kw["path"])
             if "path" in kw
-            else loop.create_connection(lambda: _Protocol(reader), kw["host"], kw["port"])
+            else loop.create_connection(
+                lambda: _Protocol(reader, self.timeout), kw["host"], kw["port"]
+            )
         )
         _, proto = await asyncio.wait_for(made, kw.get("socket_connect_timeout") or 5.0)
         setup: list[tuple[Any, ...]] = []
@@ -122,6 +153,11 @@ class _Fast:
                     raise reply
         return proto
 
+    def ready(self) -> _Protocol | None:
+        """The running loop's connection, if it is open."""
+        proto = self._conns.get(asyncio.get_running_loop())
+        return proto if proto is not None and proto.lost is None else None
+
     async def conn(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         proto = self._conns.get(loop)
@@ -135,16 +171,7 @@ class _Fast:
         return proto
 
     async def _wait(self, proto: _Protocol, packed: bytes, n: int) -> list[Any]:
-        fut = proto.call(packed, n)
-        if self.timeout is None:
-            return await fut
-        # (a timer, not wait_for: no task of its own on every call)
-        loop = asyncio.get_running_loop()
-        timer = loop.call_later(self.timeout, _expire, fut, proto, self.timeout)
-        try:
-            return await fut
-        finally:
-            timer.cancel()
+        return await proto.call(packed, n)
 
     async def pipeline(self, packed: bytes, n: int) -> list[Any]:
         return await self._wait(await self.conn(), packed, n)
@@ -154,14 +181,6 @@ class _Fast:
             if proto.transport is not None:
                 proto.transport.close()
         self._conns.clear()
-
-
-def _expire(fut: asyncio.Future[list[Any]], proto: _Protocol, timeout: float) -> None:
-    if not fut.done():
-        # The connection is out of step now: drop it (a new one is made).
-        if proto.transport is not None:
-            proto.transport.abort()
-        fut.set_exception(redis.TimeoutError(f"Redis did not answer within {timeout} s"))
 
 
 def pack_all(commands: Sequence[Command]) -> bytes:
@@ -201,7 +220,17 @@ class AsyncLink:
         """Send every command, read every reply (one round trip); an error
         reply is raised."""
         packed = pack_all(commands)
-        if self._fast is not None:
+        fast = self._fast
+        if fast is not None:
+            proto = fast.ready()
+            if proto is not None:
+                # The common case, written out: an open connection, no error.
+                try:
+                    out = await proto.call(packed, len(commands))
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    out = None  # (tried again below: enqueue is idempotent)
+                if out is not None and not any(isinstance(r, ResponseError) for r in out):
+                    return out
             return await self._fast_pipeline(packed, len(commands))
         pool = self.client().connection_pool
         for attempt in range(TRIES):
