@@ -16,9 +16,10 @@ from .errors import (
     SerializationError,
     TaskFailed,
     TaskRunning,
+    TaskTimeout,
     UnknownTaskError,
 )
-from .tasks import BoundTask, Options, TaskFunction, TaskHandle
+from .tasks import AsyncTaskFunction, BoundTask, Options, TaskFunction, TaskHandle
 from .worker import Worker
 
 __version__ = "0.1.0"
@@ -38,6 +39,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "App",
+    "AsyncTaskFunction",
     "BackendError",
     "BoundTask",
     "ConfigurationError",
@@ -56,6 +58,7 @@ __all__ = [
     "TaskFunction",
     "TaskHandle",
     "TaskRunning",
+    "TaskTimeout",
     "UnknownTaskError",
     "Worker",
     "__version__",

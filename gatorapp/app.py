@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any, ParamSpec, TypeVar, overload
 
 from . import admin
@@ -30,7 +30,14 @@ from .registry import Hooks, Registry, TaskDef, qualified_name
 from .results import DEFAULT_TTL, Results, check_ttl
 from .schedules import Schedule
 from .signing import Signer
-from .tasks import Options, TaskFunction, TaskHandle, bound_options
+from .tasks import (
+    AsyncTaskFunction,
+    Options,
+    TaskDecorator,
+    TaskFunction,
+    TaskHandle,
+    bound_options,
+)
 from .worker import Worker
 
 P = ParamSpec("P")
@@ -292,6 +299,9 @@ class App:
 
     # -- registration --------------------------------------------------------
     @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> AsyncTaskFunction[P, R]: ...
+
+    @overload
     def task(self, fn: Callable[P, R]) -> TaskFunction[P, R]: ...
 
     @overload
@@ -311,7 +321,7 @@ class App:
         store_result: bool | None = None,
         result_ttl: float | None = None,
         timeout: float | None = None,
-    ) -> Callable[[Callable[P, R]], TaskFunction[P, R]]: ...
+    ) -> TaskDecorator: ...
 
     def task(self, fn: Any = None, *args: Any, **kwargs: Any) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
@@ -366,7 +376,8 @@ class App:
         default = self.producer.result_ttl  # (None: the app keeps no results)
         stores = tdef.store_result if tdef.store_result is not None else default is not None
         tdef.keep = (tdef.result_ttl or default) if stores else None
-        tfn: TaskFunction[Any, Any] = TaskFunction(self.producer, tdef)
+        kind = AsyncTaskFunction if tdef.is_async else TaskFunction
+        tfn: TaskFunction[Any, Any] = kind(self.producer, tdef)
         self.registry.alias(tfn, tdef)
         return tfn
 

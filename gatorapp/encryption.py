@@ -89,7 +89,8 @@ class Cipher:
         key_id, aead = self._first
         nonce = os.urandom(NONCE)
         header = MAGIC + key_id
-        return header + nonce + aead.encrypt(nonce, data, header)
+        sealed: bytes = aead.encrypt(nonce, data, header)
+        return header + nonce + sealed
 
     def decrypt(self, data: bytes) -> bytes:
         """The payload inside an encrypted one; :class:`Rejected` (``decrypt_error``)

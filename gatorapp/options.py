@@ -105,7 +105,7 @@ def to_timestamp(when: Any) -> float:
     if isinstance(when, datetime):
         if when.tzinfo is None:
             when = when.replace(tzinfo=timezone.utc)
-        return when.timestamp()
+        return float(when.timestamp())
     if isinstance(when, (int, float)) and not isinstance(when, bool):
         seconds = _as_float(when)
         if math.isfinite(seconds):

@@ -121,14 +121,16 @@ class Schedule:
         # (In the hour an autumn clock repeats, cronsim reads the start as its
         # first occurrence, so a tick it gives may lie on the wrong side of
         # ``now``: take the first that does not.)
-        return next(t for t in _stamps(ticks) if t <= now)
+        latest: float = next(t for t in _stamps(ticks) if t <= now)
+        return latest
 
     def after(self, t: float) -> float:
         """The first tick after ``t``."""
         if self.every is not None:
             return (math.floor(t / self.every) + 1) * self.every
         at = dt.datetime.fromtimestamp(t, self._zone())
-        return next(s for s in _stamps(_cronsim().CronSim(self.cron, at)) if s > t)
+        first: float = next(s for s in _stamps(_cronsim().CronSim(self.cron, at)) if s > t)
+        return first
 
     def limit(self, tick: float) -> float:
         """Seconds ``tick`` may be late and still run: the schedule's

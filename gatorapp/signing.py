@@ -30,7 +30,7 @@ try:
     # it directly costs a third less per payload than through hmac.HMAC.
     from _hashlib import hmac_new as _openssl_hmac
 except ImportError:  # another Python: the hmac module
-    _openssl_hmac = None
+    _openssl_hmac = None  # type: ignore[assignment]
 
 
 def _keyed(key: bytes) -> Any:
@@ -76,7 +76,8 @@ class Signer:
     def sign(self, data: bytes) -> bytes:
         mac = self._macs[0].copy()
         mac.update(data)
-        return MAGIC + mac.digest() + data
+        digest: bytes = mac.digest()
+        return MAGIC + digest + data
 
     def verify(self, data: bytes) -> bytes:
         """The payload inside ``data``, or :class:`Rejected` (``bad_signature``):

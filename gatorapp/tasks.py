@@ -7,17 +7,24 @@ Each enqueues through the app's :class:`~gatorapp.producer.Producer`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from .options import check_option_names
-from .producer import Producer, TaskHandle
+from .producer import Call, Producer, TaskHandle
 from .registry import TaskDef
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-__all__ = ["BoundTask", "Options", "TaskFunction", "TaskHandle"]
+__all__ = [
+    "AsyncTaskFunction",
+    "BoundTask",
+    "Options",
+    "TaskDecorator",
+    "TaskFunction",
+    "TaskHandle",
+]
 
 
 class BoundTask(Generic[P, R]):
@@ -41,12 +48,12 @@ class BoundTask(Generic[P, R]):
 
     def map(self, items: Iterable[Any]) -> list[TaskHandle[R]]:
         """:meth:`TaskFunction.map` with these options."""
-        calls = [((item,), {}) for item in items]
+        calls: list[Call] = [((item,), {}) for item in items]
         return self.task_function.producer.send_many(self.tdef, calls, self.opts)
 
     async def amap(self, items: Iterable[Any]) -> list[TaskHandle[R]]:
         """:meth:`map` for async code."""
-        calls = [((item,), {}) for item in items]
+        calls: list[Call] = [((item,), {}) for item in items]
         return await self.task_function.producer.asend_many(self.tdef, calls, self.opts)
 
     def options(self, **opts: Any) -> BoundTask[P, R]:
@@ -102,11 +109,31 @@ class TaskFunction(Generic[P, R]):
 
     async def astarmap(self, items: Iterable[Sequence[Any]]) -> list[TaskHandle[R]]:
         """:meth:`starmap` for async code."""
-        calls = [(tuple(a), {}) for a in items]
+        calls: list[Call] = [(tuple(a), {}) for a in items]
         return await self.producer.asend_many(self.tdef, calls, {})
 
     def __repr__(self) -> str:
         return f"<task {self.name} queue={self.queue}>"
+
+
+class AsyncTaskFunction(TaskFunction[P, R]):
+    """A registered ``async def`` task: ``R`` is what it returns once awaited,
+    so ``.delay(...).get()`` is an ``R``; calling it makes the coroutine."""
+
+    def __call__(  # type: ignore[override]
+        self, *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, R]:
+        return self.tdef.fn(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+class TaskDecorator(Protocol):
+    """What ``@app.task(...)`` with options returns (typed like ``@app.task``)."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> AsyncTaskFunction[P, R]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> TaskFunction[P, R]: ...
 
 
 def bound_options(fn: Any) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""``.delay()`` is typed from the task function's signature (checked with mypy)."""
+"""``.delay()`` is typed from the task function's signature, and the package
+type-checks under ``mypy --strict`` (both checked here, so CI runs them)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def test_delay_is_typed_from_the_signature():
             sys.executable,
             "-m",
             "mypy",
+            "--strict",
             "--no-incremental",
             "--hide-error-context",
             "--no-error-summary",
@@ -41,3 +43,18 @@ def test_delay_is_typed_from_the_signature():
         if (m := re.search(r"# E: ([\w-]+)", line))
     }
     assert got == expected, proc.stdout
+
+
+def test_the_package_is_clean_under_mypy_strict():
+    if shutil.which("mypy") is None:
+        pytest.skip("mypy is not installed (it comes with the dev extra)")
+    root = Path(__file__).parent.parent
+    # (strict and the package's files come from [tool.mypy] in pyproject.toml)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "gatorapp"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr

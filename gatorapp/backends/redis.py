@@ -115,7 +115,7 @@ class RedisBackend(Backend):
             client_options["prefix"] = prefix
         self.prefix, self._client_url, self._client_options = parse_redis_url(url, client_options)
         self._tls = self._client_url.startswith("rediss:")
-        given = {**self._client_options, **redis_parse_url(self._client_url)}
+        given = {**self._client_options, **redis_parse_url(self._client_url)}  # type: ignore[no-untyped-call]
         self.record_ttl = record_ttl(given)  #: seconds a call's record lasts (docs/redis.md)
         self._record_ms = math.ceil(self.record_ttl * 1000)
         self._client: redis.Redis | None = None
@@ -359,8 +359,8 @@ class RedisBackend(Backend):
             by_queue.setdefault(r.queue, []).append((0, i))
         for i, item in enumerate(retries):
             by_queue.setdefault(item[0].queue, []).append((1, i))
-        for i, item in enumerate(buries):
-            by_queue.setdefault(item[0].queue, []).append((2, i))
+        for i, burial in enumerate(buries):
+            by_queue.setdefault(burial[0].queue, []).append((2, i))
         plan = []
         for queue, places in by_queue.items():
             for chunk in chunks(places):
@@ -378,13 +378,13 @@ class RedisBackend(Backend):
                     order += token_order
                 for k, i in chunk:
                     if k == 1:
-                        r, data, run_at = retries[i]
-                        t += (r.task_id, r.token, data, run_at)
+                        rr, data, run_at = retries[i]
+                        t += (rr.task_id, rr.token, data, run_at)
                         order.append((1, i))
                 for k, i in chunk:
                     if k == 2:
-                        r, reason, error = buries[i]
-                        b += (r.task_id, r.token, reason, truncate(error))
+                        rb, reason, error = buries[i]
+                        b += (rb.task_id, rb.token, reason, truncate(error))
                         order.append((2, i))
                 a = [x for token, task_ids in groups.items() for x in (token, task_ids)]
                 plan.append((("settle", queue, [pack_args([a, t, b])]), order))

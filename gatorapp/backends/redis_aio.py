@@ -26,7 +26,7 @@ from typing import Any
 try:
     import hiredis
 except ImportError:  # (the redis extra installs it)
-    hiredis = None
+    hiredis = None  # type: ignore[assignment]
 
 import redis
 import redis.asyncio
@@ -149,7 +149,8 @@ class _Fast:
         if setup:
             for reply in await self._wait(proto, pack_all(setup), len(setup)):
                 if isinstance(reply, ResponseError):
-                    proto.transport and proto.transport.close()
+                    if proto.transport is not None:
+                        proto.transport.close()
                     raise reply
         return proto
 

@@ -112,7 +112,7 @@ def _check_client(url: str, client_url: str, options: dict[str, Any]) -> None:
     so values it only checks then (a bad ``protocol`` or ``ssl_cert_reqs``,
     an unknown keyword) fail now; and check the numbers it takes as given."""
     try:
-        given = {**options, **redis_parse_url(client_url)}  # (URL options win)
+        given = {**options, **redis_parse_url(client_url)}  # type: ignore[no-untyped-call]
         for name in sorted(_POSITIVE | _NONNEGATIVE):
             value, zero_ok = given.get(name), name in _NONNEGATIVE
             # (written so that NaN fails too)

@@ -84,7 +84,7 @@ SCRIPTS = load_scripts()
 def pack_args(items: Any) -> bytes:
     """A list argument for a script. Lua's cmsgpack reads msgpack's str type
     only: bytes go as str, which Lua strings carry unchanged."""
-    return msgpack.packb(items, use_bin_type=False)  # type: ignore[no-any-return]
+    return msgpack.packb(items, use_bin_type=False)
 
 
 def new_token() -> str:

@@ -430,8 +430,14 @@ class SQSBackend(Backend):
         return held
 
     def _retry(self, items: Sequence[tuple[Reservation, bytes, float]]) -> list[bool]:
-        url = lambda r: str(self.sqs.url(r.queue)) if self._gone(r) else self._url_of(r)  # noqa: E731
-        moves = [(r, url(r), self._entry(r.task_id, d, t)) for r, d, t in items]
+        moves = [
+            (
+                r,
+                str(self.sqs.url(r.queue)) if self._gone(r) else self._url_of(r),
+                self._entry(r.task_id, d, t),
+            )
+            for r, d, t in items
+        ]
         return self._replace(moves, "retry")
 
     def _dead_entry(

@@ -45,3 +45,24 @@ def refresh() -> int:
 
 count: int = refresh()
 refresh.delay(1)  # E: call-arg
+
+
+@results_app.task(timeout=30)
+async def fetch(url: str) -> int:
+    return len(url)
+
+
+async def producer() -> None:
+    h = await fetch.adelay("https://example.org")
+    n: int = await h.aget(timeout=10)
+    s: str = await h.aget()  # E: assignment
+    await fetch.adelay(1)  # E: arg-type
+    await fetch.options(queue="fetch", timeout=5).adelay("u")
+    hs: list[TaskHandle[int]] = await fetch.amap(["a", "b"])
+    state: str = await h.astatus()
+    del n, s, hs, state
+
+
+synced: int = fetch.delay("u").get()
+coro = fetch("u")  # calling it makes the coroutine
+awaited_wrong: int = fetch("u")  # E: assignment
