@@ -78,7 +78,15 @@ def status(cwd: Path, app: str) -> dict[str, list[int]]:
 def test_every_example_has_a_readme_and_a_test():
     names = sorted(p.name for p in EXAMPLES.iterdir() if p.is_dir() and p.name[0] not in "._")
     assert names == sorted(
-        ["custom_backend", "feeds", "logging_worker", "queues", "skinny_task", "tutorial"]
+        [
+            "async_web",
+            "custom_backend",
+            "feeds",
+            "logging_worker",
+            "queues",
+            "skinny_task",
+            "tutorial",
+        ]
     )
     for name in names:
         assert (EXAMPLES / name / "README.md").is_file(), name
@@ -211,3 +219,55 @@ def test_logging_worker(tmp_path):
     assert "got result 9." in log
     assert "got result 2." in log
     assert 'for "default" shutting down. Consumed 2 tasks.' in log
+
+
+def test_async_web(tmp_path):
+    import socket
+
+    import httpx
+
+    proj = copy_example("async_web", tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "web:web", "--port", str(port)],
+        cwd=proj,
+        env=_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "gatorapp", "worker", "-A", "tasks"],
+        cwd=proj,
+        env=_env(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/tasks/none", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.1)
+        reply = httpx.post(f"{base}/count", json={"text": "three short words"}, timeout=10)
+        assert reply.status_code == 202
+        ids = reply.json()
+        got = httpx.get(f"{base}/tasks/{ids['id']}", params={"wait": 20}, timeout=30).json()
+        assert got == {"status": "succeeded", "value": 3}
+        loud = httpx.get(f"{base}/tasks/{ids['shout_id']}", params={"wait": 20}, timeout=30)
+        assert loud.json() == {"status": "succeeded", "value": "THREE SHORT WORDS"}
+        # An id nobody enqueued: no wait, and an honest status.
+        assert httpx.get(f"{base}/tasks/nope", timeout=10).json() == {"status": "unknown"}
+    finally:
+        for proc in (server, worker):
+            proc.terminate()
+            proc.wait(30)
+        out.close()
+    assert worker.returncode == 0, (tmp_path / "server.log").read_text()
+    assert_unchanged("async_web", proj)
