@@ -286,3 +286,40 @@ def test_an_async_task_blocking_the_loop_past_its_lease_keeps_it(
     finish(second)
     assert counts(ledger, "start") == {"blocker": 1}
     assert counts(ledger) == {"blocker": 1}
+
+
+@pytest.mark.slow
+def test_a_sync_task_past_its_timeout_has_its_process_replaced(tmp_path: Path) -> None:
+    # Under a supervisor (-p 2), the watchdog fails the attempt with TaskTimeout
+    # and ends the process; the supervisor starts another, which runs the
+    # retry (and replaces itself again); then the task is a dead letter.
+    url = f"sqlite:///{tmp_path}/q.db"
+    ledger = tmp_path / "ledger"
+    app = App(url)
+
+    @app.task(name="ledger_app.overdue", timeout=1.0, retries=1)
+    def overdue(key, sleep=30.0): ...
+
+    @app.task(name="ledger_app.record")
+    def record(key, sleep=0.0): ...
+
+    overdue.delay("slow")
+    record.delay("after")
+    proc = start_worker(env_for(url, ledger), "-p", "2")
+    try:
+        assert wait_for(lambda: app.backend.stats("default").dead == 1, 60)
+        assert wait_for(lambda: counts(ledger)["after"] == 1, 30)
+    finally:
+        code, out = stop(proc, signal.SIGTERM)
+    letter = app.backend.dead_get("default", _only_letter(app))
+    assert letter is not None and "TaskTimeout" in letter.error, letter
+    assert counts(ledger, "start")["slow"] == 2 and counts(ledger)["slow"] == 0
+    assert out.count("ran past its timeout of 1 s: this worker process stops") == 2, out
+    assert "stopped for a task past its timeout (status 3); starting a new one" in out
+    assert code == 0, out
+    app.close()
+
+
+def _only_letter(app: App) -> str:
+    (letter,) = app.backend.dead_list("default")
+    return letter.task_id

@@ -277,6 +277,7 @@ def cmd_worker(
         if early is not None:
             early.forward(sup.handle_signal)
         return sup.run()
+    supervised = LIFELINE_ENV in os.environ  # (watch_lifeline takes it, below)
     worker = cls(
         app,
         queues=args.queues,
@@ -285,6 +286,7 @@ def cmd_worker(
         burst=args.burst,
         prefetch=args.prefetch,
         schedule=not (args.burst or args.no_schedule),
+        replace_overdue=supervised,
         **(
             {"async_concurrency": args.async_concurrency}
             if args.async_concurrency is not None

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..worker.signals import Installed
+from ..worker.watchdog import TIMEOUT_EXIT
 
 log = logging.getLogger("gatorapp.supervisor")
 
@@ -73,6 +74,8 @@ def describe(status: int) -> str:
             return f"killed by {signal.Signals(-status).name}"
         except ValueError:
             return f"killed by signal {-status}"
+    if status == TIMEOUT_EXIT:
+        return f"stopped for a task past its timeout (status {status})"
     return f"exited with status {status}"
 
 
@@ -168,7 +171,8 @@ class Supervisor:
                     continue
                 child.proc = None
                 if stopping or (status == 0 and not self.restart_clean):
-                    child.finished = status
+                    # (a child replaced for an overdue task did as designed)
+                    child.finished = 0 if status == TIMEOUT_EXIT else status
                     continue
                 if status == 2:
                     # A usage or configuration error: every child would meet it.

@@ -32,8 +32,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from ..backends import Backend, Message
+from ..backends import Backend, Message, Reservation
 from ..errors import ConfigurationError
+from ..execution import Settlement
 from ..registry import Registry
 from ..schedules import Schedule
 from .aio import AsyncRunner
@@ -44,6 +45,7 @@ from .held import Held
 from .outbox import Outbox
 from .scheduler import Scheduler
 from .signals import Installed
+from .watchdog import TIMEOUT_EXIT, Watchdog
 
 __all__ = ["AppLike", "Worker"]
 
@@ -103,6 +105,10 @@ class Worker:
         ``--no-schedule`` or ``--burst``.
     :param async_concurrency: ``async def`` tasks run at once on the worker's
         event loop (see :mod:`gatorapp.worker.aio`), besides ``concurrency``.
+    :param replace_overdue: a sync task past its ``timeout`` ends this process
+        (exit status :data:`~gatorapp.worker.watchdog.TIMEOUT_EXIT`), for a
+        supervisor to replace it; ``gatorapp worker -p N`` sets it in its
+        processes (see :mod:`gatorapp.worker.watchdog`).
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class Worker:
         prefetch: int | None = None,
         schedule: bool = False,
         async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
+        replace_overdue: bool = False,
     ) -> None:
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
@@ -130,6 +137,7 @@ class Worker:
         if async_concurrency < 1:
             raise ConfigurationError("async_concurrency must be >= 1")
         self.async_concurrency = async_concurrency
+        self.replace_overdue = replace_overdue
         self.app = app
         # Named queues are checked by the backend's rules now, not on first fetch.
         self.queues: list[str] = [app.check_queue(q) for q in (queues or app.queues())]
@@ -214,7 +222,13 @@ class Worker:
             if store is not None:
                 self._outbox.result_limit = min(self._outbox.result_limit, store.max_payload)
             registry = self.app.registry
-            has_async = any(t.is_async for t in registry.tasks.values())
+            tasks = registry.tasks.values()
+            has_async = any(t.is_async for t in tasks)
+            # Reserve for the event loop's capacity only on queues of async
+            # tasks alone: on a queue shared with sync tasks, a batch that size
+            # would hold sync tasks back behind a busy thread (docs/asyncio.md).
+            sync_queues = {t.queue for t in tasks if not t.is_async}
+            async_only = has_async and not sync_queues.intersection(self.queues)
             # (No thread until the first async task; with none, never.)
             self._aio = AsyncRunner(
                 registry, self.async_concurrency, self._outbox.add, threading.Event()
@@ -223,7 +237,7 @@ class Worker:
                 backend,
                 self.queues,
                 self.worker_id,
-                concurrency=self.concurrency + (self.async_concurrency if has_async else 0),
+                concurrency=self.concurrency + (self.async_concurrency if async_only else 0),
                 prefetch=self.prefetch,
                 lease=self.app.lease,
                 refill_early=not inline,
@@ -254,6 +268,8 @@ class Worker:
                 )
             )
             self._aio.progress = self._executor.progress  # (finishing wakes the loop)
+            if self.replace_overdue:
+                runner.watch = Watchdog(registry, self._overdue)
             self._outage = Outage(self.ident())
             beating = leases and backend.thread_safe
             scheduler = None
@@ -272,6 +288,8 @@ class Worker:
             finally:
                 if scheduler is not None:
                     scheduler.stop()
+                if runner.watch is not None:
+                    runner.watch.stop()
                 self._heartbeat.stop()
                 self._executor.shutdown(wait=not self._cold)
                 self._aio.shutdown(wait=not self._cold, timeout=SHUTDOWN_FLUSH_DEADLINE)
@@ -440,6 +458,23 @@ class Worker:
                 time.sleep(0.2)
         if outbox.keep_results:
             self._deliver_results()  # (those of the last tasks run)
+
+    def _overdue(self, r: Reservation, s: Settlement) -> None:
+        """A sync task ran past its timeout (the watchdog's thread): record its
+        failed attempt, settle what has finished, hand back the rest, and end
+        the process for the supervisor to replace."""
+        self._outbox.add(r, s)
+        with self._cold_once:  # (a signal's cold stop may be under way: let it end)
+            sender = threading.Thread(
+                target=hand_back,
+                args=(self._fetch, self._outbox, self._held),
+                name="gatorapp-hand-back",
+                daemon=True,
+            )
+            sender.start()
+            sender.join(COLD_STOP_DEADLINE)
+            logging.shutdown()
+            os._exit(TIMEOUT_EXIT)
 
     def _cold_stop(self) -> None:
         """Settle what has finished, hand back everything else, exit at once.

@@ -23,11 +23,12 @@ from collections.abc import Callable
 
 from ..backends import Reservation
 from ..errors import Rejected
-from ..execution import Settlement, attempt, rejected, undeliverable
+from ..execution import Settlement, attempt, rejected, time_limit, undeliverable
 from ..registry import Registry
 from .aio import AsyncRunner
 from .held import Held, fields
 from .outbox import Outbox
+from .watchdog import Watchdog
 
 log = logging.getLogger("gatorapp.worker")
 
@@ -51,6 +52,8 @@ class Runner:
         aio: AsyncRunner | None = None,
     ) -> None:
         self.aio = aio
+        #: stops a sync task at its timeout by ending the process (supervised only)
+        self.watch: Watchdog | None = None
         self.handed = 0  # async tasks handed to the loop (see Worker._observe)
         self.registry = registry
         self.held = held
@@ -106,6 +109,15 @@ class Runner:
             self.aio.add(r, task, tdef)  # (its outcome goes to the outbox from there)
             self.handed += 1
             return True
+        watch = self.watch
+        if watch is not None and (tdef.timeout is not None or task.options):
+            limit = time_limit(task, tdef)
+            if limit is not None:
+                watch.started(r, task, tdef, limit)
+                outcome = attempt(task, tdef, self.registry)
+                if watch.finished(r):  # (else the watchdog recorded its timeout)
+                    self.outbox.add(r, outcome)
+                return True
         self.outbox.add(r, attempt(task, tdef, self.registry))
         return True
 

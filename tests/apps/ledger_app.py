@@ -47,6 +47,14 @@ async def record_async(key, sleep=0.0, block=0.0):
     return key
 
 
+@app.task(timeout=1.0, retries=1, backoff=None)
+def overdue(key, sleep=30.0):
+    """A sync task that runs past its timeout (until its process is replaced)."""
+    _log("start", key)
+    time.sleep(sleep)
+    _log("done", key)
+
+
 @app.task(queue="other")
 def record_other(key):
     _log("done", key)
