@@ -22,6 +22,10 @@ Phases (each a no-op task, N tasks, --reps runs; the median and the spread):
             an idle `gatorapp worker` process with results on: enqueue one
             task, get() its result, 300 times: how long after the task
             returned get() did (p50, p99)
+  asyncio   an async def no-op drained by a burst Worker in this process
+            (its event loop), alternating with the sync no-op drain; then
+            await .adelay() one at a time against .delay() one at a time,
+            alternating, and the ratios
   ceiling   redis: a bare Python loop over the same payloads (one script
             reserving 200, msgpack decode, a dict lookup, the call, one
             script deleting the batch): what the round trips and Python
@@ -172,7 +176,17 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 # -- phases ------------------------------------------------------------------------------
 #: What --phases may name (procs: memory has none; latency and ceiling: Redis only).
-PHASES = ("enqueue", "bulk", "drain", "drain-c4", "procs", "latency", "results", "ceiling")
+PHASES = (
+    "enqueue",
+    "bulk",
+    "drain",
+    "drain-c4",
+    "procs",
+    "latency",
+    "results",
+    "asyncio",
+    "ceiling",
+)
 
 
 def make_app(url: str, results: bool = False) -> tuple[App, Callable[..., object]]:
@@ -183,6 +197,46 @@ def make_app(url: str, results: bool = False) -> tuple[App, Callable[..., object
         return None
 
     return app, noop
+
+
+def make_async_app(url: str) -> tuple[App, Callable[..., object]]:
+    app = App(url, default_queue=QUEUE, lease=60)
+
+    @app.task(name="bench.anoop")
+    async def anoop(x: int) -> None:
+        return None
+
+    return app, anoop
+
+
+def phase_async_drain(url: str, n: int) -> float:
+    app, anoop = make_async_app(url)
+    fill(app, anoop, n)
+    worker = Worker(app, queues=[QUEUE], burst=True)
+    seconds = timed(worker.run_forever)
+    assert worker.tasks_complete == n, worker.tasks_complete
+    app.close()
+    return n / seconds
+
+
+def phase_adelay(url: str, n: int) -> float:
+    import asyncio
+
+    app, anoop = make_async_app(url)
+    app.backend.drop_all(QUEUE)
+
+    async def run() -> float:
+        adelay = anoop.adelay  # type: ignore[attr-defined]
+        for i in range(200):
+            await adelay(i)
+        t0 = time.perf_counter()
+        for i in range(n):
+            await adelay(i)
+        return time.perf_counter() - t0
+
+    seconds = asyncio.run(run())
+    app.close()
+    return n / seconds
 
 
 def fill(app: App, noop: object, n: int) -> None:
@@ -466,6 +520,25 @@ def main() -> None:
                 pairs = [phase_get(url, 300, workdir) for _ in range(reps)]
                 median_of("get() after return, p50", [p[0] for p in pairs], "ms")
                 median_of("get() after return, p99", [p[1] for p in pairs], "ms")
+        if on("asyncio"):
+            sync_runs: list[float] = []
+            async_runs: list[float] = []
+            for _ in range(reps):
+                sync_runs.append(phase_drain(url, n, 1))
+                async_runs.append(phase_async_drain(url, n))
+            median_of("drain -c 1, def no-op", sync_runs)
+            median_of("drain, async def no-op", async_runs)
+            ratio = statistics.median(async_runs) / statistics.median(sync_runs)
+            print(f"  {'async / sync drain':<28} {ratio:>12.2f}", flush=True)
+            delays: list[float] = []
+            adelays: list[float] = []
+            for _ in range(reps):
+                delays.append(phase_enqueue(url, n // 4))
+                adelays.append(phase_adelay(url, n // 4))
+            median_of(".delay() one at a time", delays)
+            median_of("await .adelay() one at a time", adelays)
+            ratio = statistics.median(adelays) / statistics.median(delays)
+            print(f"  {'adelay / delay':<28} {ratio:>12.2f}", flush=True)
         if args.backend == "redis" and on("ceiling"):
             median_of("ceiling: a bare loop", [phase_ceiling(url, n) for _ in range(reps)])
     finally:
