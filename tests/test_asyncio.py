@@ -42,6 +42,11 @@ def on_success(task, result):  # a sync one is called
     EVENTS.append(("success", result))
 
 
+async def on_success_of_sync(task, result):  # an async hook of a sync task runs too
+    await asyncio.sleep(0)
+    EVENTS.append(("sync-success", result))
+
+
 def test_async_tasks_run_with_hooks_retries_results_and_dead_letters(app: App) -> None:
     @app.task(on_start=on_start, on_success=on_success)
     async def add(a, b):
@@ -61,7 +66,7 @@ def test_async_tasks_run_with_hooks_retries_results_and_dead_letters(app: App) -
     async def broken():
         raise KeyError("nope")
 
-    @app.task
+    @app.task(on_success=on_success_of_sync)
     def plain(x):  # sync and async tasks share one app and one worker
         return x * 2
 
@@ -74,7 +79,7 @@ def test_async_tasks_run_with_hooks_retries_results_and_dead_letters(app: App) -
     )
     assert len([e for e in EVENTS if e[0] == "start"]) == 50
     assert retried.get(timeout=5) == "third time" and len(tries) == 3
-    assert sync.get(timeout=5) == 42
+    assert sync.get(timeout=5) == 42 and ("sync-success", 42) in EVENTS
     with pytest.raises(TaskFailed, match="KeyError: 'nope'") as info:
         dead.get(timeout=5)
     assert "raise KeyError" in info.value.traceback
