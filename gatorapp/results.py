@@ -16,7 +16,6 @@ but the final write, and nothing at all for a task that stores none.
 
 from __future__ import annotations
 
-import asyncio
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 import msgpack
 
 from .backends import Backend
+from .backends.base import Located
 from .envelope import Task, pack, unpack
 from .errors import ConfigurationError, DecodeError, GatorError, ResultTimeout, TaskFailed
 
@@ -206,23 +206,42 @@ class Results:
             return found.status
         backend = self.backend()
         for q in [queue] if queue else list(self.queues()):
-            located = backend.locate(q, task_id)
-            if located is None:
-                continue
-            state, data = located
-            if state == "running":
-                return RUNNING
-            try:
-                attempt = self.decode(data).attempt
-            except Exception:
-                attempt = 0
-            if attempt:
-                return RETRYING
-            return QUEUED if state == "ready" else DELAYED
+            where = self._where(backend.locate(q, task_id))
+            if where is not None:
+                return where
         # In no queue: it may have ended since the first look (a worker
         # stores the result before it acknowledges), so look again.
         found = found or self.stored(task_id)
         return found.status if found is not None else UNKNOWN
+
+    async def astatus(self, task_id: str, queue: str | None) -> str:
+        """:meth:`status` for async code: the same looks, awaited."""
+        store = self._store()
+        record = await store.aget_result(task_id)
+        if record is not None and (found := read(record)).status in FINAL:
+            return found.status
+        backend = self.backend()
+        for q in [queue] if queue else list(self.queues()):
+            where = self._where(await backend.alocate(q, task_id))
+            if where is not None:
+                return where
+        record = record or await store.aget_result(task_id)
+        return read(record).status if record is not None else UNKNOWN
+
+    def _where(self, located: Located | None) -> str | None:
+        """The status of a task found in a queue (None: not there)."""
+        if located is None:
+            return None
+        state, data = located
+        if state == "running":
+            return RUNNING
+        try:
+            attempt = self.decode(data).attempt
+        except Exception:
+            attempt = 0
+        if attempt:
+            return RETRYING
+        return QUEUED if state == "ready" else DELAYED
 
     def wait(self, task_id: str, timeout: float | None) -> Result:
         """The task's final result, waiting up to ``timeout`` seconds (None:
@@ -236,10 +255,6 @@ class Results:
                 return read(record)  # (only final records are ever stored)
             if deadline is not None and time.monotonic() >= deadline:
                 raise ResultTimeout(f"task {task_id} did not finish within {timeout} s")
-
-    async def astatus(self, task_id: str, queue: str | None) -> str:
-        """:meth:`status` for async code (its few reads on a thread)."""
-        return await asyncio.to_thread(self.status, task_id, queue)
 
     async def await_(self, task_id: str, timeout: float | None) -> Result:
         """:meth:`wait` for async code: the event loop is never blocked."""

@@ -328,3 +328,19 @@ def test_a_sync_task_past_its_timeout_has_its_process_replaced(tmp_path: Path) -
 def _only_letter(app: App) -> str:
     (letter,) = app.backend.dead_list("default")
     return letter.task_id
+
+
+def test_astatus_says_what_status_says(app: App) -> None:
+    @app.task
+    async def later(x):
+        return x
+
+    async def main() -> None:
+        ready = await later.adelay(1)
+        delayed = await later.options(delay_by=3600).adelay(2)
+        assert (await ready.astatus(), await delayed.astatus()) == ("queued", "delayed")
+        assert app.backend.reserve(["default"], 1, 30, "w")  # leased: running
+        assert await ready.astatus() == ready.status() == "running"
+        assert await app.result("never-enqueued").astatus() == "unknown"
+
+    asyncio.run(main())

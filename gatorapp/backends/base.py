@@ -428,6 +428,10 @@ class Backend(ABC):
         cannot look a task up by id return None (``unsupported["locate"]``)."""
         return None
 
+    async def alocate(self, queue: str, task_id: str) -> Located | None:
+        """:meth:`locate` for async code (by default on a thread)."""
+        return await asyncio.to_thread(self.locate, queue, task_id)
+
     # -- periodic ticks (see gatorapp.schedules) ------------------------------
     #: whether :meth:`enqueue_tick` enqueues each (schedule, tick) once however
     #: many workers call it; when False, one scheduling worker only

@@ -716,6 +716,17 @@ class RedisBackend(Backend):
     def locate(self, queue: str, task_id: str) -> Located | None:
         return redis_results.locate(self._pipeline, self.calls.keys(queue), task_id)
 
+    async def alocate(self, queue: str, task_id: str) -> Located | None:
+        keys = self.calls.keys(queue)
+        try:
+            replies = await self.alink.pipeline(redis_results.locate_commands(keys, task_id))
+            found, more = redis_results.located(replies, keys)
+            if found is None or more is None:
+                return found
+            return redis_results.leased(found, (await self.alink.pipeline([more]))[0])
+        except redis.RedisError as exc:
+            raise self._error("locate", exc) from exc
+
     def enqueue_tick(
         self, message: Message, schedule: str, tick: float
     ) -> tuple[bool, float | None]:

@@ -78,26 +78,40 @@ def put_command(prefix: str, items: Sequence[ResultItem]) -> bytes:
     )
 
 
+def locate_commands(keys: Sequence[str], task_id: str) -> list[tuple[str, ...]]:
+    """What :func:`locate` reads first (the queue's keys, in the order of
+    redis.lua): its payload, due time and owner."""
+    return [("HGET", keys[0], task_id), ("ZSCORE", keys[1], task_id), ("HGET", keys[2], task_id)]
+
+
+def located(replies: Sequence[Any], keys: Sequence[str]) -> tuple[Located | None, Any]:
+    """The answer of :func:`locate_commands`'s replies, or, for a leased task,
+    the one command still to send (the lease's expiry; then :func:`leased`)."""
+    data, due, own = replies
+    if data is None:
+        return None, None
+    owned = text(own) if own is not None else ""  # token, then due time (redis.lua)
+    if due is None and len(owned) >= 64:  # leased: running while the lease lives
+        return ("ready", bytes(data)), ("ZSCORE", keys[4], owned[:64])
+    if due is not None and float(due) > time.time():
+        return ("delayed", bytes(data)), None
+    return ("ready", bytes(data)), None
+
+
+def leased(found: Located, until: Any) -> Located:
+    """A leased task: running while its lease lives, else ready again."""
+    return ("running", found[1]) if until is not None and float(until) > time.time() else found
+
+
 def locate(
     pipeline: Callable[[str, list[Any]], list[Any]], keys: Sequence[str], task_id: str
 ) -> Located | None:
-    """Where a task is in the queue of ``keys`` (the queue's keys, in the order
-    of redis.lua): two round trips at most, for ``status()``, never per task."""
-    data, due, own = pipeline(
-        "locate",
-        [("HGET", keys[0], task_id), ("ZSCORE", keys[1], task_id), ("HGET", keys[2], task_id)],
-    )
-    if data is None:
-        return None
-    now = time.time()
-    owned = text(own) if own is not None else ""  # token, then due time (redis.lua)
-    if due is None and len(owned) >= 64:  # leased: running while the lease lives
-        (until,) = pipeline("locate", [("ZSCORE", keys[4], owned[:64])])
-        if until is not None and float(until) > now:
-            return "running", bytes(data)
-    if due is not None and float(due) > now:
-        return "delayed", bytes(data)
-    return "ready", bytes(data)
+    """Where a task is in the queue of ``keys``: two round trips at most, for
+    ``status()``, never per task."""
+    found, more = located(pipeline("locate", locate_commands(keys, task_id)), keys)
+    if found is None or more is None:
+        return found
+    return leased(found, pipeline("locate", [more])[0])
 
 
 def wait(client: Any, prefix: str, key: str, timeout: float) -> bytes | None:
