@@ -344,3 +344,29 @@ def test_astatus_says_what_status_says(app: App) -> None:
         assert await app.result("never-enqueued").astatus() == "unknown"
 
     asyncio.run(main())
+
+
+def test_each_event_loop_closes_its_connections(redis_url: str) -> None:
+    # A web server's loop, or a script's asyncio.run: when it ends, the
+    # connections made on it for adelay and aget end with it.
+    import redis
+
+    app = App(redis_url, results=True)
+
+    @app.task
+    async def add(a, b):
+        return a + b
+
+    async def main(i: int) -> None:
+        h = await add.adelay(i, i)
+        await asyncio.to_thread(Worker(app, burst=True).run_forever)
+        assert await h.aget(timeout=5) == 2 * i
+
+    admin = redis.Redis.from_url(redis_url.split("?")[0])
+    asyncio.run(main(0))
+    before = admin.info("clients")["connected_clients"]
+    for i in range(1, 6):
+        asyncio.run(main(i))
+    assert admin.info("clients")["connected_clients"] <= before
+    admin.close()
+    app.close()

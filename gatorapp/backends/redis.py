@@ -699,7 +699,7 @@ class RedisBackend(Backend):
 
     async def aget_result(self, task_id: str) -> bytes | None:
         try:
-            value = await self.alink.client().get(self._result_key(task_id))
+            value = await (await self.alink.client()).get(self._result_key(task_id))
         except redis.RedisError as exc:
             raise self._error("result read", exc) from exc
         return None if value is None else bytes(value)

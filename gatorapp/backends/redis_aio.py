@@ -20,7 +20,7 @@ import asyncio
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 try:
@@ -121,6 +121,8 @@ class _Fast:
 
     def __init__(self, kwargs: dict[str, Any]) -> None:
         self.kwargs = kwargs
+        #: called (awaited) before a loop's first connection (see AsyncLink)
+        self.on_new_loop: Callable[[asyncio.AbstractEventLoop], Awaitable[None]] = _nothing
         self.timeout = kwargs.get("socket_timeout") or None
         self._conns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Protocol] = (
             weakref.WeakKeyDictionary()
@@ -168,6 +170,7 @@ class _Fast:
         async with lock:
             proto = self._conns.get(loop)
             if proto is None or proto.lost is not None:
+                await self.on_new_loop(loop)
                 proto = self._conns[loop] = await self._connect(loop)
         return proto
 
@@ -177,11 +180,21 @@ class _Fast:
     async def pipeline(self, packed: bytes, n: int) -> list[Any]:
         return await self._wait(await self.conn(), packed, n)
 
+    def drop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close ``loop``'s connection (the loop is shutting down)."""
+        proto = self._conns.pop(loop, None)
+        if proto is not None and proto.transport is not None:
+            proto.transport.close()
+
     def close(self) -> None:
         for proto in list(self._conns.values()):
             if proto.transport is not None:
                 proto.transport.close()
         self._conns.clear()
+
+
+async def _nothing(loop: asyncio.AbstractEventLoop) -> None:
+    return None
 
 
 def pack_all(commands: Sequence[Command]) -> bytes:
@@ -206,16 +219,45 @@ class AsyncLink:
         self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
+        self._closers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncIterator[None]] = (
+            weakref.WeakKeyDictionary()
+        )
+        if self._fast is not None:
+            self._fast.on_new_loop = self._closing_with
         self._backoff = ExponentialWithJitterBackoff(cap=0.25, base=0.02)
 
-    def client(self) -> Any:
+    async def client(self) -> Any:
         """The asyncio client of the running loop (made on first use)."""
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
+            await self._closing_with(loop)
             client = redis.asyncio.Redis.from_url(self._url, **self._options)
             self._clients[loop] = client
         return client
+
+    async def _closing_with(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close this loop's connections when the loop shuts down.
+
+        asyncio has no hook for a loop's end, but ``asyncio.run`` (and every
+        server built on it) closes the loop's async generators first: one
+        waiting here closes the connections then, so a finished loop leaves
+        no socket open."""
+        if loop in self._closers:
+            return
+        closer = self._closer(loop)
+        self._closers[loop] = closer
+        await closer.__anext__()
+
+    async def _closer(self, loop: asyncio.AbstractEventLoop) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if self._fast is not None:
+                self._fast.drop(loop)
+            client = self._clients.pop(loop, None)
+            if client is not None:
+                await client.aclose()
 
     async def pipeline(self, commands: Sequence[Command]) -> list[Any]:
         """Send every command, read every reply (one round trip); an error
@@ -233,7 +275,7 @@ class AsyncLink:
                 if out is not None and not any(isinstance(r, ResponseError) for r in out):
                     return out
             return await self._fast_pipeline(packed, len(commands))
-        pool = self.client().connection_pool
+        pool = (await self.client()).connection_pool
         for attempt in range(TRIES):
             conn = await pool.get_connection()
             try:
@@ -295,7 +337,7 @@ class AsyncLink:
 
     async def wait(self, prefix: str, key: str, timeout: float) -> bytes | None:
         """:func:`gatorapp.backends.redis_results.wait`, awaited."""
-        client = self.client()
+        client = await self.client()
         value = await client.get(key)
         if value is not None or timeout <= 0:
             return None if value is None else bytes(value)
