@@ -26,6 +26,7 @@ from worker_proc import env_for, report, wait_for
 from gatorapp import App, Worker
 from gatorapp.backends import Message, load_backend
 from gatorapp.backends.redis import RedisBackend
+from gatorapp.envelope import Task
 from gatorapp.errors import BackendError, ConfigurationError
 
 
@@ -726,6 +727,51 @@ def test_queue_is_registered_again_after_redis_restarts_empty(tmp_path) -> None:
         b.dead_add("dq", "e", b"1", "decode_error", "bad")
         assert b.known_queues() == ["dq", "q"]
         b.close()
+    finally:
+        server.close()
+
+
+def test_async_producers_recover_after_a_restart(tmp_path) -> None:
+    # adelay's own connection breaks with the server; the next call makes a
+    # new one, loads the scripts again and registers the queue again.
+    import asyncio
+
+    server = RedisServer(tmp_path / "r").start()  # no persistence
+    try:
+        app = App(server.url, results=True)
+        backend = app.backend
+
+        @app.task
+        async def add(a, b):
+            return a + b
+
+        def queued() -> list[list[int]]:
+            return [
+                Task.deserialize(r.data).func_args for r in backend.reserve(["default"], 5, 30, "w")
+            ]
+
+        async def main() -> None:
+            await add.adelay(1, 1)
+            server.restart()  # an empty server: no scripts, no queues
+            await add.adelay(2, 2)
+            assert queued() == [[2, 2]] and backend.known_queues() == ["default"]
+            h = await add.adelay(3, 3)
+            server.kill()
+            with pytest.raises(BackendError):  # down: a clear error, promptly
+                await add.adelay(3, 3)
+            with pytest.raises(BackendError):
+                await h.astatus()
+            with pytest.raises(BackendError):
+                await h.aget(timeout=0.1)
+            server.start()
+            h = await add.adelay(4, 4)
+            assert queued() == [[4, 4]] and backend.known_queues() == ["default"]
+            assert await h.astatus() == "running"  # (queued() leased it)
+            with pytest.raises(TimeoutError):  # the result client is back, waiting
+                await app.result("gone").aget(timeout=0.1)
+
+        asyncio.run(main())
+        app.close()
     finally:
         server.close()
 

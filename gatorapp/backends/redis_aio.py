@@ -47,6 +47,7 @@ class _Protocol(asyncio.Protocol):
     """One connection: calls go out in order, their replies are matched in order."""
 
     def __init__(self, reader: Any, timeout: float | None) -> None:
+        self.loop = asyncio.get_running_loop()  # (made inside the loop it serves)
         self.reader = reader
         self.timeout = timeout
         self.transport: asyncio.Transport | None = None
@@ -88,7 +89,7 @@ class _Protocol(asyncio.Protocol):
                 fut.set_exception(error)
 
     def call(self, packed: bytes, n: int) -> asyncio.Future[list[Any]]:
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         fut: asyncio.Future[list[Any]] = loop.create_future()
         if self.lost is not None or self.transport is None:
             fut.set_exception(self.lost or redis.ConnectionError("not connected"))
@@ -96,7 +97,7 @@ class _Protocol(asyncio.Protocol):
         now = loop.time()
         self.waiting.append((fut, n, [], now))
         self.transport.write(packed)
-        if self.timeout is not None and self._watch is None:
+        if self._watch is None and self.timeout is not None:
             self._watch = loop.call_at(now + self.timeout, self._check)
         return fut
 
@@ -106,10 +107,9 @@ class _Protocol(asyncio.Protocol):
         self._watch = None
         if not self.waiting or self.timeout is None:
             return
-        loop = asyncio.get_running_loop()
         due = self.waiting[0][3] + self.timeout
-        if loop.time() < due:
-            self._watch = loop.call_at(due, self._check)
+        if self.loop.time() < due:
+            self._watch = self.loop.call_at(due, self._check)
             return
         if self.transport is not None:
             self.transport.abort()
@@ -130,6 +130,7 @@ class _Fast:
         self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        self._last: _Protocol | None = None
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         kw = self.kwargs
@@ -158,8 +159,13 @@ class _Fast:
 
     def ready(self) -> _Protocol | None:
         """The running loop's connection, if it is open."""
-        proto = self._conns.get(asyncio.get_running_loop())
-        return proto if proto is not None and proto.lost is None else None
+        loop = asyncio.get_running_loop()
+        last = self._last
+        if last is None or last.loop is not loop or last.lost is not None:
+            # (a WeakKeyDictionary look-up costs more than a whole call's
+            # bookkeeping: the last loop's connection is kept at hand)
+            last = self._last = self._conns.get(loop)
+        return last if last is not None and last.lost is None else None
 
     async def conn(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -183,6 +189,8 @@ class _Fast:
     def drop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Close ``loop``'s connection (the loop is shutting down)."""
         proto = self._conns.pop(loop, None)
+        if self._last is proto:
+            self._last = None
         if proto is not None and proto.transport is not None:
             proto.transport.close()
 
@@ -191,6 +199,7 @@ class _Fast:
             if proto.transport is not None:
                 proto.transport.close()
         self._conns.clear()
+        self._last = None
 
 
 async def _nothing(loop: asyncio.AbstractEventLoop) -> None:
@@ -272,8 +281,12 @@ class AsyncLink:
                     out = await proto.call(packed, len(commands))
                 except (redis.ConnectionError, redis.TimeoutError, OSError):
                     out = None  # (tried again below: enqueue is idempotent)
-                if out is not None and not any(isinstance(r, ResponseError) for r in out):
-                    return out
+                if out is not None:
+                    for reply in out:
+                        if isinstance(reply, ResponseError):
+                            break
+                    else:
+                        return out
             return await self._fast_pipeline(packed, len(commands))
         pool = (await self.client()).connection_pool
         for attempt in range(TRIES):
@@ -313,11 +326,14 @@ class AsyncLink:
                         pack_all([("SCRIPT", "LOAD", s) for s in self._sources]), len(self._sources)
                     )
                     out = await fast.pipeline(packed, n)
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                if attempt + 1 == TRIES:
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if attempt + 1 < TRIES:
+                    await asyncio.sleep(self._backoff.compute(attempt + 1))
+                    continue
+                if isinstance(exc, redis.RedisError):
                     raise
-                await asyncio.sleep(self._backoff.compute(attempt + 1))
-                continue
+                # (a refused or timed-out connect: the same error redis-py gives)
+                raise redis.ConnectionError(f"cannot reach Redis: {exc}") from exc
             for reply in out:
                 if isinstance(reply, ResponseError):
                     raise reply
