@@ -9,8 +9,9 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tenacity
@@ -125,7 +126,15 @@ def test_timeouts_cancel_async_tasks_and_fail_late_sync_ones(app: App) -> None:
     assert in_time.get(timeout=5) == 0.01
 
 
-def test_async_producers_never_block_the_event_loop(app: App) -> None:
+def run_on(loop: str, coro: Coroutine[Any, Any, None]) -> None:
+    if loop == "uvloop":  # (what uvicorn[standard] and many async servers run on)
+        pytest.importorskip("uvloop").run(coro)
+    else:
+        asyncio.run(coro)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_async_producers_never_block_the_event_loop(app: App, loop: str) -> None:
     @app.task
     async def double(x):
         return 2 * x
@@ -160,7 +169,7 @@ def test_async_producers_never_block_the_event_loop(app: App) -> None:
         rebuilt = app.result(one.id)
         assert await rebuilt.aget(timeout=1) == 8
 
-    asyncio.run(main())
+    run_on(loop, main())
 
 
 def test_eager_mode_runs_async_tasks() -> None:
@@ -346,7 +355,8 @@ def test_astatus_says_what_status_says(app: App) -> None:
     asyncio.run(main())
 
 
-def test_each_event_loop_closes_its_connections(redis_url: str) -> None:
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_each_event_loop_closes_its_connections(redis_url: str, loop: str) -> None:
     # A web server's loop, or a script's asyncio.run: when it ends, the
     # connections made on it for adelay and aget end with it.
     import redis
@@ -363,10 +373,10 @@ def test_each_event_loop_closes_its_connections(redis_url: str) -> None:
         assert await h.aget(timeout=5) == 2 * i
 
     admin = redis.Redis.from_url(redis_url.split("?")[0])
-    asyncio.run(main(0))
+    run_on(loop, main(0))
     before = admin.info("clients")["connected_clients"]
     for i in range(1, 6):
-        asyncio.run(main(i))
+        run_on(loop, main(i))
     assert admin.info("clients")["connected_clients"] <= before
     admin.close()
     app.close()
