@@ -25,7 +25,10 @@ Phases (each a no-op task, N tasks, --reps runs; the median and the spread):
   asyncio   an async def no-op drained by a burst Worker in this process
             (its event loop), alternating with the sync no-op drain; then
             await .adelay() one at a time against .delay() one at a time,
-            alternating, and the ratios
+            alternating, and the ratios; on redis, a bare PING on a blocking
+            socket and through an event loop's own Protocol (what the loop
+            costs a round trip before any gatorapp code), and, with uvloop
+            installed, .adelay() on uvloop
   ceiling   redis: a bare Python loop over the same payloads (one script
             reserving 200, msgpack decode, a dict lookup, the call, one
             script deleting the batch): what the round trips and Python
@@ -49,8 +52,9 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -219,9 +223,19 @@ def phase_async_drain(url: str, n: int) -> float:
     return n / seconds
 
 
-def phase_adelay(url: str, n: int) -> float:
+def run_on(loop: str, coro: Coroutine[Any, Any, float]) -> float:
+    """Run ``coro`` on a new event loop: asyncio's own, or uvloop's."""
+    if loop == "uvloop":
+        import uvloop
+
+        seconds: float = uvloop.run(coro)
+        return seconds
     import asyncio
 
+    return asyncio.run(coro)
+
+
+def phase_adelay(url: str, n: int, loop: str = "asyncio") -> float:
     app, anoop = make_async_app(url)
     app.backend.drop_all(QUEUE)
 
@@ -234,9 +248,59 @@ def phase_adelay(url: str, n: int) -> float:
             await adelay(i)
         return time.perf_counter() - t0
 
-    seconds = asyncio.run(run())
+    seconds = run_on(loop, run())
     app.close()
     return n / seconds
+
+
+PING = b"*1\r\n$4\r\nPING\r\n"
+
+
+def has_uvloop() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("uvloop") is not None
+
+
+def phase_ping(url: str, n: int, loop: str) -> float:
+    """Round trips per second of a bare PING, no gatorapp code at all: on a
+    blocking socket (``loop="blocking"``) or through an event loop's own
+    Protocol. The difference is what a loop costs per round trip."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    where = urlsplit(url)
+    addr = (where.hostname or "127.0.0.1", where.port or 6379)
+    if loop == "blocking":
+        sock = socket.create_connection(addr)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            sock.sendall(PING)
+            sock.recv(64)
+        seconds = time.perf_counter() - t0
+        sock.close()
+        return n / seconds
+
+    class Ping(asyncio.Protocol):
+        waiter: asyncio.Future[None]
+
+        def data_received(self, data: bytes) -> None:
+            self.waiter.set_result(None)
+
+    async def run() -> float:
+        running = asyncio.get_running_loop()
+        transport, proto = await running.create_connection(Ping, *addr)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            proto.waiter = running.create_future()
+            transport.write(PING)
+            await proto.waiter
+        seconds = time.perf_counter() - t0
+        transport.close()
+        return seconds
+
+    return n / run_on(loop, run())
 
 
 def fill(app: App, noop: object, n: int) -> None:
@@ -532,13 +596,29 @@ def main() -> None:
             print(f"  {'async / sync drain':<28} {ratio:>12.2f}", flush=True)
             delays: list[float] = []
             adelays: list[float] = []
+            uv_adelays: list[float] = []
             for _ in range(reps):
                 delays.append(phase_enqueue(url, n // 4))
                 adelays.append(phase_adelay(url, n // 4))
+                if has_uvloop():
+                    uv_adelays.append(phase_adelay(url, n // 4, "uvloop"))
             median_of(".delay() one at a time", delays)
             median_of("await .adelay() one at a time", adelays)
             ratio = statistics.median(adelays) / statistics.median(delays)
             print(f"  {'adelay / delay':<28} {ratio:>12.2f}", flush=True)
+            if uv_adelays:
+                median_of("await .adelay(), uvloop", uv_adelays)
+                ratio = statistics.median(uv_adelays) / statistics.median(delays)
+                print(f"  {'adelay (uvloop) / delay':<28} {ratio:>12.2f}", flush=True)
+            if args.backend == "redis":
+                # What an event loop costs a round trip, before any gatorapp code.
+                loops = ["blocking", "asyncio"] + (["uvloop"] if has_uvloop() else [])
+                pings: dict[str, list[float]] = {k: [] for k in loops}
+                for _ in range(reps):
+                    for k in loops:
+                        pings[k].append(phase_ping(url, n // 4, k))
+                for k in loops:
+                    median_of(f"bare PING, {k}", pings[k])
         if args.backend == "redis" and on("ceiling"):
             median_of("ceiling: a bare loop", [phase_ceiling(url, n) for _ in range(reps)])
     finally:
