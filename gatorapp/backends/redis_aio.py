@@ -97,7 +97,7 @@ class _Protocol(asyncio.Protocol):
         now = loop.time()
         self.waiting.append((fut, n, [], now))
         self.transport.write(packed)
-        if self._watch is None and self.timeout is not None:
+        if self.timeout is not None and self._watch is None:
             self._watch = loop.call_at(now + self.timeout, self._check)
         return fut
 
@@ -130,7 +130,6 @@ class _Fast:
         self._opening: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
-        self._last: _Protocol | None = None
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
         kw = self.kwargs
@@ -159,13 +158,8 @@ class _Fast:
 
     def ready(self) -> _Protocol | None:
         """The running loop's connection, if it is open."""
-        loop = asyncio.get_running_loop()
-        last = self._last
-        if last is None or last.loop is not loop or last.lost is not None:
-            # (a WeakKeyDictionary look-up costs more than a whole call's
-            # bookkeeping: the last loop's connection is kept at hand)
-            last = self._last = self._conns.get(loop)
-        return last if last is not None and last.lost is None else None
+        proto = self._conns.get(asyncio.get_running_loop())
+        return proto if proto is not None and proto.lost is None else None
 
     async def conn(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -189,8 +183,6 @@ class _Fast:
     def drop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Close ``loop``'s connection (the loop is shutting down)."""
         proto = self._conns.pop(loop, None)
-        if self._last is proto:
-            self._last = None
         if proto is not None and proto.transport is not None:
             proto.transport.close()
 
@@ -199,7 +191,6 @@ class _Fast:
             if proto.transport is not None:
                 proto.transport.close()
         self._conns.clear()
-        self._last = None
 
 
 async def _nothing(loop: asyncio.AbstractEventLoop) -> None:
@@ -281,12 +272,8 @@ class AsyncLink:
                     out = await proto.call(packed, len(commands))
                 except (redis.ConnectionError, redis.TimeoutError, OSError):
                     out = None  # (tried again below: enqueue is idempotent)
-                if out is not None:
-                    for reply in out:
-                        if isinstance(reply, ResponseError):
-                            break
-                    else:
-                        return out
+                if out is not None and not any(isinstance(r, ResponseError) for r in out):
+                    return out
             return await self._fast_pipeline(packed, len(commands))
         pool = (await self.client()).connection_pool
         for attempt in range(TRIES):
