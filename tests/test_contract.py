@@ -600,6 +600,26 @@ def test_stats_after_lease_expiry(backend: Backend, q: str) -> None:
     assert (s.ready, s.running) == (1, 0)
 
 
+def test_stats_tell_when_the_oldest_ready_task_became_due(backend: Backend, q: str) -> None:
+    needs(backend, "exact_stats")
+    if "oldest" in backend.unsupported:
+        assert backend.stats(q).oldest is None
+        return
+    assert backend.stats(q).oldest is None
+    before = time.time()
+    put(backend, q, "late", run_at=before - 60)
+    put(backend, q, "now")
+    put(backend, q, "later", run_at=before + 3600)
+    oldest = backend.stats(q).oldest
+    assert oldest is not None and abs(oldest - (before - 60)) < 1
+    got = reserve(backend, q, limit=1)
+    assert [r.task_id for r in got] == ["late"]
+    oldest = backend.stats(q).oldest
+    assert oldest is not None and before - 1 < oldest <= time.time()
+    backend.ack(got + reserve(backend, q, limit=1))
+    assert backend.stats(q).oldest is None  # (the delayed task is not ready)
+
+
 def test_known_queues(backend: Backend, q: str) -> None:
     needs(backend, "known_queues")
     put(backend, q + "-tasks", "a")
@@ -749,6 +769,24 @@ def test_dead_purge_of_one_id_deletes_its_letters_only(backend: Backend, q: str)
     letter = backend.dead_get(q, "t1")
     assert letter is not None and letter.data == b"third"
     assert backend.dead_purge(q) == 2
+
+
+# -- live workers (backends with supports_workers; see gatorapp.workers) ----------
+def test_workers_are_listed_replaced_removed_and_expire(backend: Backend) -> None:
+    if not backend.supports_workers:
+        pytest.skip(f"{type(backend).__name__} keeps no list of workers")
+    a, b = f"w-{uuid.uuid4().hex}", f"w-{uuid.uuid4().hex}"
+    backend.put_worker(a, a.encode() + b"-1", 60.0)
+    backend.put_worker(b, b.encode(), TICK)
+    listed = set(backend.list_workers())
+    assert {a.encode() + b"-1", b.encode()} <= listed
+    backend.put_worker(a, a.encode() + b"-2", 60.0)  # a heartbeat replaces the record
+    time.sleep(TICK + MARGIN)
+    listed = set(backend.list_workers())
+    assert a.encode() + b"-2" in listed and a.encode() + b"-1" not in listed
+    assert b.encode() not in listed  # its heartbeat stopped: gone by itself
+    backend.remove_worker(a)
+    assert a.encode() + b"-2" not in backend.list_workers()
 
 
 # -- results (backends with supports_results; see gatorapp.results) ----------------

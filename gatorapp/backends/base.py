@@ -116,10 +116,15 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
+    """A queue's counts. ``oldest`` is when its oldest ready task became due
+    (epoch seconds; None when nothing is ready, or the backend cannot tell):
+    ``now - oldest`` is how late the queue runs."""
+
     ready: int = 0
     delayed: int = 0
     running: int = 0
     dead: int = 0
+    oldest: float | None = None
 
 
 def running_error(queue: str, task_id: str) -> TaskRunning:
@@ -181,7 +186,8 @@ class Backend(ABC):
     #: at once), ``delivery_count`` (``Reservation.deliveries`` is exact),
     #: ``exclusive_reserve`` (concurrent reserves never hand out one task twice
     #: while its lease lives), ``known_queues`` and ``stats_detail`` (stats tell
-    #: delayed and running tasks apart from ready ones). The shared contract tests
+    #: delayed and running tasks apart from ready ones), ``oldest`` (stats tell
+    #: when the oldest ready task became due). The shared contract tests
     #: skip what is listed here.
     unsupported: ClassVar[dict[str, str]] = {}
     #: how long an idle worker waits in :meth:`wait` before polling again
@@ -451,6 +457,23 @@ class Backend(ABC):
         """The last tick enqueued of ``schedule`` (whose ticks go to ``queue``),
         or None (none, or not recorded)."""
         return None
+
+    # -- workers that report themselves (see gatorapp.workers) ----------------
+    #: whether this backend keeps the list of live workers
+    supports_workers: ClassVar[bool] = False
+
+    def put_worker(self, worker_id: str, record: bytes, ttl: float) -> None:
+        """Store (or replace) a live worker's record; it is listed for ``ttl``
+        seconds unless written again (a worker that died vanishes by itself)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no list of workers")
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Delete a worker's record (it stopped)."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no list of workers")
+
+    def list_workers(self) -> list[bytes]:
+        """The records of every worker whose ``ttl`` has not run out."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no list of workers")
 
     # -- introspection -------------------------------------------------------
     @abstractmethod

@@ -64,6 +64,7 @@ class _Queue:
 class MemoryBackend(Backend):
     poll_interval = 1.0  # wait() is woken by a condition variable, so polling is rare
     supports_results = True
+    supports_workers = True
     ticks_once = True
 
     def __init__(self, url: str = "memory://", **kwargs: object) -> None:
@@ -78,6 +79,7 @@ class MemoryBackend(Backend):
         #: task id -> (result record, expires at); expired ones swept on put
         self._results: dict[str, tuple[bytes, float]] = {}
         self._results_swept = 0.0
+        self._workers: dict[str, tuple[bytes, float]] = {}
         self._ticks: dict[str, float] = {}  # schedule -> last tick enqueued
 
     def _q(self, name: str) -> _Queue:
@@ -273,6 +275,22 @@ class MemoryBackend(Backend):
             found = self._results.get(task_id)
         return found[0] if found is not None and found[1] > time.time() else None
 
+    # -- workers ---------------------------------------------------------------
+    def put_worker(self, worker_id: str, record: bytes, ttl: float) -> None:
+        with self._cond:
+            self._workers[worker_id] = (record, time.time() + ttl)
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._cond:
+            self._workers.pop(worker_id, None)
+
+    def list_workers(self) -> list[bytes]:
+        now = time.time()
+        with self._cond:
+            for gone in [w for w, (_, until) in self._workers.items() if until <= now]:
+                del self._workers[gone]
+            return [record for record, _ in self._workers.values()]
+
     async def aenqueue(self, messages: Sequence[Message]) -> None:
         self.enqueue(messages)  # (in memory, under a lock held briefly: no I/O to wait for)
 
@@ -383,8 +401,10 @@ class MemoryBackend(Backend):
             self._expire(q, now)
             running = len(q.leased)
             waiting = [e for e in q.entries.values() if _available(e, now)]
-            ready = sum(1 for e in waiting if e.run_at <= now)
-            return QueueStats(ready, len(waiting) - ready, running, len(q.dead))
+            due = [e.run_at for e in waiting if e.run_at <= now]
+            return QueueStats(
+                len(due), len(waiting) - len(due), running, len(q.dead), min(due, default=None)
+            )
 
     def known_queues(self) -> list[str]:
         with self._cond:

@@ -755,8 +755,8 @@ return n
 
 -- @@ stats
 -- needs: now fmt
--- Returns ready, delayed, running, dead; the tasks of an expired lease count
--- as ready.
+-- Returns ready, delayed, running, dead and the oldest ready due time; the
+-- tasks of an expired lease count as ready.
 local t = now()
 local expired, running = 0, 0
 local leases = redis.call('ZRANGE', K_LEASES, 0, -1, 'WITHSCORES')
@@ -764,11 +764,16 @@ for i = 1, #leases, 2 do
   local n = tonumber(redis.call('HGET', K_HELD, leases[i]) or '0')
   if tonumber(leases[i + 1]) <= t then expired = expired + n else running = running + n end
 end
+-- The oldest ready task's due time (false when none is due: a nil reply).
+local first = redis.call('ZRANGE', K_WAIT, 0, 0, 'WITHSCORES')
+local oldest = false
+if #first > 0 and tonumber(first[2]) <= t then oldest = first[2] end
 return {
   redis.call('ZCOUNT', K_WAIT, '-inf', fmt(t)) + expired,
   redis.call('ZCOUNT', K_WAIT, '(' .. fmt(t), '+inf'),
   running,
   redis.call('ZCARD', K_DEAD),
+  oldest,
 }
 
 -- @@ next_due

@@ -100,6 +100,7 @@ class RedisBackend(Backend):
     """
 
     supports_results = True
+    supports_workers = True
     ticks_once = True
 
     def __init__(
@@ -713,6 +714,16 @@ class RedisBackend(Backend):
     def forget_result(self, task_id: str) -> None:
         self._pipeline("result delete", [("DEL", self._result_key(task_id))])
 
+    def put_worker(self, worker_id: str, record: bytes, ttl: float) -> None:
+        commands = redis_results.put_worker(self.prefix, worker_id, record, ttl)
+        self._pipeline("worker record", commands)
+
+    def remove_worker(self, worker_id: str) -> None:
+        self._pipeline("worker record", redis_results.remove_worker(self.prefix, worker_id))
+
+    def list_workers(self) -> list[bytes]:
+        return redis_results.list_workers(self._pipeline, self.prefix)
+
     def locate(self, queue: str, task_id: str) -> Located | None:
         return redis_results.locate(self._pipeline, self.calls.keys(queue), task_id)
 
@@ -779,8 +790,9 @@ class RedisBackend(Backend):
 
     # -- introspection -------------------------------------------------------
     def stats(self, queue: str) -> QueueStats:
-        ready, delayed, running, dead = self._run("stats", queue, [])
-        return QueueStats(int(ready), int(delayed), int(running), int(dead))
+        ready, delayed, running, dead, oldest = self._run("stats", queue, [])
+        due = None if oldest is None else float(oldest)
+        return QueueStats(int(ready), int(delayed), int(running), int(dead), due)
 
     def known_queues(self) -> list[str]:
         names = sorted(

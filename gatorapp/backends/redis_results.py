@@ -144,3 +144,45 @@ def wait(client: Any, prefix: str, key: str, timeout: float) -> bytes | None:
     finally:
         pubsub.close()
         client.eval(LEAVE, 1, counter)
+
+
+# -- live workers (see gatorapp.workers) ---------------------------------------
+# A worker's record is the key "{prefix}:worker:<id>", which expires on the
+# server's clock; the set "{prefix}:workers" indexes them, and a reader removes
+# from it the ids whose keys expired.
+
+
+def _workers_index(prefix: str) -> str:
+    return "{" + prefix + "}:workers"
+
+
+def _worker_key(prefix: str, worker_id: str) -> str:
+    return "{" + prefix + "}:worker:" + worker_id
+
+
+def put_worker(prefix: str, worker_id: str, record: bytes, ttl: float) -> list[tuple[Any, ...]]:
+    """The commands that store a worker's record for ``ttl`` seconds."""
+    return [
+        ("PSETEX", _worker_key(prefix, worker_id), max(1, int(ttl * 1000)), record),
+        ("SADD", _workers_index(prefix), worker_id),
+    ]
+
+
+def remove_worker(prefix: str, worker_id: str) -> list[tuple[Any, ...]]:
+    return [
+        ("DEL", _worker_key(prefix, worker_id)),
+        ("SREM", _workers_index(prefix), worker_id),
+    ]
+
+
+def list_workers(pipeline: Callable[[str, list[Any]], list[Any]], prefix: str) -> list[bytes]:
+    """The live workers' records: two round trips, and a third to forget the
+    ids of workers that expired."""
+    ids = sorted(text(i) for i in pipeline("workers", [("SMEMBERS", _workers_index(prefix))])[0])
+    if not ids:
+        return []
+    records = pipeline("workers", [("MGET", *(_worker_key(prefix, i) for i in ids))])[0]
+    gone = [i for i, r in zip(ids, records) if r is None]
+    if gone:
+        pipeline("workers", [("SREM", _workers_index(prefix), *gone)])
+    return [bytes(r) for r in records if r is not None]

@@ -133,6 +133,7 @@ def _translating(name: str, method: Callable[..., _R]) -> Callable[..., _R]:
 
 class SQLiteBackend(Backend):
     supports_results = True
+    supports_workers = True
     ticks_once = True
 
     def __init__(self, url: str = "sqlite:///gatorapp.db", **kwargs: object) -> None:
@@ -503,6 +504,17 @@ class SQLiteBackend(Backend):
         with self._tx() as conn:
             conn.execute("DELETE FROM gatorapp_results WHERE task_id = ?", (task_id,))
 
+    def put_worker(self, worker_id: str, record: bytes, ttl: float) -> None:
+        with self._tx() as conn:
+            sqlite_results.put_worker(conn, worker_id, record, ttl)
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM gatorapp_workers WHERE worker_id = ?", (worker_id,))
+
+    def list_workers(self) -> list[bytes]:
+        return sqlite_results.list_workers(self._conn)
+
     def locate(self, queue: str, task_id: str) -> Located | None:
         return sqlite_results.locate(self._conn, queue, task_id)
 
@@ -571,18 +583,20 @@ class SQLiteBackend(Backend):
     def stats(self, queue: str) -> QueueStats:
         now = time.time()
         conn = self._conn
-        ready, delayed, running = conn.execute(
+        ready, delayed, running, oldest = conn.execute(
             "SELECT "
             "COALESCE(SUM(run_at <= ?1 AND (token IS NULL OR lease_until <= ?1)), 0), "
             "COALESCE(SUM(run_at > ?1 AND (token IS NULL OR lease_until <= ?1)), 0), "
-            "COALESCE(SUM(token IS NOT NULL AND lease_until > ?1), 0) "
+            "COALESCE(SUM(token IS NOT NULL AND lease_until > ?1), 0), "
+            "MIN(CASE WHEN run_at <= ?1 AND (token IS NULL OR lease_until <= ?1) "
+            "THEN run_at END) "
             "FROM gatorapp_tasks WHERE queue = ?2",
             (now, queue),
         ).fetchone()
         (dead,) = conn.execute(
             "SELECT COUNT(*) FROM gatorapp_dead WHERE queue = ?", (queue,)
         ).fetchone()
-        return QueueStats(ready, delayed, running, dead)
+        return QueueStats(ready, delayed, running, dead, oldest)
 
     def known_queues(self) -> list[str]:
         rows = self._conn.execute(
@@ -610,6 +624,9 @@ for _name in (
     "get_result",
     "forget_result",
     "locate",
+    "put_worker",
+    "remove_worker",
+    "list_workers",
     "enqueue_tick",
     "last_tick",
     "wait",

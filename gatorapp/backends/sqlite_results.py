@@ -1,5 +1,5 @@
-"""Result records in a SQLite file (one table, rows that expire), and the
-last tick of each periodic schedule.
+"""Result records in a SQLite file (one table, rows that expire), the
+last tick of each periodic schedule, and the records of live workers.
 
 The table is made with the others (``sqlite_schema.RESULTS``). Readers
 skip an expired row; writers delete expired rows now and then (at
@@ -119,3 +119,22 @@ def last_tick(conn: sqlite3.Connection, schedule: str) -> float | None:
         "SELECT last_tick FROM gatorapp_schedules WHERE name = ?", (schedule,)
     ).fetchone()
     return None if row is None else float(row[0])
+
+
+def put_worker(conn: sqlite3.Connection, worker_id: str, record: bytes, ttl: float) -> None:
+    """Store a worker's record (in the caller's transaction), and delete the
+    records of workers that stopped beating."""
+    now = time.time()
+    conn.execute("DELETE FROM gatorapp_workers WHERE expires_at <= ?", (now,))
+    conn.execute(
+        "INSERT OR REPLACE INTO gatorapp_workers (worker_id, record, expires_at) VALUES (?, ?, ?)",
+        (worker_id, record, now + ttl),
+    )
+
+
+def list_workers(conn: sqlite3.Connection) -> list[bytes]:
+    rows = conn.execute(
+        "SELECT record FROM gatorapp_workers WHERE expires_at > ? ORDER BY worker_id",
+        (time.time(),),
+    ).fetchall()
+    return [bytes(r[0]) for r in rows]

@@ -27,6 +27,15 @@ CREATE TABLE IF NOT EXISTS gatorapp_schedules (
 );
 """
 
+# Live workers (see gatorapp.workers): a row each, until it stops or expires.
+WORKERS = """
+CREATE TABLE IF NOT EXISTS gatorapp_workers (
+    worker_id TEXT PRIMARY KEY,
+    record BLOB NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS gatorapp_tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -81,7 +90,7 @@ DEAD_INSERT = (
 
 def create_tables(conn: sqlite3.Connection) -> None:
     """Make the tables, or move an earlier version's dead letters into them."""
-    conn.executescript(_SCHEMA + RESULTS + SCHEDULES)
+    conn.executescript(_SCHEMA + RESULTS + SCHEDULES + WORKERS)
     _dead_table(conn)
 
 

@@ -71,6 +71,8 @@ class SQSBackend(Backend):
         "messages are left to an SQS redrive policy (max_receives=N)",
         "exclusive_reserve": "SQS standard queues may deliver one message to two receives "
         "at once (at-least-once delivery; moto does it under concurrent receives)",
+        "oldest": "SQS gives the age of a queue's oldest message only as a CloudWatch metric "
+        "(ApproximateAgeOfOldestMessage), not through its API",
     }
 
     def __init__(self, url: str = "sqs:///", **kwargs: Any) -> None:
