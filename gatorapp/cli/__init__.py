@@ -6,6 +6,7 @@
     gatorapp status -A myproj.app [-Q ...]
     gatorapp result -A myproj.app TASK_ID [--wait SECONDS] [--json]
     gatorapp periodic -A myproj.app
+    gatorapp workers -A myproj.app [-Q ...] [--json]
     gatorapp dead   -A myproj.app [-Q queue] ls | show ID | requeue ID | requeue --all
                     | purge [ID] [--yes]
 
@@ -38,6 +39,7 @@ from .dead import cmd_dead
 from .periodic import cmd_periodic
 from .result import cmd_result
 from .supervisor import LIFELINE_ENV, Supervisor, watch_lifeline
+from .workers import cmd_workers
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -146,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--worker-class", default=None, help="pkg.mod:WorkerSubclass")
     w.add_argument(
+        "--beat",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="seconds between two reports of each process to `gatorapp workers` (default 5; "
+        "a process that stops reporting leaves the list after three)",
+    )
+    w.add_argument(
         "--no-schedule",
         action="store_true",
         help="do not enqueue the app's periodic tasks (scheduling is off with --burst)",
@@ -153,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", parents=[common], help="ready / delayed / running / dead per queue")
     sub.add_parser("periodic", parents=[common], help="the app's periodic tasks and their ticks")
+    ws = sub.add_parser("workers", parents=[common], help="live workers and what they run")
+    ws.add_argument("--json", action="store_true", help="one JSON list, for scripts")
 
     r = sub.add_parser("result", parents=[common], help="a task's status, and its value or error")
     r.add_argument("task_id", help="the task's id (handle.id)")
@@ -254,6 +266,8 @@ def _child_argv(args: argparse.Namespace, app_path: str) -> list[str]:
         argv += ["--worker-class", args.worker_class]
     if args.no_schedule:
         argv.append("--no-schedule")
+    if args.beat is not None:
+        argv += ["--beat", str(args.beat)]
     return argv
 
 
@@ -287,6 +301,7 @@ def cmd_worker(
         prefetch=args.prefetch,
         schedule=not (args.burst or args.no_schedule),
         replace_overdue=supervised,
+        **({"beat": args.beat} if args.beat else {}),
         **(
             {"async_concurrency": args.async_concurrency}
             if args.async_concurrency is not None
@@ -385,6 +400,7 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: Ea
         "dead": cmd_dead,
         "result": cmd_result,
         "periodic": cmd_periodic,
+        "workers": cmd_workers,
     }[args.command]
     return command(app, args)
 

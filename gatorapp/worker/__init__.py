@@ -22,6 +22,7 @@ everything else, running tasks included, and exits at once with status
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import signal
@@ -37,12 +38,14 @@ from ..errors import ConfigurationError
 from ..execution import Settlement
 from ..registry import Registry
 from ..schedules import Schedule
+from ..workers import DEFAULT_BEAT, store_for
 from .aio import AsyncRunner
 from .executors import InlineExecutor, Runner, ThreadExecutor
 from .fetch import MAX_PREFETCH, Fetcher, Outage, hand_back
 from .heartbeat import Heartbeat
 from .held import Held
 from .outbox import Outbox
+from .report import Reporter, Running
 from .scheduler import Scheduler
 from .signals import Installed
 from .watchdog import TIMEOUT_EXIT, Watchdog
@@ -105,6 +108,8 @@ class Worker:
         ``--no-schedule`` or ``--burst``.
     :param async_concurrency: ``async def`` tasks run at once on the worker's
         event loop (see :mod:`gatorapp.worker.aio`), besides ``concurrency``.
+    :param beat: seconds between two writes of this worker's record in the
+        list of workers (:mod:`gatorapp.workers`); None: not listed.
     :param replace_overdue: a sync task past its ``timeout`` ends this process
         (exit status :data:`~gatorapp.worker.watchdog.TIMEOUT_EXIT`), for a
         supervisor to replace it; ``gatorapp worker -p N`` sets it in its
@@ -123,6 +128,7 @@ class Worker:
         schedule: bool = False,
         async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
         replace_overdue: bool = False,
+        beat: float | None = DEFAULT_BEAT,
     ) -> None:
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
@@ -136,6 +142,9 @@ class Worker:
             raise ConfigurationError("async_concurrency must be an integer >= 1")
         if async_concurrency < 1:
             raise ConfigurationError("async_concurrency must be >= 1")
+        if beat is not None and not beat > 0:
+            raise ConfigurationError("beat must be a number of seconds > 0, or None")
+        self.beat = beat
         self.async_concurrency = async_concurrency
         self.replace_overdue = replace_overdue
         self.app = app
@@ -152,6 +161,7 @@ class Worker:
         self._cold_once = threading.Lock()
         self._held = Held()
         self._outbox = Outbox(self._held, max_age=OUTBOX_MAX_AGE)
+        self._running = Running()
 
     # -- overridable hooks (Alligator's Worker API) ----------------------------
     @property
@@ -231,7 +241,11 @@ class Worker:
             async_only = has_async and not sync_queues.intersection(self.queues)
             # (No thread until the first async task; with none, never.)
             self._aio = AsyncRunner(
-                registry, self.async_concurrency, self._outbox.add, threading.Event()
+                registry,
+                self.async_concurrency,
+                self._outbox.add,
+                threading.Event(),
+                self._running,
             )
             self._fetch = Fetcher(
                 backend,
@@ -258,6 +272,7 @@ class Worker:
                 max_payload=backend.max_payload,
                 on_shorter_lease=self._heartbeat.wake,
                 aio=self._aio,
+                running=self._running,
             )
             stopping = self._stop.is_set
             self._executor: InlineExecutor | ThreadExecutor = (
@@ -277,8 +292,11 @@ class Worker:
                 scheduler = Scheduler(
                     backend, self.app.schedules, self.app.tick_message, self.ident()
                 )
+            reporter = self._reporter(has_async)
             try:
                 self.starting()
+                if reporter is not None:
+                    reporter.start()
                 if beating:
                     self._heartbeat.start()
                 if scheduler is not None:
@@ -293,8 +311,32 @@ class Worker:
                 self._heartbeat.stop()
                 self._executor.shutdown(wait=not self._cold)
                 self._aio.shutdown(wait=not self._cold, timeout=SHUTDOWN_FLUSH_DEADLINE)
+                if reporter is not None:
+                    reporter.stop()
         self.stopping()
         return 0
+
+    def _reporter(self, has_async: bool) -> Reporter | None:
+        """What writes this worker's record in the list of workers, if it has one."""
+        store = store_for(self.app) if self.beat is not None else None
+        if store is None or self.beat is None:
+            return None
+        try:
+            version = importlib.metadata.version("gatorapp")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        outbox = self._outbox
+        return Reporter(
+            store,
+            self.worker_id,
+            queues=self.queues,
+            concurrency=self.concurrency,
+            async_concurrency=self.async_concurrency if has_async else 0,
+            version=version,
+            running=self._running,
+            counts=lambda: (outbox.completed, outbox.completed - outbox.succeeded),
+            beat=self.beat,
+        )
 
     # -- the loop ----------------------------------------------------------------
     def _budget(self) -> int | None:

@@ -29,6 +29,7 @@ from ..execution import Settlement
 from ..execution_async import attempt_async
 from ..registry import Registry, TaskDef
 from .held import fields
+from .report import Running
 
 log = logging.getLogger("gatorapp.worker")
 
@@ -49,8 +50,11 @@ class AsyncRunner:
         concurrency: int,
         done: Callable[[Reservation, Settlement], None],
         progress: threading.Event,
+        running: Running | None = None,
     ) -> None:
         self.registry = registry
+        #: what runs now, for the worker's record (see gatorapp.workers)
+        self.running = running or Running()
         self.concurrency = concurrency
         self.done = done
         self.progress = progress
@@ -182,6 +186,9 @@ class AsyncRunner:
 
     async def _one(self, r: Reservation, task: Task, tdef: TaskDef) -> None:
         t0 = time.perf_counter()
+        running = self.running.tasks
+        key = id(r)
+        running[key] = (r.task_id, task.name, r.queue, time.time())
         try:
             settlement = await attempt_async(task, tdef, self.registry)
         except asyncio.CancelledError:
@@ -191,6 +198,8 @@ class AsyncRunner:
             log.exception("unexpected error running task %s", r.task_id, extra=fields(r))
             self._finish(time.perf_counter() - t0)
             return
+        finally:
+            del running[key]
         self.done(r, settlement)
         self._finish(time.perf_counter() - t0)
 

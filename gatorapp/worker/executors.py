@@ -28,6 +28,7 @@ from ..registry import Registry
 from .aio import AsyncRunner
 from .held import Held, fields
 from .outbox import Outbox
+from .report import Running
 from .watchdog import Watchdog
 
 log = logging.getLogger("gatorapp.worker")
@@ -50,8 +51,11 @@ class Runner:
         max_payload: int | None,
         on_shorter_lease: Callable[[], None],
         aio: AsyncRunner | None = None,
+        running: Running | None = None,
     ) -> None:
         self.aio = aio
+        #: what runs now, for the worker's record (see gatorapp.workers)
+        self.running = running or Running()
         #: stops a sync task at its timeout by ending the process (supervised only)
         self.watch: Watchdog | None = None
         self.handed = 0  # async tasks handed to the loop (see Worker._observe)
@@ -109,17 +113,23 @@ class Runner:
             self.aio.add(r, task, tdef)  # (its outcome goes to the outbox from there)
             self.handed += 1
             return True
-        watch = self.watch
-        if watch is not None and (tdef.timeout is not None or task.options):
-            limit = time_limit(task, tdef)
-            if limit is not None:
-                watch.started(r, task, tdef, limit)
-                outcome = attempt(task, tdef, self.registry)
-                if watch.finished(r):  # (else the watchdog recorded its timeout)
-                    self.outbox.add(r, outcome)
-                return True
-        self.outbox.add(r, attempt(task, tdef, self.registry))
-        return True
+        running = self.running.tasks
+        key = id(r)
+        running[key] = (r.task_id, task.name, r.queue, time.time())
+        try:
+            watch = self.watch
+            if watch is not None and (tdef.timeout is not None or task.options):
+                limit = time_limit(task, tdef)
+                if limit is not None:
+                    watch.started(r, task, tdef, limit)
+                    outcome = attempt(task, tdef, self.registry)
+                    if watch.finished(r):  # (else the watchdog recorded its timeout)
+                        self.outbox.add(r, outcome)
+                    return True
+            self.outbox.add(r, attempt(task, tdef, self.registry))
+            return True
+        finally:
+            del running[key]
 
 
 class InlineExecutor:
