@@ -70,6 +70,7 @@ class Reporter:
         self.started = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing = False
 
     def record(self) -> WorkerInfo:
         done, failed = self.counts()
@@ -108,12 +109,21 @@ class Reporter:
         while not self._stop.wait(self.beat):
             self._write()
 
-    def _write(self) -> bool:
+    def _write(self) -> None:
         try:
             self.store.put_worker(self.worker_id, self.record().encode(), self.beat * BEATS_TO_LIVE)
         except Exception as exc:
-            # An outage: the worker's own loop reports it; this record only
-            # expires, and comes back with the next beat that gets through.
-            log.debug("could not write worker %s's record: %s", self.worker_id, exc)
-            return False
-        return True
+            # The record expires, and comes back with the next beat that gets
+            # through; said once per outage, not once per beat.
+            if not self._failing:
+                log.warning(
+                    "could not write worker %s's record (it leaves `gatorapp workers` until "
+                    "a write gets through): %s",
+                    self.worker_id,
+                    exc,
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.info("worker %s's record is written again", self.worker_id)
+        self._failing = False
