@@ -39,6 +39,7 @@ from .tasks import (
     bound_options,
 )
 from .worker import Worker
+from .workers import WorkerInfo, list_workers
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -455,6 +456,11 @@ class App:
             raise ConfigurationError("this app keeps no results: App(..., results=True)")
         return TaskHandle(task_id, "", queue or "", None, None, self.producer.results)
 
+    def workers(self) -> list[WorkerInfo]:
+        """The app's live workers, as each last reported itself (see
+        :mod:`gatorapp.workers`); ``NotAvailable`` where nothing keeps a list."""
+        return list_workers(self)
+
     # -- dead letters --------------------------------------------------------
     def requeue_dead(self, queue: str, task_id: str) -> bool:
         """Move a dead letter back to its queue with its retry budget restored."""
@@ -472,6 +478,7 @@ class App:
         Made for tests: enqueue, then ``app.drain()``. Returns attempts run.
         Retries scheduled with a backoff are not waited for.
         """
-        worker = Worker(self, queues=queues, max_tasks=max_tasks, burst=True)
+        # (Not listed among the workers: it runs here, for a moment.)
+        worker = Worker(self, queues=queues, max_tasks=max_tasks, burst=True, beat=None)
         worker.run_forever()
         return worker.tasks_complete
