@@ -396,9 +396,11 @@ def test_no_keys_are_left_behind_after_a_drain_or_get_and_cancel(redis_server) -
     try:
         settled = wait_for(lambda: app.backend.len("default") == 0, 20)
         # Left: the queue registry and the queue's counter, and, while the
-        # worker waits, its waiter entry. The worker's next reserve deletes
-        # the records of its last calls.
-        waiting = {b"{left:default}:waiters"}
+        # worker runs, its waiter entry and its record in the list of workers
+        # (deleted when it stops: see dbsize below). The worker's next reserve
+        # deletes the records of its last calls.
+        waiting = {b"{left:default}:waiters", b"{left}:workers"}
+        waiting.add(f"{{left}}:worker:{worker.worker_id}".encode())
         drained = wait_for(lambda: len(set(admin.keys("*")) - waiting) == 2, 3)
     finally:
         worker.stop()
