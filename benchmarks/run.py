@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 import gatorapp  # noqa: E402
 from gatorapp import App, Worker  # noqa: E402
+from gatorapp.tally import Tally  # noqa: E402
 
 QUEUE = "bench"
 
@@ -188,6 +189,7 @@ PHASES = (
     "procs",
     "latency",
     "results",
+    "metrics",
     "asyncio",
     "ceiling",
 )
@@ -336,10 +338,15 @@ def phase_bulk(url: str, n: int) -> float:
     return n / seconds
 
 
-def phase_drain(url: str, n: int, concurrency: int, results: bool = False) -> float:
+def phase_drain(
+    url: str, n: int, concurrency: int, results: bool = False, metrics: bool = False
+) -> float:
     app, noop = make_app(url, results)
     fill(app, noop, n)
-    worker = Worker(app, queues=[QUEUE], burst=True, concurrency=concurrency)
+    # (metrics on: what `gatorapp worker --metrics-port` counts per task; the
+    # scrape itself happens on another thread, when Prometheus asks)
+    tally = Tally() if metrics else None
+    worker = Worker(app, queues=[QUEUE], burst=True, concurrency=concurrency, tally=tally)
     seconds = timed(worker.run_forever)
     assert worker.tasks_complete == n, worker.tasks_complete
     app.close()
@@ -584,6 +591,15 @@ def main() -> None:
                 pairs = [phase_get(url, 300, workdir) for _ in range(reps)]
                 median_of("get() after return, p50", [p[0] for p in pairs], "ms")
                 median_of("get() after return, p99", [p[1] for p in pairs], "ms")
+        if on("metrics"):
+            off, on_ = [], []
+            for _ in range(reps):  # alternating, so drift hits both alike
+                off.append(phase_drain(url, n, 1))
+                on_.append(phase_drain(url, n, 1, metrics=True))
+            median_of("drain -c 1, metrics off", off)
+            median_of("drain -c 1, metrics on", on_)
+            ratio = statistics.median(on_) / statistics.median(off)
+            print(f"  {'metrics on / off':<28} {ratio:>12.2f}", flush=True)
         if on("asyncio"):
             sync_runs: list[float] = []
             async_runs: list[float] = []

@@ -39,6 +39,7 @@ from .results import (
     success,
     ttl_of,
 )
+from .tally import Tally
 
 R = TypeVar("R")
 
@@ -175,6 +176,8 @@ class Producer:
         #: the app's result store and default TTL; None when it keeps no results
         self.results: Results | None = None
         self.result_ttl: float | None = None
+        #: counts enqueues for metrics (None: metrics off; see gatorapp.metrics)
+        self.tally: Tally | None = None
 
     # -- building ------------------------------------------------------------
     def _encode(
@@ -330,6 +333,8 @@ class Producer:
         self.backend().enqueue(
             [Message(queue, i, data, due) for i, data in zip(built.ids, built.datas)]
         )
+        if self.tally is not None:
+            self.tally.enqueued(queue, tdef.name, len(built.ids))
         return self._handles(tdef, built)
 
     async def asend_many(
@@ -344,6 +349,8 @@ class Producer:
         await self.backend().aenqueue(
             [Message(queue, i, data, due) for i, data in zip(built.ids, built.datas)]
         )
+        if self.tally is not None:
+            self.tally.enqueued(queue, tdef.name, len(built.ids))
         return self._handles(tdef, built)
 
     # -- eager -----------------------------------------------------------------

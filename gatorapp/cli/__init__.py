@@ -7,6 +7,7 @@
     gatorapp result -A myproj.app TASK_ID [--wait SECONDS] [--json]
     gatorapp periodic -A myproj.app
     gatorapp workers -A myproj.app [-Q ...] [--json]
+    gatorapp metrics -A myproj.app --port PORT [--host 127.0.0.1] [-Q ...]
     gatorapp dead   -A myproj.app [-Q queue] ls | show ID | requeue ID | requeue --all
                     | purge [ID] [--yes]
 
@@ -31,11 +32,13 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..app import App
 from ..errors import BackendError, GatorError
+from ..tally import Tally
 from ..worker import Worker
 from ..worker.signals import EarlySignals
 from . import logs
 from .common import UsageError, no_store, queue_list, safe, warn_unknown
 from .dead import cmd_dead
+from .metrics import LOOPBACK, cmd_metrics, worker_metrics
 from .periodic import cmd_periodic
 from .result import cmd_result
 from .supervisor import LIFELINE_ENV, Supervisor, watch_lifeline
@@ -75,6 +78,13 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
     if not 0 <= value < 10**9:
         raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _whole(1)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {value}")
     return value
 
 
@@ -156,6 +166,20 @@ def build_parser() -> argparse.ArgumentParser:
         "a process that stops reporting leaves the list after three)",
     )
     w.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (pip install "
+        '"gatorapp[metrics]")',
+    )
+    w.add_argument(
+        "--metrics-host",
+        default=LOOPBACK,
+        metavar="HOST",
+        help=f"the address metrics are served on (default {LOOPBACK})",
+    )
+    w.add_argument(
         "--no-schedule",
         action="store_true",
         help="do not enqueue the app's periodic tasks (scheduling is off with --burst)",
@@ -163,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", parents=[common], help="ready / delayed / running / dead per queue")
     sub.add_parser("periodic", parents=[common], help="the app's periodic tasks and their ticks")
+    m = sub.add_parser("metrics", parents=[common], help="serve queue gauges to Prometheus")
+    m.add_argument("--port", type=_port, required=True, help="serve on this port")
+    m.add_argument("--host", default=LOOPBACK, help=f"serve on this address (default {LOOPBACK})")
     ws = sub.add_parser("workers", parents=[common], help="live workers and what they run")
     ws.add_argument("--json", action="store_true", help="one JSON list, for scripts")
 
@@ -281,17 +308,37 @@ def cmd_worker(
             raise UsageError(f"{args.worker_class!r} is not a subclass of gatorapp.Worker")
     if args.queues and not os.environ.get(LIFELINE_ENV):  # (a child: its parent said so)
         warn_unknown(app, args.queues)
-    if args.processes > 1:
-        # The app imported and the worker class found: now the processes.
-        sup = Supervisor(
-            _child_argv(args, app_path),
-            args.processes,
-            restart_clean=not (args.burst or args.max_tasks),
-        )
-        if early is not None:
-            early.forward(sup.handle_signal)
-        return sup.run()
+    with worker_metrics(app, args) as tally:
+        if args.processes > 1:
+            # The app imported and the worker class found: now the processes.
+            sup = Supervisor(
+                _child_argv(args, app_path),
+                args.processes,
+                restart_clean=not (args.burst or args.max_tasks),
+            )
+            if early is not None:
+                early.forward(sup.handle_signal)
+            return sup.run()
+        return _run_worker(cls, app, args, early, tally)
+
+
+def _run_worker(
+    cls: type[Worker],
+    app: App,
+    args: argparse.Namespace,
+    early: EarlySignals | None,
+    tally: Tally | None,
+) -> int:
     supervised = LIFELINE_ENV in os.environ  # (watch_lifeline takes it, below)
+    # Only what was asked for: a --worker-class of an earlier release may not
+    # know the newer keywords.
+    extra: dict[str, Any] = {}
+    if args.beat:
+        extra["beat"] = args.beat
+    if tally is not None:
+        extra["tally"] = tally
+    if args.async_concurrency is not None:
+        extra["async_concurrency"] = args.async_concurrency
     worker = cls(
         app,
         queues=args.queues,
@@ -301,12 +348,7 @@ def cmd_worker(
         prefetch=args.prefetch,
         schedule=not (args.burst or args.no_schedule),
         replace_overdue=supervised,
-        **({"beat": args.beat} if args.beat else {}),
-        **(
-            {"async_concurrency": args.async_concurrency}
-            if args.async_concurrency is not None
-            else {}
-        ),
+        **extra,
     )
     if early is not None:
         early.forward(worker.handle_signal)
@@ -401,6 +443,7 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: Ea
         "result": cmd_result,
         "periodic": cmd_periodic,
         "workers": cmd_workers,
+        "metrics": cmd_metrics,
     }[args.command]
     return command(app, args)
 

@@ -38,6 +38,7 @@ from ..errors import ConfigurationError
 from ..execution import Settlement
 from ..registry import Registry
 from ..schedules import Schedule
+from ..tally import Tally
 from ..workers import DEFAULT_BEAT, store_for
 from .aio import AsyncRunner
 from .executors import InlineExecutor, Runner, ThreadExecutor
@@ -110,6 +111,8 @@ class Worker:
         event loop (see :mod:`gatorapp.worker.aio`), besides ``concurrency``.
     :param beat: seconds between two writes of this worker's record in the
         list of workers (:mod:`gatorapp.workers`); None: not listed.
+    :param tally: counts attempts and outcomes for metrics (see
+        :mod:`gatorapp.metrics`); None: nothing is counted.
     :param replace_overdue: a sync task past its ``timeout`` ends this process
         (exit status :data:`~gatorapp.worker.watchdog.TIMEOUT_EXIT`), for a
         supervisor to replace it; ``gatorapp worker -p N`` sets it in its
@@ -129,6 +132,7 @@ class Worker:
         async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
         replace_overdue: bool = False,
         beat: float | None = DEFAULT_BEAT,
+        tally: Tally | None = None,
     ) -> None:
         if isinstance(queues, str):
             queues = [q.strip() for q in queues.split(",") if q.strip()]
@@ -145,6 +149,7 @@ class Worker:
         if beat is not None and not beat > 0:
             raise ConfigurationError("beat must be a number of seconds > 0, or None")
         self.beat = beat
+        self.tally = tally
         self.async_concurrency = async_concurrency
         self.replace_overdue = replace_overdue
         self.app = app
@@ -283,6 +288,10 @@ class Worker:
                 )
             )
             self._aio.progress = self._executor.progress  # (finishing wakes the loop)
+            if self.tally is not None:
+                # (tasks start on several threads: the executor's, the event loop's)
+                self.tally.shared = not inline or has_async
+                outbox.tally = runner.tally = self._aio.tally = self.tally
             if self.replace_overdue:
                 runner.watch = Watchdog(registry, self._overdue)
             self._outage = Outage(self.ident())

@@ -28,6 +28,7 @@ from ..envelope import Task
 from ..execution import Settlement
 from ..execution_async import attempt_async
 from ..registry import Registry, TaskDef
+from ..tally import Tally
 from .held import fields
 from .report import Running
 
@@ -55,6 +56,8 @@ class AsyncRunner:
         self.registry = registry
         #: what runs now, for the worker's record (see gatorapp.workers)
         self.running = running or Running()
+        #: counts for metrics (None: metrics off)
+        self.tally: Tally | None = None
         self.concurrency = concurrency
         self.done = done
         self.progress = progress
@@ -189,6 +192,8 @@ class AsyncRunner:
         running = self.running.tasks
         key = id(r)
         running[key] = (r.task_id, task.name, r.queue, time.time())
+        if self.tally is not None:
+            self.tally.started(r.queue, task.name)
         try:
             settlement = await attempt_async(task, tdef, self.registry)
         except asyncio.CancelledError:

@@ -25,6 +25,7 @@ from ..backends import Reservation
 from ..errors import Rejected
 from ..execution import Settlement, attempt, rejected, time_limit, undeliverable
 from ..registry import Registry
+from ..tally import Tally
 from .aio import AsyncRunner
 from .held import Held, fields
 from .outbox import Outbox
@@ -56,6 +57,8 @@ class Runner:
         self.aio = aio
         #: what runs now, for the worker's record (see gatorapp.workers)
         self.running = running or Running()
+        #: counts for metrics (None: metrics off)
+        self.tally: Tally | None = None
         #: stops a sync task at its timeout by ending the process (supervised only)
         self.watch: Watchdog | None = None
         self.handed = 0  # async tasks handed to the loop (see Worker._observe)
@@ -116,6 +119,8 @@ class Runner:
         running = self.running.tasks
         key = id(r)
         running[key] = (r.task_id, task.name, r.queue, time.time())
+        if self.tally is not None:
+            self.tally.started(r.queue, task.name)
         try:
             watch = self.watch
             if watch is not None and (tdef.timeout is not None or task.options):

@@ -30,6 +30,7 @@ from typing import Any
 from .. import results
 from ..backends import Burial, Reservation, ResultItem, RetryItem, Settled
 from ..execution import Settlement
+from ..tally import Tally
 from .held import Held, fields
 
 log = logging.getLogger("gatorapp.worker")
@@ -97,6 +98,8 @@ class Outbox:
         self.completed = 0
         self.succeeded = 0  # attempts that succeeded (the rest failed)
         self._debug = log.isEnabledFor(logging.DEBUG)
+        #: counts for metrics (None: metrics off)
+        self.tally: Tally | None = None
 
     def __len__(self) -> int:
         return len(self._acks) + len(self._retries) + len(self._buries)
@@ -161,6 +164,8 @@ class Outbox:
             )
 
     def _add(self, r: Reservation, s: Settlement, kind: str) -> None:
+        if self.tally is not None:  # (under the lock when shared: see Tally)
+            self.tally.outcome(r.queue, s)
         if not (self._acks or self._retries or self._buries):
             self._first = time.monotonic()
         if kind == "success":

@@ -1,0 +1,41 @@
+"""An app for the metrics tests: tasks that succeed, fail once, or always fail.
+
+Each attempt appends a line to the ledger (``$GATORAPP_TEST_LEDGER``), so the
+counts scraped from ``/metrics`` can be checked against what really ran.
+"""
+
+import os
+
+from gatorapp import App
+
+app = App(os.environ.get("GATORAPP_TEST_URL", "memory://"), lease=5)
+LEDGER = os.environ.get("GATORAPP_TEST_LEDGER", os.devnull)
+
+
+def _log(event: str, key: object) -> None:
+    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{event} {key} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@app.task
+def ok(key):
+    _log("attempt", key)
+
+
+@app.task(retries=1, backoff=None)
+def once(key):
+    """Fails its first attempt (a marker file says it ran), succeeds the second."""
+    _log("attempt", key)
+    marker = f"{LEDGER}.{key}"
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise ValueError("first attempt fails")
+
+
+@app.task(retries=1, backoff=None)
+def never(key):
+    _log("attempt", key)
+    raise ValueError("always fails")

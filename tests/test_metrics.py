@@ -1,0 +1,193 @@
+"""Prometheus metrics (gatorapp.metrics): real worker processes serving
+``/metrics``, scraped with a real HTTP client; the counts are checked
+against the ledger of what ran."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import free_port
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from worker_proc import env_for, output, start_worker, stop, wait_for
+
+from gatorapp import App
+from gatorapp.metrics import GAUGE_CACHE, instrument
+
+pytestmark = pytest.mark.slow
+
+N_OK, N_ONCE, N_NEVER = 300, 60, 30
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path):
+    url = (
+        f"sqlite:///{tmp_path}/queue.db"
+        if request.param == "sqlite"
+        else str(request.getfixturevalue("redis_url"))
+    )
+    app = App(url)
+    registered = {}
+    # Same names and retries as tests/apps/metrics_app.py; this process only enqueues.
+    for name, retries in (("ok", 0), ("once", 1), ("never", 1)):
+
+        def fn(key): ...
+
+        registered[name] = app.task(fn, name=f"metrics_app.{name}", retries=retries)
+    ledger = tmp_path / "ledger.txt"
+    return app, registered, env_for(url, ledger), ledger
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics by (name, labels); the text must parse."""
+    reply = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain")
+    out = {}
+    for family in text_string_to_metric_families(reply.text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(samples, name: str, **match: str) -> float:
+    return sum(
+        v
+        for (n, labels), v in samples.items()
+        if n == name and all(dict(labels).get(k) == want for k, want in match.items())
+    )
+
+
+def enqueue_all(tasks) -> int:
+    tasks["ok"].map([f"ok-{i}" for i in range(N_OK)])
+    tasks["once"].map([f"once-{i}" for i in range(N_ONCE)])
+    tasks["never"].map([f"never-{i}" for i in range(N_NEVER)])
+    return N_OK + N_ONCE + N_NEVER
+
+
+def attempts(ledger: Path) -> int:
+    return sum(1 for line in ledger.read_text().splitlines() if line.startswith("attempt"))
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_counts_add_up_to_the_ledger(setup, processes: int) -> None:
+    app, tasks, env, ledger = setup
+    port = free_port()
+    enqueued = enqueue_all(tasks)
+    args = ["-p", str(processes), "-c", "2", "--metrics-port", str(port)]
+    proc = start_worker(env, *args, app="metrics_app")
+    try:
+        seen: list[float] = []
+
+        def drained() -> bool:
+            try:
+                samples = scrape(port)
+            except httpx.HTTPError:
+                return False
+            done = total(samples, "gatorapp_tasks_succeeded_total") + total(
+                samples, "gatorapp_tasks_dead_total"
+            )
+            seen.append(done)
+            return done == enqueued
+
+        assert wait_for(drained, 60, interval=0.2), (seen[-3:], output(proc))
+        assert seen == sorted(seen)  # counters only grow, scrape after scrape
+        time.sleep(GAUGE_CACHE + 0.1)  # (the queue gauges of a second ago are reused)
+        samples = scrape(port)
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
+    started = total(samples, "gatorapp_tasks_started_total")
+    succeeded = total(samples, "gatorapp_tasks_succeeded_total")
+    failed = total(samples, "gatorapp_tasks_failed_total")
+    retried = total(samples, "gatorapp_tasks_retried_total")
+    dead = total(samples, "gatorapp_tasks_dead_total")
+    # The ledger: every attempt that ran, as the tasks wrote it.
+    assert started == attempts(ledger) == N_OK + 2 * N_ONCE + 2 * N_NEVER
+    assert started == succeeded + failed
+    assert failed == retried + dead == N_ONCE + 2 * N_NEVER
+    assert succeeded + dead == enqueued
+    assert total(samples, "gatorapp_tasks_retried_total", task="metrics_app.once") == N_ONCE
+    assert total(samples, "gatorapp_tasks_retried_total", task="metrics_app.never") == N_NEVER
+    assert (
+        total(samples, "gatorapp_tasks_dead_total", reason="retries_exhausted", queue="default")
+        == N_NEVER
+    )
+    assert total(samples, "gatorapp_task_duration_seconds_count") == started
+    assert total(samples, "gatorapp_task_duration_seconds_bucket", le="+Inf") == started
+    # The queue gauges, read from the backend when scraped.
+    assert total(samples, "gatorapp_backend_up") == 1
+    assert total(samples, "gatorapp_queue_dead", queue="default") == N_NEVER
+    assert total(samples, "gatorapp_queue_ready", queue="default") == 0
+    assert total(samples, "gatorapp_workers") == processes
+
+
+def test_gatorapp_metrics_serves_queue_gauges_with_no_worker(setup) -> None:
+    app, tasks, env, _ = setup
+    tasks["ok"].delay("first")
+    time.sleep(1.5)  # (how late the queue runs: since its oldest ready task became due)
+    tasks["ok"].delay("now")
+    tasks["ok"].options(delay_by=3600).delay("later")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gatorapp", "metrics", "-A", "metrics_app", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert wait_for(lambda: _up(port), 30)
+        samples = scrape(port)
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
+    assert total(samples, "gatorapp_queue_ready", queue="default") == 2
+    assert total(samples, "gatorapp_queue_delayed", queue="default") == 1
+    age = total(samples, "gatorapp_queue_oldest_ready_age_seconds", queue="default")
+    assert 1.5 <= age < 60
+    assert total(samples, "gatorapp_workers") == 0
+    # No task runs there: no task counts, only gauges.
+    assert not any(name.startswith("gatorapp_tasks_") for name, _ in samples)
+
+
+def _up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_producer_counts_its_enqueues_in_its_own_registry() -> None:
+    app = App("memory://")
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    registry = CollectorRegistry()
+    instrument(app, registry)
+    add.delay(1, 2)
+    add.map([(i, i) for i in range(9)])
+    text = generate_latest(registry).decode()
+    name = f'gatorapp_tasks_enqueued_total{{queue="default",task="{add.name}"}} 10.0'
+    assert name in text
+
+
+def test_metrics_without_prometheus_client_say_what_to_install(tmp_path: Path) -> None:
+    env = env_for(f"sqlite:///{tmp_path}/q.db", tmp_path / "ledger.txt")
+    code = (
+        "import sys; sys.modules['prometheus_client'] = None; "
+        "from gatorapp.cli import main; "
+        "sys.exit(main(['worker', '-A', 'metrics_app', '--burst', '--metrics-port', '1']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert 'pip install "gatorapp[metrics]"' in done.stderr
