@@ -76,7 +76,7 @@ def attempts(ledger: Path) -> int:
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_counts_add_up_to_the_ledger(setup, processes: int) -> None:
-    app, tasks, env, ledger = setup
+    _, tasks, env, ledger = setup
     port = free_port()
     enqueued = enqueue_all(tasks)
     args = ["-p", str(processes), "-c", "2", "--metrics-port", str(port)]
@@ -128,7 +128,7 @@ def test_counts_add_up_to_the_ledger(setup, processes: int) -> None:
 
 
 def test_gatorapp_metrics_serves_queue_gauges_with_no_worker(setup) -> None:
-    app, tasks, env, _ = setup
+    _, tasks, env, _ = setup
     tasks["ok"].delay("first")
     time.sleep(1.5)  # (how late the queue runs: since its oldest ready task became due)
     tasks["ok"].delay("now")
