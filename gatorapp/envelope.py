@@ -14,7 +14,9 @@ Envelope version 1 is a msgpack map::
      "retries": int, "attempt": int, "hooks": map, "opts": map}
 
 Unknown keys are ignored, so a newer producer can add fields without breaking
-older workers; missing optional keys take their defaults.
+older workers; missing optional keys take their defaults. ``opts`` carries
+what an enqueue chose for the worker: ``retries``, ``timeout``, ``result``
+(see :mod:`gatorapp.results`) and ``trace`` (see :mod:`gatorapp.tracing`).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import tenacity
 
+from . import tracing
 from .envelope import FAILED, RETRYING, RUNNING, SUCCESS, Task
 from .errors import Rejected, Retry, TaskTimeout
 from .registry import DEFAULT_BACKOFF, Hooks, Registry, TaskDef
@@ -243,8 +244,18 @@ def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
     """Run one attempt of a decoded task and say what the backend must do.
 
     Never raises for anything the task does: a task that ends the attempt with
-    ``SystemExit`` or ``KeyboardInterrupt`` is a ``crashed`` dead letter.
+    ``SystemExit`` or ``KeyboardInterrupt`` is a ``crashed`` dead letter. In a
+    process that traces (see :mod:`gatorapp.tracing`), it runs in a span.
     """
+    if tracing.tracer() is None:
+        return _attempt(task, tdef, registry)
+    with tracing.consumer(task) as span:
+        settled = _attempt(task, tdef, registry)
+        tracing.finish(span, settled)
+        return settled
+
+
+def _attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
     hooks = registry.hooks_for(task, tdef)
     clock = time.perf_counter
     t0 = clock()

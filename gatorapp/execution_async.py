@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from . import tracing
 from .envelope import FAILED, RUNNING, SUCCESS, Task
 from .errors import TaskTimeout
 from .execution import Outcome, Settlement, decide, format_error, settlement, time_limit
@@ -113,6 +114,15 @@ async def attempt_async(task: Task, tdef: TaskDef, registry: Registry) -> Settle
     """:func:`gatorapp.execution.attempt` for a coroutine function: never
     raises for anything the task does. Cancelled from outside (the worker
     stopping at once), it raises CancelledError; the task runs again later."""
+    if tracing.tracer() is None:
+        return await _attempt_async(task, tdef, registry)
+    with tracing.consumer(task) as span:
+        settled = await _attempt_async(task, tdef, registry)
+        tracing.finish(span, settled)
+        return settled
+
+
+async def _attempt_async(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
     t0 = time.perf_counter()
     try:
         hooks = registry.hooks_for(task, tdef)

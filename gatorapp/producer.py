@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from . import tracing
 from .backends.base import Backend, Message
 from .envelope import (
     HOOK_NAMES,
@@ -283,6 +284,9 @@ class Producer:
     def _build(self, tdef: TaskDef, calls: Sequence[Call], opts: dict[str, Any]) -> Built:
         """The envelopes of one enqueue (one per call), checked and sealed."""
         queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
+        trace = tracing.carrier()  # (None at once without OpenTelemetry, or outside a span)
+        if trace is not None:
+            extra = {**(extra or {}), tracing.OPTION: trace}
         keep = ttl_of(extra, tdef.keep) is not None
         if len(calls) == 1:
             ids = [task_id or new_task_id()]

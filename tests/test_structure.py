@@ -21,7 +21,7 @@ from gatorapp import App, testing
 PACKAGE = Path(__file__).resolve().parents[1] / "gatorapp"
 
 # What each module may import from gatorapp (besides errors, options, signing, encryption,
-# schedules and the backends' own modules, which any layer may use).
+# schedules, tally, tracing and the backends' own modules, which any layer may use).
 LAYERS = {
     "gatorapp.envelope": set(),
     "gatorapp.registry": {"gatorapp.envelope"},
@@ -42,6 +42,9 @@ LAYERS = {
         "gatorapp.producer",
     },
     "gatorapp.tasks": {"gatorapp.registry", "gatorapp.producer"},
+    # observability: the list of workers, and metrics made from counts and it
+    "gatorapp.workers": {"gatorapp.envelope"},
+    "gatorapp.metrics": {"gatorapp.envelope", "gatorapp.workers"},
 }
 BASE = {
     "gatorapp.errors",
@@ -49,6 +52,8 @@ BASE = {
     "gatorapp.signing",
     "gatorapp.encryption",
     "gatorapp.schedules",
+    "gatorapp.tally",
+    "gatorapp.tracing",
 }
 
 

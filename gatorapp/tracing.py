@@ -1,0 +1,158 @@
+"""Trace propagation with OpenTelemetry, when it is installed (``gatorapp[otel]``).
+
+* Enqueueing (``.delay()``, ``.map()`` and their async forms) inside a span
+  records the span's context, W3C ``traceparent`` and ``tracestate``, in the
+  envelope's options under ``"trace"``. Outside a span nothing is added.
+* A worker whose process has a tracer provider (the OpenTelemetry SDK, set
+  up by the app module or ``opentelemetry-instrument``) runs each attempt in a
+  span of kind CONSUMER, ``<task name> process``, whose parent is the
+  enqueuer's context and which links to it too: the web request and the task
+  it enqueued are one trace. A failed attempt sets the span's status to
+  ERROR with the error as an event.
+
+Only this module imports OpenTelemetry, once, on first use. Without it every
+function here returns at once (one test of a module-level value); with the
+API but no tracer provider, a worker starts no span.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+#: the envelope option that carries the enqueuer's trace context
+OPTION = "trace"
+
+_otel: Any = None  # the opentelemetry modules once imported; False: not installed
+
+
+def _modules() -> Any:
+    global _otel
+    if _otel is None:
+        try:
+            from opentelemetry import context, propagate, trace
+        except ImportError:
+            _otel = False
+        else:
+            _otel = (context, propagate, trace)
+    return _otel
+
+
+def carrier() -> dict[str, str] | None:
+    """The current span's context as W3C headers, or None outside a span."""
+    otel = _modules()
+    if not otel:
+        return None
+    _, propagate, trace = otel
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers or None
+
+
+class Attempt(Protocol):
+    """What a span says of an attempt (a worker's settlement)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+
+
+class TaskLike(Protocol):
+    task_id: str
+    name: str
+    queue: str
+    attempt: int
+    options: dict[str, Any]
+
+
+_tracer: Any = None  # once a provider is set (it is set once per process)
+_looked = -1.0  # time.monotonic() of the last look for one
+
+
+def tracer() -> Any:
+    """The tracer of this process's provider, or None: no OpenTelemetry, or
+    no provider set (spans would only cost). Without one it looks again at
+    most once a second, since an app may set its provider after starting."""
+    global _tracer, _looked
+    if _tracer is not None or _otel is False:
+        return _tracer
+    now = time.monotonic()
+    if now - _looked < 1.0:
+        return None
+    _looked = now
+    otel = _modules()
+    if not otel:
+        return None
+    trace = otel[2]
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        return None
+    _tracer = provider.get_tracer("gatorapp")
+    return _tracer
+
+
+@contextlib.contextmanager
+def consumer(task: TaskLike) -> Iterator[Any]:
+    """A CONSUMER span around one attempt, child of (and linked to) the
+    enqueuer's context; yields the span, or None when nothing is traced."""
+    found = tracer()
+    if found is None:
+        yield None
+        return
+    context, propagate, trace = _modules()
+    headers = task.options.get(OPTION) if task.options else None
+    parent = None
+    links = []
+    if isinstance(headers, dict):
+        parent = propagate.extract({k: v for k, v in headers.items() if isinstance(v, str)})
+        linked = trace.get_current_span(parent).get_span_context()
+        if linked.is_valid:
+            links.append(trace.Link(linked))
+        else:
+            parent = None
+    attributes = {
+        "messaging.system": "gatorapp",
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+        "messaging.destination.name": task.queue,
+        "messaging.message.id": task.task_id,
+        "gatorapp.task.name": task.name,
+        "gatorapp.task.attempt": task.attempt + 1,  # (the attempt about to run)
+    }
+    span = found.start_span(
+        f"{task.name} process",
+        context=parent if parent is not None else context.Context(),
+        kind=trace.SpanKind.CONSUMER,
+        attributes=attributes,
+        links=links,
+    )
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        yield span
+    finally:
+        context.detach(token)
+        span.end()
+
+
+def finish(span: Any, outcome: Attempt) -> None:
+    """Say on ``span`` how the attempt ended (nothing for a success)."""
+    if span is None or outcome.kind == "success":
+        return
+    trace = _modules()[2]
+    span.set_attribute("gatorapp.outcome", outcome.kind)
+    if outcome.reason:
+        span.set_attribute("gatorapp.dead.reason", outcome.reason)
+    span.add_event(
+        "exception",
+        {"exception.message": outcome.summary, "exception.stacktrace": outcome.error},
+    )
+    span.set_status(trace.Status(trace.StatusCode.ERROR, outcome.summary))
