@@ -3,7 +3,7 @@
     gatorapp worker -A myproj.app [-Q emails,images] [-p N] [-c N] [--max-tasks N] [--burst]
                     [--prefetch N] [--worker-class pkg.mod:Cls]
                     [-l LEVEL] [--log-format text|json] [--logfile PATH]
-    gatorapp status -A myproj.app [-Q ...]
+    gatorapp status -A myproj.app [-Q ...] [--json] [--watch [--interval SECONDS]]
     gatorapp result -A myproj.app TASK_ID [--wait SECONDS] [--json]
     gatorapp periodic -A myproj.app
     gatorapp workers -A myproj.app [-Q ...] [--json]
@@ -36,11 +36,12 @@ from ..tally import Tally
 from ..worker import Worker
 from ..worker.signals import EarlySignals
 from . import logs
-from .common import UsageError, no_store, queue_list, safe, warn_unknown
+from .common import UsageError, safe, warn_unknown
 from .dead import cmd_dead
 from .metrics import LOOPBACK, cmd_metrics, worker_metrics
 from .periodic import cmd_periodic
 from .result import cmd_result
+from .status import cmd_status
 from .supervisor import LIFELINE_ENV, Supervisor, watch_lifeline
 from .workers import cmd_workers
 
@@ -185,7 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not enqueue the app's periodic tasks (scheduling is off with --burst)",
     )
 
-    sub.add_parser("status", parents=[common], help="ready / delayed / running / dead per queue")
+    st = sub.add_parser(
+        "status", parents=[common], help="ready / delayed / running / dead per queue"
+    )
+    st.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+    st.add_argument(
+        "--watch", action="store_true", help="redraw until Ctrl-C, with rates and workers"
+    )
+    st.add_argument(
+        "--interval",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --watch: seconds between two looks (default 1)",
+    )
     sub.add_parser("periodic", parents=[common], help="the app's periodic tasks and their ticks")
     m = sub.add_parser("metrics", parents=[common], help="serve queue gauges to Prometheus")
     m.add_argument("--port", type=_port, required=True, help="serve on this port")
@@ -354,34 +368,6 @@ def _run_worker(
         early.forward(worker.handle_signal)
     watch_lifeline(worker.stop)  # (under a supervisor only)
     return worker.run_forever()
-
-
-def cmd_status(app: App, args: argparse.Namespace) -> int:
-    if no_store(app):
-        return 1
-    rows = [(q, app.backend.stats(q)) for q in queue_list(app, args.queues)]
-    print(f"backend: {app.backend.describe()}", file=sys.stderr)  # (it answered)
-    own = set(app.queues())
-    others = [safe(q) for q, _ in rows if q not in own]
-    if others:
-        print(
-            f"(not consumed by a worker of this app by default, no task of it uses them: "
-            f"{', '.join(others)})",
-            file=sys.stderr,
-        )
-    width = max([5, *(len(safe(q)) for q, _ in rows)])
-    print(f"{'queue':<{width}}  {'ready':>7}  {'delayed':>7}  {'running':>7}  {'dead':>7}")
-    unknown = app.backend.unsupported.get("stats_detail")
-    for q, s in rows:
-        # A count the backend cannot know is shown as "-", never as a false 0.
-        delayed, running = ("-", "-") if unknown else (s.delayed, s.running)
-        print(f"{safe(q):<{width}}  {s.ready:>7}  {delayed:>7}  {running:>7}  {s.dead:>7}")
-    why = app.backend.unsupported.get("exact_stats")
-    if why:
-        print(f"(approximate counts: {why})")
-    if unknown:
-        print(f"(ready counts delayed tasks too; {unknown})")
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,151 @@
+"""``gatorapp status``: counts per queue, once (for people and scripts), as
+JSON (for machines), or redrawn live with ``--watch`` until Ctrl-C.
+
+The live view needs rich (``pip install "gatorapp[cli]"``); it is drawn with
+rich's tables, never with hand-written terminal codes. When standard output
+is not a terminal, ``--watch`` prints a plain table every interval instead,
+so a log or a pipe gets lines, not screen redraws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..app import App
+from ..errors import MissingDependencyError
+from ..workers import NotAvailable, WorkerInfo
+from ..workers import age as since
+from .common import no_store, queue_list, safe
+
+
+def read(app: App, queues: Sequence[str]) -> dict[str, Any]:
+    """One look at the queues and the workers, as plain data (``--json``)."""
+    backend = app.backend
+    now = time.time()
+    rows = []
+    for q in queues:
+        s = backend.stats(q)
+        rows.append(
+            {
+                "queue": q,
+                "ready": s.ready,
+                "delayed": s.delayed,
+                "running": s.running,
+                "dead": s.dead,
+                "oldest": s.oldest,
+                "age": None if s.oldest is None else round(max(0.0, now - s.oldest), 3),
+            }
+        )
+    workers: list[WorkerInfo] | None
+    try:
+        workers = app.workers()
+    except NotAvailable:
+        workers = None
+    return {
+        "time": now,
+        "backend": backend.describe(),
+        "exact": "exact_stats" not in backend.unsupported,
+        "queues": rows,
+        "workers": None if workers is None else [w.to_dict() for w in workers],
+    }
+
+
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else since(time.time() - seconds)
+
+
+def print_table(look: dict[str, Any], out: Any = None) -> None:
+    """The plain table, one line per queue (what scripts read)."""
+    out = out or sys.stdout
+    rows = look["queues"]
+    width = max([5, *(len(safe(r["queue"])) for r in rows)])
+    print(
+        f"{'queue':<{width}}  {'ready':>7}  {'delayed':>7}  {'running':>7}  {'dead':>7}  "
+        f"{'oldest':>7}",
+        file=out,
+    )
+    for r in rows:
+        delayed, running = r["delayed"], r["running"]
+        if r.get("unknown"):
+            delayed, running = "-", "-"  # a count the backend cannot know is never a false 0
+        print(
+            f"{safe(r['queue']):<{width}}  {r['ready']:>7}  {delayed:>7}  {running:>7}  "
+            f"{r['dead']:>7}  {_age(r['age']):>7}",
+            file=out,
+        )
+
+
+def cmd_status(app: App, args: argparse.Namespace) -> int:
+    if no_store(app):
+        return 1
+    queues = queue_list(app, args.queues)
+    if args.watch:
+        return watch(app, queues, args.interval, args.json)
+    look = read(app, queues)
+    if args.json:
+        print(json.dumps(look))
+        return 0
+    print(f"backend: {app.backend.describe()}", file=sys.stderr)  # (it answered)
+    own = set(app.queues())
+    others = [safe(q) for q in queues if q not in own]
+    if others:
+        print(
+            f"(not consumed by a worker of this app by default, no task of it uses them: "
+            f"{', '.join(others)})",
+            file=sys.stderr,
+        )
+    unknown = app.backend.unsupported.get("stats_detail")
+    for r in look["queues"]:
+        r["unknown"] = bool(unknown)
+    print_table(look)
+    why = app.backend.unsupported.get("exact_stats")
+    if why:
+        print(f"(approximate counts: {why})")
+    if unknown:
+        print(f"(ready counts delayed tasks too; {unknown})")
+    return 0
+
+
+def watch(app: App, queues: Sequence[str], interval: float, as_json: bool) -> int:
+    """Look again every ``interval`` seconds until Ctrl-C (exit status 0)."""
+    try:
+        if as_json:  # JSON lines, one look each
+            while True:
+                print(json.dumps(read(app, queues)), flush=True)
+                time.sleep(interval)
+        if not sys.stdout.isatty():
+            while True:
+                look = read(app, queues)
+                print(time.strftime("%Y-%m-%d %H:%M:%S"), flush=True)
+                print_table(look)
+                print(flush=True)
+                time.sleep(interval)
+        live(app, queues, interval)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def live(app: App, queues: Sequence[str], interval: float) -> None:
+    try:
+        from rich.live import Live
+    except ImportError:
+        raise MissingDependencyError(
+            'gatorapp status --watch needs rich: pip install "gatorapp[cli]"'
+        ) from None
+    from .status_view import Rates, render  # (rich is there: imported only now)
+
+    rates = Rates()
+    look = read(app, queues)
+    rates.add(look)
+    with Live(render(look, rates), auto_refresh=False, screen=False) as view:
+        while True:
+            time.sleep(interval)
+            look = read(app, queues)
+            rates.add(look)
+            view.update(render(look, rates), refresh=True)

@@ -1,0 +1,190 @@
+"""``gatorapp status``: once, as JSON, and ``--watch`` in a real terminal
+(a pseudo-terminal) while a real worker drains."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from worker_proc import env_for, start_worker, stop
+
+from gatorapp import App
+from gatorapp.cli import status
+from gatorapp.cli.status_view import Rates, render
+from gatorapp.errors import MissingDependencyError
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def served(request: pytest.FixtureRequest, tmp_path: Path):
+    url = (
+        f"sqlite:///{tmp_path}/queue.db"
+        if request.param == "sqlite"
+        else str(request.getfixturevalue("redis_url"))
+    )
+    app = App(url)
+
+    # Same name as tests/apps/ledger_app.py; this process only enqueues.
+    @app.task(name="ledger_app.record")
+    def record(key, sleep=0.0): ...
+
+    return app, record, env_for(url, tmp_path / "ledger.txt")
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gatorapp", "status", "-A", "ledger_app", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_once_and_as_json(served) -> None:
+    _, record, env = served
+    record.delay("a")
+    record.delay("b")
+    record.options(delay_by=3600).delay("later")
+    time.sleep(1.1)
+    done = cli(env)
+    assert done.returncode == 0, done.stderr
+    header, *rows = done.stdout.splitlines()
+    assert header.split() == ["queue", "ready", "delayed", "running", "dead", "oldest"]
+    cells = {row.split()[0]: row.split()[1:] for row in rows}
+    assert cells["default"][:4] == ["2", "1", "0", "0"]
+    assert re.fullmatch(r"[1-9]\d*s", cells["default"][4])  # waited a second or more
+    look = json.loads(cli(env, "--json").stdout)
+    (q,) = [r for r in look["queues"] if r["queue"] == "default"]
+    assert (q["ready"], q["delayed"], q["running"], q["dead"]) == (2, 1, 0, 0)
+    assert q["age"] >= 1.0 and q["oldest"] <= time.time() - 1.0
+    assert look["workers"] == [] and look["exact"] is True
+
+
+def _read(fd: int, seconds: float) -> bytes:
+    out = b""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                out += os.read(fd, 65536)
+            except OSError:
+                break
+    return out
+
+
+def _screen(raw: bytes) -> str:
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode(errors="replace"))
+
+
+@pytest.mark.slow
+def test_watch_redraws_in_a_terminal_until_ctrl_c(served) -> None:
+    _, record, env = served
+    record.map([f"k{i}" for i in range(400)])
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: gatorapp status --watch on a terminal
+        os.environ.update(env, COLUMNS="140", LINES="40")
+        argv = ["gatorapp", "status", "-A", "ledger_app", "--watch", "--interval", "0.3"]
+        os.execvpe(sys.executable, [sys.executable, "-m", *argv], os.environ)
+    worker = None
+    try:
+        first = _screen(_read(fd, 3))
+        assert "default" in first and "Ctrl-C to quit" in first
+        assert re.search(r"default\s+400\s", first), first[-2000:]
+        worker = start_worker(env, "--beat", "0.3", "-Q", "default")
+        later = ""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            later += _screen(_read(fd, 0.5))
+            tail = later[-1500:]
+            if "workers alive: 1" in tail and re.search(r"default\s+0\s", tail):
+                if re.search(r"finished: [1-9][\d.]* tasks/s", later):
+                    break
+        tail = later[-1500:]
+        assert "workers alive: 1" in tail and re.search(r"default\s+0\s", tail), tail
+        # (the worker's done count comes with its next beat: a rate over the window)
+        assert re.search(r"finished: [1-9][\d.]* tasks/s", later), tail
+        assert str(worker.pid) in tail  # its line in the workers table
+        os.kill(pid, signal.SIGINT)
+        rest = _screen(_read(fd, 2))
+        _, code = os.waitpid(pid, 0)
+    finally:
+        if worker is not None:
+            stop(worker)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(code) == 0
+    assert "Traceback" not in later + rest
+
+
+WATCH = [sys.executable, "-m", "gatorapp", "status", "-A", "ledger_app", "--watch"]
+
+
+def test_watch_without_a_terminal_prints_tables_or_json_lines(served) -> None:
+    _, record, env = served
+    record.delay("a")
+    for args, check in (
+        ((), lambda out: out.count("queue ") >= 2 and "default" in out),
+        (("--json",), lambda out: all(json.loads(line)["queues"] for line in out.splitlines())),
+    ):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gatorapp",
+                "status",
+                "-A",
+                "ledger_app",
+                "--watch",
+                "--interval",
+                "0.2",
+                *args,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        assert check(out), out
+
+
+def test_the_view_shows_queue_and_task_names_as_text_never_as_markup() -> None:
+    now = time.time()
+    look = {
+        "time": now,
+        "backend": "memory://",
+        "exact": True,
+        "queues": [
+            {"queue": "q[bold]x\x1b[2J", "ready": 1, "delayed": 0, "running": 0, "dead": 0,
+             "oldest": now - 5, "age": 5.0},
+        ],
+        "workers": [
+            {"id": "h:1:a", "queues": ["q"], "started": now - 60, "done": 3, "failed": 0,
+             "running": [{"id": "t", "name": "evil[/]\x07", "queue": "q", "started": now}]},
+        ],
+    }  # fmt: skip
+    console = Console(record=True, width=160, color_system=None)
+    console.print(render(look, Rates()))
+    text = console.export_text()
+    assert "q[bold]x\\x1b[2J" in text  # escaped, literally
+    assert "evil[/]\\x07" in text
+    assert "\x1b" not in text and "\x07" not in text
+
+
+def test_watch_without_rich_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "rich.live", None)
+    with pytest.raises(MissingDependencyError, match=r'pip install "gatorapp\[cli\]"'):
+        status.live(App("memory://"), ["default"], 1.0)
