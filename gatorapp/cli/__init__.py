@@ -8,6 +8,7 @@
     gatorapp periodic -A myproj.app
     gatorapp workers -A myproj.app [-Q ...] [--json]
     gatorapp metrics -A myproj.app --port PORT [--host 127.0.0.1] [-Q ...]
+    gatorapp dashboard -A myproj.app [--host 127.0.0.1] [--port 8080] [--token TOKEN]
     gatorapp dead   -A myproj.app [-Q queue] ls | show ID | requeue ID | requeue --all
                     | purge [ID] [--yes]
 
@@ -37,6 +38,7 @@ from ..worker import Worker
 from ..worker.signals import EarlySignals
 from . import logs
 from .common import UsageError, safe, warn_unknown
+from .dashboard import cmd_dashboard
 from .dead import cmd_dead
 from .metrics import LOOPBACK, cmd_metrics, worker_metrics
 from .periodic import cmd_periodic
@@ -204,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("metrics", parents=[common], help="serve queue gauges to Prometheus")
     m.add_argument("--port", type=_port, required=True, help="serve on this port")
     m.add_argument("--host", default=LOOPBACK, help=f"serve on this address (default {LOOPBACK})")
+    db = sub.add_parser("dashboard", parents=[common], help="serve the web dashboard")
+    db.add_argument("--host", default=LOOPBACK, help=f"listen on this address (default {LOOPBACK})")
+    db.add_argument("--port", type=_port, default=8080, help="listen on this port (default 8080)")
+    db.add_argument(
+        "--token",
+        default=None,
+        help="the token every request must carry (default: $GATORAPP_DASHBOARD_TOKEN); "
+        "required beyond a loopback address",
+    )
     ws = sub.add_parser("workers", parents=[common], help="live workers and what they run")
     ws.add_argument("--json", action="store_true", help="one JSON list, for scripts")
 
@@ -430,6 +441,7 @@ def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, early: Ea
         "periodic": cmd_periodic,
         "workers": cmd_workers,
         "metrics": cmd_metrics,
+        "dashboard": cmd_dashboard,
     }[args.command]
     return command(app, args)
 

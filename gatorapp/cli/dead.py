@@ -7,29 +7,13 @@ import sys
 
 from ..app import App
 from ..backends import DeadLetter
-from ..envelope import Task
+from ..views import attempts, describe
 from .common import UsageError, cut, no_store, queue_list, safe, when
-
-
-def _describe(app: App, data: bytes) -> Task | None:
-    try:
-        return app.task_class.deserialize(app.registry.unseal(data))
-    except Exception:
-        return None
-
-
-# The stored payload is the one the last attempt started from, so these reasons
-# mean one more attempt ran than the payload records.
-_AFTER_AN_ATTEMPT = {"retries_exhausted", "not_retryable", "attempt_limit", "crashed"}
-
-
-def _attempts(task: Task, reason: str) -> int:
-    return task.attempt + (1 if reason in _AFTER_AN_ATTEMPT else 0)
 
 
 def _ls_line(app: App, q: str, letter: DeadLetter) -> str:
     try:
-        task = _describe(app, letter.data)
+        task = describe(app, letter.data)
         name = task.name if task else "?"
         error = letter.error.strip()
         first = error.splitlines()[-1] if error else ""
@@ -40,13 +24,13 @@ def _ls_line(app: App, q: str, letter: DeadLetter) -> str:
 
 
 def _show_letter(app: App, q: str, letter: DeadLetter) -> None:
-    task = _describe(app, letter.data)
+    task = describe(app, letter.data)
     print(f"task id:   {safe(letter.task_id)}\nqueue:     {safe(q)}")
     print(f"reason:    {safe(letter.reason)}\nfailed at: {when(letter.failed_at)}")
     if task is not None:
         print(
             f"task:      {safe(task.name)}\nargs:      {task.func_args!r}\n"
-            f"kwargs:    {task.func_kwargs!r}\nattempts:  {_attempts(task, letter.reason)}"
+            f"kwargs:    {task.func_kwargs!r}\nattempts:  {attempts(task, letter.reason)}"
         )
     else:
         print(f"payload:   {len(letter.data)} bytes, not decodable")

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .. import views
 from ..app import App
 from ..errors import ConfigurationError, ResultTimeout
 from ..results import FINAL, SUCCEEDED, UNKNOWN, Result
@@ -33,18 +34,7 @@ def cmd_result(app: App, args: argparse.Namespace) -> int:
         found = reader.stored(args.task_id)
     status = found.status if found is not None and found.status in FINAL else handle.status()
     if args.json:
-        out = {"task_id": args.task_id, "status": status}
-        if found is not None and status in FINAL:
-            if found.name:  # (a success record keeps only its value and time)
-                out.update(task=found.name, attempts=found.attempts)
-            out.update(
-                finished_at=found.finished_at,
-                value=found.value,
-                reason=found.reason,
-                error=found.summary,
-                traceback=found.traceback,
-            )
-        print(json.dumps(out, default=repr))
+        print(json.dumps(views.task(app, args.task_id, found, status), default=repr))
     else:
         print(f"task id:   {safe(args.task_id)}\nstatus:    {status}")
         if found is not None and status in FINAL:

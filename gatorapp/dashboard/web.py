@@ -1,0 +1,244 @@
+"""The dashboard's routes (see :mod:`gatorapp.dashboard`).
+
+Every backend call is blocking, so each handler runs it on a thread
+(``run_in_threadpool``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import views
+from ..app import App
+from ..workers import NotAvailable
+from .auth import COOKIE, CSRF_HEADER, Auth
+
+HERE = Path(__file__).parent
+#: seconds of throughput the chart shows, and the spacing of its points
+CHART_SECONDS, CHART_STEP = 600, 2.0
+#: dead letters listed per queue (the oldest first; the page says how many more)
+LETTERS = 50
+
+# No script, style or frame from anywhere but here; no inline script at all.
+SECURITY_HEADERS = {
+    "content-security-policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'self'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cache-control": "no-store",
+}
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    # (repr for what JSON has no type for: bytes in a task's arguments)
+    body = json.dumps(data, default=repr)
+    return Response(body, status, media_type="application/json")
+
+
+class Throughput:
+    """Tasks finished per second, from the live workers' ``done`` counts at
+    each look (a worker that appears counts from then; one that leaves takes
+    nothing away)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.last: dict[str, int] = {}
+        self.total = 0
+        self.points: deque[tuple[float, int]] = deque(maxlen=int(CHART_SECONDS / CHART_STEP))
+
+    def add(self, workers: list[dict[str, Any]], now: float) -> list[list[float]]:
+        with self.lock:
+            seen = {}
+            for w in workers:
+                before = self.last.get(w["id"])
+                if before is not None and w["done"] >= before:
+                    self.total += w["done"] - before
+                seen[w["id"]] = w["done"]
+            self.last = seen
+            # (a page polls every CHART_STEP seconds, give or take a little)
+            if not self.points or now - self.points[-1][0] >= CHART_STEP * 0.8:
+                self.points.append((now, self.total))
+            pts = list(self.points)
+        return [
+            [t1, round((n1 - n0) / (t1 - t0), 2)]
+            for (t0, n0), (t1, n1) in itertools.pairwise(pts)
+            if t1 > t0
+        ]
+
+
+def build(app: App, token: str | None) -> Starlette:
+    auth = Auth(token)
+    pages = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,  # (every value drawn into a page is escaped)
+    )
+    throughput = Throughput()
+
+    def overview() -> dict[str, Any]:
+        queues = list(dict.fromkeys(app.queues() + app.backend.known_queues()))
+        look: dict[str, Any] = {"time": time.time(), "backend": app.backend.describe()}
+        rows = []
+        for q in queues:
+            s = app.backend.stats(q)
+            age = None if s.oldest is None else max(0.0, look["time"] - s.oldest)
+            rows.append(
+                {"queue": q, "ready": s.ready, "delayed": s.delayed, "running": s.running,
+                 "dead": s.dead, "age": age}
+            )  # fmt: skip
+        look["queues"] = rows
+        try:
+            look["workers"] = [w.to_dict() for w in app.workers()]
+        except NotAvailable:
+            look["workers"] = None
+        look["chart"] = throughput.add(look["workers"] or [], look["time"])
+        look["results"] = app.producer.results is not None
+        return look
+
+    def dead_list(queue: str) -> list[dict[str, Any]]:
+        out = []
+        for d in app.backend.dead_list(queue, LETTERS):
+            task = views.describe(app, d.data)
+            error = d.error.strip()
+            out.append(
+                {
+                    "queue": d.queue,
+                    "task_id": d.task_id,
+                    "task": task.name if task is not None else None,
+                    "reason": d.reason,
+                    "failed_at": d.failed_at,
+                    "error": error.splitlines()[-1] if error else "",
+                }
+            )
+        return out
+
+    async def index(request: Request) -> Response:
+        sid = request.state.sid
+        page = pages.get_template("index.html").render(
+            csrf=auth.csrf(sid) if sid else "", backend=app.backend.describe()
+        )
+        return HTMLResponse(page)
+
+    async def api_overview(request: Request) -> Response:
+        return _json(await run_in_threadpool(overview))
+
+    async def api_dead(request: Request) -> Response:
+        queue = request.query_params.get("queue", "")
+        task_id = request.query_params.get("id")
+        if not queue:
+            return _json({"error": "name a queue: ?queue=NAME"}, 400)
+        if task_id is None:
+            return _json(await run_in_threadpool(dead_list, queue))
+        found = await run_in_threadpool(app.backend.dead_get, queue, task_id)
+        if found is None:
+            return _json({"error": "no such dead letter"}, 404)
+        return _json(views.letter(app, found))
+
+    async def api_task(request: Request) -> Response:
+        task_id = request.query_params.get("id", "").strip()
+        if not task_id:
+            return _json({"error": "give a task id: ?id=ID"}, 400)
+        return _json(await run_in_threadpool(views.lookup, app, task_id))
+
+    async def api_action(request: Request) -> Response:
+        try:
+            body = await request.json()
+            queue, task_id = str(body["queue"]), body.get("task_id")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return _json({"error": 'send {"queue": ..., "task_id": ...} as JSON'}, 400)
+        action = request.path_params["action"]
+        if action == "requeue":
+            if not task_id:
+                return _json({"error": "requeue needs a task_id"}, 400)
+            done = await run_in_threadpool(app.requeue_dead, queue, str(task_id))
+            return _json({"requeued": done}, 200 if done else 404)
+        purged = await run_in_threadpool(
+            app.backend.dead_purge, queue, None if task_id is None else str(task_id)
+        )
+        return _json({"purged": purged})
+
+    routes = [
+        Route("/", index),
+        Route("/api/overview", api_overview),
+        Route("/api/dead", api_dead),
+        Route("/api/task", api_task),
+        Route("/api/dead/{action:str}", api_action, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(Guard, auth=auth, pages=pages)])
+
+
+class Guard(BaseHTTPMiddleware):
+    """Applies :mod:`gatorapp.dashboard.auth` to every request."""
+
+    def __init__(self, app: Any, auth: Auth, pages: jinja2.Environment) -> None:
+        super().__init__(app)
+        self.auth = auth
+        self.pages = pages
+
+    def refuse(self, request: Request, status: int, why: str) -> Response:
+        if "text/html" in request.headers.get("accept", ""):
+            page = self.pages.get_template("refused.html").render(status=status, why=why)
+            response: Response = HTMLResponse(page, status)
+        else:
+            response = JSONResponse({"error": why}, status)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    async def dispatch(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        auth = self.auth
+        host = request.headers.get("host")
+        if not auth.host_ok(host):
+            return self.refuse(request, 403, "this dashboard answers on a loopback address only")
+        if auth.token is None and request.url.path.startswith("/static/"):
+            return await call_next(request)  # (the page's script and style: no data)
+        given = request.query_params.get("token")
+        if given is not None and request.method == "GET":
+            if not auth.token_ok(given):
+                return self.refuse(request, 401, "wrong token")
+            # Logged in: a session cookie, and the same page without the token.
+            url = request.url.remove_query_params("token")
+            response: Response = RedirectResponse(str(url), 303)
+            response.set_cookie(COOKIE, auth.new_session(), httponly=True, samesite="strict")
+            return response
+        bearer = auth.bearer(request.headers.get("authorization"))
+        sid = auth.session(request.cookies.get(COOKIE))
+        new_cookie = None
+        if not bearer and sid is None:
+            if auth.token is not None:
+                return self.refuse(request, 401, "log in: open this page with ?token=TOKEN")
+            if request.method == "GET":  # (no token: a session for CSRF only)
+                new_cookie = auth.new_session()
+                sid = auth.session(new_cookie)
+        if request.method not in ("GET", "HEAD") and not bearer:
+            csrf = request.headers.get(CSRF_HEADER, "")
+            if sid is None or not auth.origin_ok(request.headers.get("origin"), host):
+                return self.refuse(request, 403, "cross-site request refused")
+            if not auth.csrf_ok(sid, csrf):
+                return self.refuse(request, 403, "missing or wrong CSRF token")
+        request.state.sid = sid
+        response = await call_next(request)
+        if new_cookie is not None:
+            response.set_cookie(COOKIE, new_cookie, httponly=True, samesite="strict")
+        response.headers.update(SECURITY_HEADERS)
+        return response
