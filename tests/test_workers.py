@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from worker_proc import env_for, output, start_worker, stop, wait_for
@@ -148,3 +149,19 @@ def test_records_round_trip_and_damaged_ones_are_skipped() -> None:
         {"id": "t1", "name": "mod.fn", "queue": "a", "started": now - 1}
     ]
     assert decode_all([b"\x93junk", b"\xc1", info.encode()]) == [info]
+
+
+def test_a_worker_stopped_at_once_leaves_the_list_at_once(served) -> None:
+    app, record, env = served
+    a = start_worker(env, "--beat", "30")  # (its record would live 90 s)
+    try:
+        assert wait_for(lambda: a.pid in listed(app), 30)
+        record.delay("long", sleep=30.0)
+        ledger = Path(env["GATORAPP_TEST_LEDGER"])
+        assert wait_for(lambda: ledger.exists() and "start long" in ledger.read_text(), 30)
+    finally:
+        a.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        code, _ = stop(a, signal.SIGTERM)  # a second signal: at once, the task handed back
+    assert code == 128 + signal.SIGTERM
+    assert a.pid not in listed(app)
