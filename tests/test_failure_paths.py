@@ -255,10 +255,11 @@ def test_status_shows_unknown_counts_as_dashes(capsys):
 
     class Args:
         queues = ["default"]
+        json = watch = False
 
     cmd_status(app, Args())
     out = capsys.readouterr().out.splitlines()
-    assert out[1].split() == ["default", "0", "-", "-", "0"]
+    assert out[1].split() == ["default", "0", "-", "-", "0", "-"]
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), 10**30, -1])
