@@ -240,22 +240,30 @@ def rejected(exc: Rejected, data: bytes, registry: Registry) -> Settlement:
     return undeliverable(exc.reason, exc.error, data, registry)
 
 
-def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
-    """Run one attempt of a decoded task and say what the backend must do.
+Attempt = Callable[[Task, TaskDef, Registry], Settlement]
 
-    Never raises for anything the task does: a task that ends the attempt with
-    ``SystemExit`` or ``KeyboardInterrupt`` is a ``crashed`` dead letter. In a
-    process that traces (see :mod:`gatorapp.tracing`), it runs in a span.
-    """
-    if tracing.tracer() is None:
-        return _attempt(task, tdef, registry)
+
+def choose_attempt() -> Attempt:
+    """:func:`attempt`, or :func:`traced_attempt` in a process that traces
+    (see :mod:`gatorapp.tracing`): a worker asks once, when it starts, so an
+    untraced worker pays nothing per task for tracing."""
+    return attempt if tracing.tracer() is None else traced_attempt
+
+
+def traced_attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
+    """:func:`attempt` in a CONSUMER span of the enqueuer's trace."""
     with tracing.consumer(task) as span:
-        settled = _attempt(task, tdef, registry)
+        settled = attempt(task, tdef, registry)
         tracing.finish(span, settled)
         return settled
 
 
-def _attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
+def attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
+    """Run one attempt of a decoded task and say what the backend must do.
+
+    Never raises for anything the task does: a task that ends the attempt with
+    ``SystemExit`` or ``KeyboardInterrupt`` is a ``crashed`` dead letter.
+    """
     hooks = registry.hooks_for(task, tdef)
     clock = time.perf_counter
     t0 = clock()
@@ -363,4 +371,4 @@ def execute(data: bytes, registry: Registry, max_payload: int | None = None) -> 
         task, tdef = registry.decode(data, max_payload)
     except Rejected as exc:
         return rejected(exc, data, registry)
-    return attempt(task, tdef, registry)
+    return choose_attempt()(task, tdef, registry)

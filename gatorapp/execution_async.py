@@ -14,7 +14,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from . import tracing
@@ -110,19 +110,27 @@ async def run_attempt_async(task: Task, tdef: TaskDef, hooks: Hooks, max_attempt
     return Outcome("success", result=result)
 
 
-async def attempt_async(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
-    """:func:`gatorapp.execution.attempt` for a coroutine function: never
-    raises for anything the task does. Cancelled from outside (the worker
-    stopping at once), it raises CancelledError; the task runs again later."""
-    if tracing.tracer() is None:
-        return await _attempt_async(task, tdef, registry)
+AsyncAttempt = Callable[[Task, TaskDef, Registry], Awaitable[Settlement]]
+
+
+def choose_attempt_async() -> AsyncAttempt:
+    """:func:`attempt_async`, or :func:`traced_attempt_async` in a process
+    that traces (see :func:`gatorapp.execution.choose_attempt`)."""
+    return attempt_async if tracing.tracer() is None else traced_attempt_async
+
+
+async def traced_attempt_async(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
+    """:func:`attempt_async` in a CONSUMER span of the enqueuer's trace."""
     with tracing.consumer(task) as span:
-        settled = await _attempt_async(task, tdef, registry)
+        settled = await attempt_async(task, tdef, registry)
         tracing.finish(span, settled)
         return settled
 
 
-async def _attempt_async(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
+async def attempt_async(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
+    """:func:`gatorapp.execution.attempt` for a coroutine function: never
+    raises for anything the task does. Cancelled from outside (the worker
+    stopping at once), it raises CancelledError; the task runs again later."""
     t0 = time.perf_counter()
     try:
         hooks = registry.hooks_for(task, tdef)

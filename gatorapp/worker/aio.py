@@ -26,7 +26,7 @@ from collections.abc import Callable
 from ..backends import Reservation
 from ..envelope import Task
 from ..execution import Settlement
-from ..execution_async import attempt_async
+from ..execution_async import choose_attempt_async
 from ..registry import Registry, TaskDef
 from ..tally import Tally
 from .held import fields
@@ -58,6 +58,8 @@ class AsyncRunner:
         self.running = running or Running()
         #: counts for metrics (None: metrics off)
         self.tally: Tally | None = None
+        #: runs one attempt (in a span, in a process that traces)
+        self.attempt = choose_attempt_async()
         self.concurrency = concurrency
         self.done = done
         self.progress = progress
@@ -195,7 +197,7 @@ class AsyncRunner:
         if self.tally is not None:
             self.tally.started(r.queue, task.name)
         try:
-            settlement = await attempt_async(task, tdef, self.registry)
+            settlement = await self.attempt(task, tdef, self.registry)
         except asyncio.CancelledError:
             self._finish(time.perf_counter() - t0)
             raise

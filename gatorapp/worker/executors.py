@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from ..backends import Reservation
 from ..errors import Rejected
-from ..execution import Settlement, attempt, rejected, time_limit, undeliverable
+from ..execution import Settlement, choose_attempt, rejected, time_limit, undeliverable
 from ..registry import Registry
 from ..tally import Tally
 from .aio import AsyncRunner
@@ -59,6 +59,8 @@ class Runner:
         self.running = running or Running()
         #: counts for metrics (None: metrics off)
         self.tally: Tally | None = None
+        #: runs one attempt (in a span, in a process that traces)
+        self.attempt = choose_attempt()
         #: stops a sync task at its timeout by ending the process (supervised only)
         self.watch: Watchdog | None = None
         self.handed = 0  # async tasks handed to the loop (see Worker._observe)
@@ -127,11 +129,11 @@ class Runner:
                 limit = time_limit(task, tdef)
                 if limit is not None:
                     watch.started(r, task, tdef, limit)
-                    outcome = attempt(task, tdef, self.registry)
+                    outcome = self.attempt(task, tdef, self.registry)
                     if watch.finished(r):  # (else the watchdog recorded its timeout)
                         self.outbox.add(r, outcome)
                     return True
-            self.outbox.add(r, attempt(task, tdef, self.registry))
+            self.outbox.add(r, self.attempt(task, tdef, self.registry))
             return True
         finally:
             del running[key]
