@@ -12,7 +12,8 @@
 
 Only this module imports OpenTelemetry, once, on first use. Without it every
 function here returns at once (one test of a module-level value); with the
-API but no tracer provider, a worker starts no span.
+API but no tracer provider, a worker starts no span. A worker asks
+:func:`tracer` once, when it starts (``gatorapp.execution.choose_attempt``).
 """
 
 from __future__ import annotations
