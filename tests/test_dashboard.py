@@ -158,6 +158,14 @@ def test_the_api_says_what_it_needs(dashboard) -> None:
         assert http.get("/api/dead").status_code == 400
         assert http.get("/api/task").status_code == 400
         assert http.get("/api/dead?queue=default&id=nope").status_code == 404
+        csrf = http.get("/").text.split('name="csrf-token" content="')[1].split('"')[0]
+        headers = {"X-CSRF-Token": csrf}
+        body = {"queue": "default"}
+        assert http.post("/api/dead/drop", json=body, headers=headers).status_code == 404
+        bad = http.post("/api/dead/purge", content=b"[1,", headers=headers)
+        assert bad.status_code == 400
+        missing = http.post("/api/dead/requeue", json=body, headers=headers)
+        assert missing.status_code == 400
 
 
 # -- in a real browser -----------------------------------------------------------------
@@ -198,6 +206,15 @@ def test_the_page_end_to_end(served, browser) -> None:
         row.wait_for(timeout=15000)
         cells = row.locator("td").all_text_contents()
         assert cells[:5] == ["default", "0", "1", "0", "1"]
+        # Live: a task enqueued now shows up without a reload.
+        url_before = page.url
+        add.options(delay_by=3600).delay(2, 2)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#queues tbody tr td:nth-child(3)')]"
+            ".some(td => td.textContent === '2')",
+            timeout=15000,
+        )
+        assert page.url == url_before
         add.delay(1, 2)
         add.starmap([(i, i) for i in range(50)])
         page.locator("#workers tbody tr", has_text=str(worker.pid)).wait_for(timeout=15000)
@@ -211,6 +228,13 @@ def test_the_page_end_to_end(served, browser) -> None:
         assert "exploded" in page.locator("#letter-error").inner_text()
         assert page.evaluate("window.__pwned") is None
         assert page.locator("#letter img").count() == 0 and page.locator("main script").count() == 0
+        # The dead task looked up by id: how it failed, with its traceback.
+        page.fill("#lookup-id", letter.id)
+        page.click("#lookup button")
+        page.locator("#task-fields", has_text="dead").wait_for(timeout=15000)
+        assert "ValueError" in page.locator("#task-fields").inner_text()
+        assert "Traceback" in page.locator("#task-traceback").inner_text()
+        assert page.locator("#task img").count() == 0
         time.sleep(6)  # (a few points on the throughput chart)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)

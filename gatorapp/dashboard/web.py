@@ -159,12 +159,14 @@ def build(app: App, token: str | None) -> Starlette:
         return _json(await run_in_threadpool(views.lookup, app, task_id))
 
     async def api_action(request: Request) -> Response:
+        action = request.path_params["action"]
+        if action not in ("requeue", "purge"):
+            return _json({"error": f"no action {action!r}: requeue or purge"}, 404)
         try:
             body = await request.json()
             queue, task_id = str(body["queue"]), body.get("task_id")
         except (ValueError, KeyError, TypeError, AttributeError):
             return _json({"error": 'send {"queue": ..., "task_id": ...} as JSON'}, 400)
-        action = request.path_params["action"]
         if action == "requeue":
             if not task_id:
                 return _json({"error": "requeue needs a task_id"}, 400)
