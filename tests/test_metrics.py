@@ -191,3 +191,36 @@ def test_metrics_without_prometheus_client_say_what_to_install(tmp_path: Path) -
     )
     assert done.returncode == 2, done.stderr
     assert 'pip install "gatorapp[metrics]"' in done.stderr
+
+
+def test_async_tasks_and_threads_are_counted_alike() -> None:
+    import asyncio
+
+    from gatorapp import Worker
+    from gatorapp.metrics import families
+    from gatorapp.tally import Tally
+
+    app = App("memory://")
+
+    @app.task
+    async def wait(i: int) -> int:
+        await asyncio.sleep(0)
+        return i
+
+    @app.task(retries=0)
+    def fail(i: int) -> None:
+        raise ValueError(i)
+
+    tally = Tally()
+    wait.map(range(40))
+    fail.map(range(10))
+    Worker(app, burst=True, concurrency=4, tally=tally).run_forever()
+    got = {f.name: f for f in families(tally.snapshot())}
+
+    def value(name: str, task: str) -> float:
+        return sum(s.value for s in got[name].samples if s.labels.get("task") == task)
+
+    assert value("gatorapp_tasks_started", wait.name) == 40
+    assert value("gatorapp_tasks_succeeded", wait.name) == 40
+    assert value("gatorapp_tasks_failed", fail.name) == 10
+    assert value("gatorapp_tasks_dead", fail.name) == 10
