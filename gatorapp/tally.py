@@ -115,11 +115,14 @@ class Tally:
     def snapshot(self) -> dict[str, Any]:
         """The counts as plain data (msgpack-able): ``rows`` of ``[queue, name,
         *counts]`` and ``dead`` of ``[queue, name, reason, n]``."""
+        # (A copy first: a worker's thread may add a row while this runs.)
+        rows = self.rows.copy()
         with self.lock:
-            return {
-                "rows": [[q, n, *row] for (q, n), row in self.rows.items()],
-                "dead": [[q, n, r, c] for (q, n, r), c in self.dead.items()],
-            }
+            dead = self.dead.copy()
+        return {
+            "rows": [[q, n, *row] for (q, n), row in rows.items()],
+            "dead": [[q, n, r, c] for (q, n, r), c in dead.items()],
+        }
 
 
 def merge(snapshots: list[dict[str, Any]]) -> dict[str, Any]:

@@ -108,6 +108,9 @@ def test_a_token_is_required_beyond_loopback_and_then_on_every_request(served) -
             posted = http.post("/api/dead/requeue", json={"queue": "default", "task_id": "x"})
             assert posted.status_code == 401
             assert http.get("/?token=wrong").status_code == 401
+            assert http.get("/?token=w\u00e9rong").status_code == 401  # (not a 500)
+            bad_cookie = {"Cookie": "gatorapp_session=a.\u00e9".encode()}
+            assert http.get("/api/overview", headers=bad_cookie).status_code == 401
             bearer = {"Authorization": f"Bearer {TOKEN}"}
             for path in gets:
                 assert http.get(path, headers=bearer).status_code == 200, path
@@ -162,6 +165,7 @@ def test_the_api_says_what_it_needs(dashboard) -> None:
         headers = {"X-CSRF-Token": csrf}
         body = {"queue": "default"}
         assert http.post("/api/dead/drop", json=body, headers=headers).status_code == 404
+        assert http.get("/api/dead?queue=" + "q" * 300).status_code == 400
         bad = http.post("/api/dead/purge", content=b"[1,", headers=headers)
         assert bad.status_code == 400
         missing = http.post("/api/dead/requeue", json=body, headers=headers)

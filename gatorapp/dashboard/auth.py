@@ -31,6 +31,14 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 COOKIE = "gatorapp_session"
+
+
+def same(a: str, b: str) -> bool:
+    """Constant-time equality of two texts (any characters: compared as UTF-8,
+    since ``hmac.compare_digest`` refuses non-ASCII str)."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 CSRF_HEADER = "x-csrf-token"
 TOKEN_ENV = "GATORAPP_DASHBOARD_TOKEN"
 
@@ -72,7 +80,7 @@ class Auth:
         if not cookie or "." not in cookie:
             return None
         sid, _, sig = cookie.partition(".")
-        if hmac.compare_digest(sig, self._sign("session:" + sid)):
+        if same(sig, self._sign("session:" + sid)):
             return sid
         return None
 
@@ -80,10 +88,10 @@ class Auth:
         return self._sign("csrf:" + sid)
 
     def csrf_ok(self, sid: str, given: str) -> bool:
-        return hmac.compare_digest(given, self.csrf(sid))
+        return same(given, self.csrf(sid))
 
     def token_ok(self, given: str | None) -> bool:
-        return bool(self.token and given and hmac.compare_digest(given, self.token))
+        return bool(self.token and given and same(given, self.token))
 
     def bearer(self, header: str | None) -> bool:
         """Whether an Authorization header carries the token."""

@@ -27,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import views
 from ..app import App
+from ..errors import ConfigurationError
 from ..workers import NotAvailable
 from .auth import COOKIE, CSRF_HEADER, Auth
 
@@ -93,6 +94,14 @@ def build(app: App, token: str | None) -> Starlette:
     )
     throughput = Throughput()
 
+    def valid_queue(queue: str) -> bool:
+        """The backend's own rules for a queue name (a key it would build)."""
+        try:
+            app.check_queue(queue)
+        except ConfigurationError:
+            return False
+        return True
+
     def overview() -> dict[str, Any]:
         queues = list(dict.fromkeys(app.queues() + app.backend.known_queues()))
         look: dict[str, Any] = {"time": time.time(), "backend": app.backend.describe()}
@@ -145,6 +154,8 @@ def build(app: App, token: str | None) -> Starlette:
         task_id = request.query_params.get("id")
         if not queue:
             return _json({"error": "name a queue: ?queue=NAME"}, 400)
+        if not valid_queue(queue):
+            return _json({"error": "not a queue name"}, 400)
         if task_id is None:
             return _json(await run_in_threadpool(dead_list, queue))
         found = await run_in_threadpool(app.backend.dead_get, queue, task_id)
@@ -167,6 +178,8 @@ def build(app: App, token: str | None) -> Starlette:
             queue, task_id = str(body["queue"]), body.get("task_id")
         except (ValueError, KeyError, TypeError, AttributeError):
             return _json({"error": 'send {"queue": ..., "task_id": ...} as JSON'}, 400)
+        if not valid_queue(queue):
+            return _json({"error": "not a queue name"}, 400)
         if action == "requeue":
             if not task_id:
                 return _json({"error": "requeue needs a task_id"}, 400)
