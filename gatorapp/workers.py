@@ -62,6 +62,8 @@ class WorkerInfo:
     failed: int = 0
     running: list[RunningTask] = field(default_factory=list)
     async_concurrency: int = 0
+    #: deliveries settled per queue (acked, retried or buried) since it started
+    settled: dict[str, int] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> int:
@@ -84,6 +86,7 @@ class WorkerInfo:
                 "done": self.done,
                 "failed": self.failed,
                 "running": [[t.task_id, t.name, t.queue, t.started] for t in self.running],
+                "settled": self.settled,
             }
         )
 
@@ -108,6 +111,7 @@ class WorkerInfo:
                 running=[
                     RunningTask(str(i), str(n), str(q), float(s)) for i, n, q, s in d["running"]
                 ],
+                settled={str(q): int(n) for q, n in (d.get("settled") or {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DecodeError(f"not a worker record: {exc!r}") from None
@@ -131,6 +135,7 @@ class WorkerInfo:
                 {"id": t.task_id, "name": t.name, "queue": t.queue, "started": t.started}
                 for t in self.running
             ],
+            "settled": self.settled,
         }
 
 

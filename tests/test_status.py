@@ -20,8 +20,9 @@ from worker_proc import env_for, start_worker, stop
 
 from gatorapp import App
 from gatorapp.cli import status
-from gatorapp.cli.status_view import Rates, render
+from gatorapp.cli.status_view import render
 from gatorapp.errors import MissingDependencyError
+from gatorapp.views import Rates
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -188,3 +189,26 @@ def test_watch_without_rich_says_what_to_install(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(sys.modules, "rich.live", None)
     with pytest.raises(MissingDependencyError, match=r'pip install "gatorapp\[cli\]"'):
         status.live(App("memory://"), ["default"], 1.0)
+
+
+def test_rates_from_successive_looks() -> None:
+    def look(t: float, backlog: int, workers: list[tuple[str, int, dict[str, int]]]):
+        return {
+            "time": t,
+            "queues": [{"queue": "q", "ready": backlog, "delayed": 0}],
+            "workers": [{"id": w, "done": d, "settled": s} for w, d, s in workers],
+        }
+
+    rates = Rates()
+    assert rates.out() == {} and rates.finished() == {} and rates.backlog() == {}
+    rates.add(look(100.0, 500, [("a", 0, {})]))
+    rates.add(look(102.0, 300, [("a", 100, {"q": 100})]))
+    # b appears: it counts from its first look, not from zero
+    rates.add(look(104.0, 100, [("a", 200, {"q": 200}), ("b", 1000, {"q": 1000})]))
+    rates.add(look(105.0, 0, [("a", 250, {"q": 250}), ("b", 1100, {"q": 1100})]))
+    assert rates.finished() == {"a": 50.0, "b": 100.0}
+    assert rates.out() == {"q": 150.0}
+    assert rates.backlog() == {"q": -100.0}
+    # a worker that leaves takes nothing away
+    rates.add(look(106.0, 0, [("b", 1200, {"q": 1200})]))
+    assert rates.out() == {"q": 100.0}

@@ -138,7 +138,8 @@ def live(app: App, queues: Sequence[str], interval: float) -> None:
         raise MissingDependencyError(
             'gatorapp status --watch needs rich: pip install "gatorapp[cli]"'
         ) from None
-    from .status_view import Rates, render  # (rich is there: imported only now)
+    from ..views import Rates
+    from .status_view import render  # (rich is there: imported only now)
 
     rates = Rates()
     look = read(app, queues)

@@ -8,57 +8,15 @@ markup), so a queue name or task name cannot style or break the screen.
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from ..views import Rates
 from ..workers import age as since
 from .common import safe
-
-#: seconds of samples a rate is taken over
-RATE_WINDOW = 10.0
-
-
-class Rates:
-    """Tasks per second over the last :data:`RATE_WINDOW` seconds, from
-    successive looks: tasks finished (the live workers' ``done`` counts) and,
-    per queue, how fast its backlog (ready and delayed) grows or shrinks."""
-
-    def __init__(self) -> None:
-        self.samples: deque[tuple[float, dict[str, int], dict[str, int]]] = deque()
-
-    def add(self, look: dict[str, Any]) -> None:
-        t = look["time"]
-        backlog = {r["queue"]: r["ready"] + r["delayed"] for r in look["queues"]}
-        done = {w["id"]: w["done"] for w in look["workers"] or []}
-        self.samples.append((t, backlog, done))
-        while len(self.samples) > 2 and t - self.samples[0][0] > RATE_WINDOW:
-            self.samples.popleft()
-
-    def finished(self) -> dict[str, float]:
-        """Tasks/s finished by each worker (by id), over the window; a worker
-        that appeared during it counts from its first look."""
-        if len(self.samples) < 2:
-            return {}
-        t1, _, done1 = self.samples[-1]
-        out = {}
-        for wid, n in done1.items():
-            t0, first = next((t, done[wid]) for t, _, done in self.samples if wid in done)
-            out[wid] = (n - first) / (t1 - t0) if t1 > t0 else 0.0
-        return out
-
-    def backlog(self) -> dict[str, float]:
-        """Change of each queue's backlog per second (negative: it drains)."""
-        if len(self.samples) < 2:
-            return {}
-        t0, backlog0, _ = self.samples[0]
-        t1, backlog1, _ = self.samples[-1]
-        if t1 <= t0:
-            return {}
-        return {q: (n - backlog0.get(q, n)) / (t1 - t0) for q, n in backlog1.items()}
 
 
 def _t(value: object, style: str = "") -> Text:
@@ -97,10 +55,12 @@ def render(look: dict[str, Any], rates: Rates) -> Group:
         ("running", "right"),
         ("dead", "right"),
         ("oldest", "right"),
+        ("out/s", "right"),
         ("backlog", "right"),
     ):
         queues.add_column(name, justify=justify)  # type: ignore[arg-type]
     change = rates.backlog()
+    out = rates.out()
     for r in look["queues"]:
         late = r["age"]
         queues.add_row(
@@ -110,6 +70,7 @@ def render(look: dict[str, Any], rates: Rates) -> Group:
             _t(r["running"]),
             _t(r["dead"], "red" if r["dead"] else ""),
             _t("-" if late is None else since(time.time() - late), "yellow" if late else "dim"),
+            _t(f"{out[r['queue']]:.1f}" if r["queue"] in out else "-"),
             _rate(change.get(r["queue"])),
         )
     parts: list[Any] = [head, Text(""), queues]

@@ -93,6 +93,7 @@ def build(app: App, token: str | None) -> Starlette:
         autoescape=True,  # (every value drawn into a page is escaped)
     )
     throughput = Throughput()
+    rates, rates_lock = views.Rates(), threading.Lock()
 
     def valid_queue(queue: str) -> bool:
         """The backend's own rules for a queue name (a key it would build)."""
@@ -105,7 +106,7 @@ def build(app: App, token: str | None) -> Starlette:
     def overview() -> dict[str, Any]:
         queues = list(dict.fromkeys(app.queues() + app.backend.known_queues()))
         look: dict[str, Any] = {"time": time.time(), "backend": app.backend.describe()}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for q in queues:
             s = app.backend.stats(q)
             age = None if s.oldest is None else max(0.0, look["time"] - s.oldest)
@@ -119,6 +120,11 @@ def build(app: App, token: str | None) -> Starlette:
         except NotAvailable:
             look["workers"] = None
         look["chart"] = throughput.add(look["workers"] or [], look["time"])
+        with rates_lock:  # (tasks out of each queue per second, over the last looks)
+            rates.add(look)
+            out = rates.out()
+        for row in rows:
+            row["out"] = out.get(row["queue"])
         look["results"] = app.producer.results is not None
         return look
 

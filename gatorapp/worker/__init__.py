@@ -345,6 +345,7 @@ class Worker:
             version=version,
             running=self._running,
             counts=lambda: (outbox.completed, outbox.completed - outbox.succeeded),
+            settled=outbox.settled.copy,
             beat=self.beat,
         )
 

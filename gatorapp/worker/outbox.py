@@ -97,6 +97,9 @@ class Outbox:
         #: and a task buried as worker_lost are not attempts)
         self.completed = 0
         self.succeeded = 0  # attempts that succeeded (the rest failed)
+        #: deliveries settled per queue (acked, retried or buried), for the
+        #: worker's record: a queue's rate of tasks out (see gatorapp.workers)
+        self.settled: dict[str, int] = {}
         self._debug = log.isEnabledFor(logging.DEBUG)
         #: counts for metrics (None: metrics off)
         self.tally: Tally | None = None
@@ -166,6 +169,8 @@ class Outbox:
     def _add(self, r: Reservation, s: Settlement, kind: str) -> None:
         if self.tally is not None:  # (under the lock when shared: see Tally)
             self.tally.outcome(r.queue, s)
+        settled = self.settled
+        settled[r.queue] = settled.get(r.queue, 0) + 1
         if not (self._acks or self._retries or self._buries):
             self._first = time.monotonic()
         if kind == "success":

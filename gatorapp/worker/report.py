@@ -57,6 +57,7 @@ class Reporter:
         running: Running,
         counts: Callable[[], tuple[int, int]],
         beat: float,
+        settled: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.store = store
         self.worker_id = worker_id
@@ -66,6 +67,7 @@ class Reporter:
         self.version = version
         self.running = running
         self.counts = counts
+        self.settled = settled
         self.beat = beat
         self.started = time.time()
         self._stop = threading.Event()
@@ -88,6 +90,7 @@ class Reporter:
             done=done,
             failed=failed,
             running=self.running.snapshot(),
+            settled=self.settled(),
         )
 
     def start(self) -> None:

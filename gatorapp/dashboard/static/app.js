@@ -88,7 +88,8 @@ function renderQueues(look) {
   const rows = look.queues.map((q) => {
     const tr = el("tr");
     tr.append(el("td", q.queue), el("td", q.ready, "n"), el("td", q.delayed, "n"),
-      el("td", q.running, "n"), el("td", q.dead, q.dead ? "n bad" : "n"), el("td", age(q.age), "n"));
+      el("td", q.running, "n"), el("td", q.dead, q.dead ? "n bad" : "n"), el("td", age(q.age), "n"),
+      el("td", q.out === null || q.out === undefined ? "–" : q.out.toFixed(q.out < 10 ? 1 : 0), "n"));
     tr.dataset.queue = q.queue;
     return tr;
   });
