@@ -117,7 +117,7 @@ def test_a_token_is_required_beyond_loopback_and_then_on_every_request(served) -
         # A person: ?token= once, then the session cookie.
         with httpx.Client(base_url=base) as http:
             login = http.get(f"/?token={TOKEN}")
-            assert login.status_code == 303 and login.headers["location"] == f"{base}/"
+            assert login.status_code == 200 and 'content="0; url=./"' in login.text
             assert "httponly" in login.headers["set-cookie"].lower()
             assert "samesite=strict" in login.headers["set-cookie"].lower()
             assert http.get("/api/overview").status_code == 200  # (the cookie)
@@ -162,7 +162,11 @@ def test_the_api_says_what_it_needs(dashboard) -> None:
         headers = {"X-CSRF-Token": csrf}
         body = {"queue": "default"}
         assert http.post("/api/dead/drop", json=body, headers=headers).status_code == 404
-        bad = http.post("/api/dead/purge", content=b"[1,", headers=headers)
+        bad = http.post(
+            "/api/dead/purge",
+            content=b"[1,",
+            headers={**headers, "Content-Type": "application/json"},
+        )
         assert bad.status_code == 400
         missing = http.post("/api/dead/requeue", json=body, headers=headers)
         assert missing.status_code == 400
@@ -259,14 +263,28 @@ def test_the_page_end_to_end(served, browser) -> None:
 def test_logging_in_with_the_token_in_a_browser(served, browser) -> None:
     env = {**served[3], "GATORAPP_DASHBOARD_TOKEN": TOKEN}
     proc, port = start_dashboard(env, "--host", "0.0.0.0")
+    base = f"http://127.0.0.1:{port}"
     try:
         page = browser.new_page()
-        refused = page.goto(f"http://127.0.0.1:{port}/")
+        refused = page.goto(f"{base}/")
         assert refused is not None and refused.status == 401
         assert "?token=" in page.content()
-        page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
-        assert page.url == f"http://127.0.0.1:{port}/"  # the token is out of the address
+        page.goto(f"{base}/?token={TOKEN}")
+        page.wait_for_url(f"{base}/")  # the token is out of the address
         page.locator("#queues tbody tr", has_text="default").wait_for(timeout=15000)
         assert "connecting" not in page.locator("#updated").inner_text()
+        # Another site's link with the token (a chat, a wiki): the browser sends
+        # no SameSite=Strict cookie along a journey another site started, so
+        # the dashboard's own page moves on to the dashboard.
+        other = browser.new_context().new_page()
+        other.goto(f"http://localhost:{port}/")  # (another site than 127.0.0.1)
+        other.evaluate(
+            "url => { const a = document.createElement('a'); a.id = 'go'; a.href = url;"
+            " a.textContent = 'dashboard'; document.body.append(a); }",
+            f"{base}/?token={TOKEN}",
+        )
+        other.click("#go")
+        other.wait_for_url(f"{base}/")
+        other.locator("#queues tbody tr", has_text="default").wait_for(timeout=15000)
     finally:
         stop(proc)

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from starlette.applications import Starlette
@@ -21,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -209,19 +210,26 @@ class Guard(BaseHTTPMiddleware):
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         auth = self.auth
+        response: Response
         host = request.headers.get("host")
         if not auth.host_ok(host):
             return self.refuse(request, 403, "this dashboard answers on a loopback address only")
         if auth.token is None and request.url.path.startswith("/static/"):
-            return await call_next(request)  # (the page's script and style: no data)
+            response = await call_next(request)  # (the page's script and style: no data)
+            response.headers.update(SECURITY_HEADERS)
+            return response
         given = request.query_params.get("token")
-        if given is not None and request.method == "GET":
+        if given is not None and auth.token is not None and request.method == "GET":
             if not auth.token_ok(given):
                 return self.refuse(request, 401, "wrong token")
-            # Logged in: a session cookie, and the same page without the token.
-            url = request.url.remove_query_params("token")
-            response: Response = RedirectResponse(str(url), 303)
-            response.set_cookie(COOKIE, auth.new_session(), httponly=True, samesite="strict")
+            # Logged in: a session cookie, and on to the same page without the
+            # token. Not by a 303: a browser that came by a link from another
+            # site would not send a SameSite=Strict cookie along the redirect
+            # (nor on a reload); a page of this site moving on does.
+            page = self.pages.get_template("welcome.html").render(to=_without_token(request))
+            response = HTMLResponse(page)
+            _set_session(request, response, auth.new_session())
+            response.headers.update(SECURITY_HEADERS)
             return response
         bearer = auth.bearer(request.headers.get("authorization"))
         sid = auth.session(request.cookies.get(COOKIE))
@@ -232,15 +240,35 @@ class Guard(BaseHTTPMiddleware):
             if request.method == "GET":  # (no token: a session for CSRF only)
                 new_cookie = auth.new_session()
                 sid = auth.session(new_cookie)
-        if request.method not in ("GET", "HEAD") and not bearer:
-            csrf = request.headers.get(CSRF_HEADER, "")
-            if sid is None or not auth.origin_ok(request.headers.get("origin"), host):
+        if request.method not in ("GET", "HEAD"):
+            headers = request.headers
+            if not auth.same_origin(headers.get("origin"), headers.get("referer"), host):
                 return self.refuse(request, 403, "cross-site request refused")
-            if not auth.csrf_ok(sid, csrf):
+            media = headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media != "application/json":
+                return self.refuse(request, 415, "send JSON: Content-Type: application/json")
+            if not bearer and (sid is None or not auth.csrf_ok(sid, headers.get(CSRF_HEADER, ""))):
                 return self.refuse(request, 403, "missing or wrong CSRF token")
         request.state.sid = sid
         response = await call_next(request)
         if new_cookie is not None:
-            response.set_cookie(COOKIE, new_cookie, httponly=True, samesite="strict")
+            _set_session(request, response, new_cookie)
         response.headers.update(SECURITY_HEADERS)
         return response
+
+
+def _without_token(request: Request) -> str:
+    """The page asked for, without ``?token=``, as a relative reference: right
+    over https behind a proxy (uvicorn may see http) and under a path prefix
+    the proxy strips, where an absolute URL built from this request is not."""
+    last = request.url.path.rsplit("/", 1)[-1]
+    rest = request.url.remove_query_params("token").query
+    return "./" + quote(last) + ("?" + rest if rest else "")
+
+
+def _set_session(request: Request, response: Response, value: str) -> None:
+    # (Secure when the page is https: uvicorn takes the scheme from a proxy's
+    # X-Forwarded-Proto when the proxy is on this machine)
+    response.set_cookie(
+        COOKIE, value, httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )
