@@ -13,6 +13,7 @@ import pytest
 from gatorapp import App
 from gatorapp.dashboard import create
 from gatorapp.dashboard.auth import COOKIE, Auth, is_loopback
+from gatorapp.dashboard.web import CHART_SECONDS, Throughput
 
 TOKEN = "t0ken-for-the-tests-0123"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -193,3 +194,22 @@ def test_pages_carry_the_security_headers() -> None:
             assert headers["x-frame-options"] == "DENY"
 
     run(None, body)
+
+
+def test_throughput_counts_finished_tasks_per_second() -> None:
+    t = Throughput()
+
+    def worker(wid: str, done: int) -> dict[str, object]:
+        return {"id": wid, "done": done}
+
+    assert t.add([worker("a", 100)], 1000.0) == []  # (a worker counts from when it is seen)
+    assert t.add([worker("a", 110)], 1002.0) == [[1002.0, 5.0]]
+    # One more worker, one gone: what each finished since it was last seen.
+    chart = t.add([worker("b", 7)], 1004.0)
+    assert chart[-1] == [1004.0, 0.0]
+    chart = t.add([worker("b", 11), worker("c", 0)], 1006.0)
+    assert chart[-1] == [1006.0, 2.0]
+    # Looks closer together than a page polls add no point.
+    assert len(t.add([worker("b", 11)], 1006.5)) == len(chart)
+    # After a long while with no page open the chart starts afresh.
+    assert t.add([worker("b", 20)], 1006.0 + CHART_SECONDS + 60) == []

@@ -34,6 +34,8 @@ from .auth import COOKIE, CSRF_HEADER, Auth
 HERE = Path(__file__).parent
 #: seconds of throughput the chart shows, and the spacing of its points
 CHART_SECONDS, CHART_STEP = 600, 2.0
+#: the closest two points may be (pages poll every CHART_STEP, give or take)
+MIN_GAP = CHART_STEP * 0.8
 #: dead letters listed per queue (the oldest first; the page says how many more)
 LETTERS = 50
 
@@ -64,7 +66,8 @@ class Throughput:
         self.lock = threading.Lock()
         self.last: dict[str, int] = {}
         self.total = 0
-        self.points: deque[tuple[float, int]] = deque(maxlen=int(CHART_SECONDS / CHART_STEP))
+        # (room for the whole window at the closest spacing `add` allows)
+        self.points: deque[tuple[float, int]] = deque(maxlen=int(CHART_SECONDS / MIN_GAP) + 1)
 
     def add(self, workers: list[dict[str, Any]], now: float) -> list[list[float]]:
         with self.lock:
@@ -75,9 +78,12 @@ class Throughput:
                     self.total += w["done"] - before
                 seen[w["id"]] = w["done"]
             self.last = seen
-            # (a page polls every CHART_STEP seconds, give or take a little)
-            if not self.points or now - self.points[-1][0] >= CHART_STEP * 0.8:
+            if not self.points or now - self.points[-1][0] >= MIN_GAP:
                 self.points.append((now, self.total))
+            # Only the last CHART_SECONDS: after a while with no page open the
+            # chart starts afresh rather than spanning the gap.
+            while self.points and self.points[0][0] < now - CHART_SECONDS:
+                self.points.popleft()
             pts = list(self.points)
         return [
             [t1, round((n1 - n0) / (t1 - t0), 2)]
@@ -110,7 +116,9 @@ def build(app: App, token: str | None) -> Starlette:
             look["workers"] = [w.to_dict() for w in app.workers()]
         except NotAvailable:
             look["workers"] = None
-        look["chart"] = throughput.add(look["workers"] or [], look["time"])
+        # (None: no worker counts to take a throughput from)
+        workers = look["workers"]
+        look["chart"] = None if workers is None else throughput.add(workers, look["time"])
         look["results"] = app.producer.results is not None
         return look
 
