@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -35,21 +37,48 @@ CHROMIUM_ARGS = [
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def served(tmp_path: Path):
-    url = f"sqlite:///{tmp_path}/queue.db"
-    app = App(url, results=True)
+@dataclass
+class Served:
+    """A queue the dashboard shows, and this process's handles on it."""
 
-    # Same names as tests/apps/dashboard_app.py; this process only enqueues.
+    app: App
+    env: dict[str, str]
+    add: Any
+    explode: Any
+    hold: Any
+    fixed: Path  # (exists: explode succeeds, a fix deployed)
+    release: Path  # (exists: hold returns)
+
+
+@pytest.fixture
+def dash_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite, unless a test asks for ``redis`` (indirect parametrization)."""
+    if getattr(request, "param", "sqlite") == "redis":
+        return str(request.getfixturevalue("redis_url"))
+    return f"sqlite:///{tmp_path}/queue.db"
+
+
+@pytest.fixture
+def served(dash_url: str, tmp_path: Path) -> Iterator[Served]:
+    app = App(dash_url, results=True)
+
+    # Same names as tests/apps/dashboard_app.py; a worker process runs them,
+    # and this process only enqueues (or drains, for letters that must die).
     @app.task(name="dashboard_app.add")
     def add(a, b): ...
 
     @app.task(name="dashboard_app.explode", retries=0)
-    def explode(note): ...
+    def explode(note):
+        raise ValueError(f"exploded: {note}")
+
+    @app.task(name="dashboard_app.hold")
+    def hold(seconds): ...
 
     app.backend.stats("default")  # (the database exists: a dashboard never creates one)
-    env = env_for(url, tmp_path / "ledger.txt")
-    return app, add, explode, env, tmp_path / "ledger.txt.fixed"
+    ledger = tmp_path / "ledger.txt"
+    env = env_for(dash_url, ledger)
+    yield Served(app, env, add, explode, hold, Path(f"{ledger}.fixed"), Path(f"{ledger}.release"))
+    app.close()
 
 
 def start_dashboard(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[str], int]:
@@ -77,28 +106,41 @@ def start_dashboard(env: dict[str, str], *args: str) -> tuple[subprocess.Popen[s
 
 @pytest.fixture
 def dashboard(served) -> Iterator[tuple[str, dict[str, str]]]:
-    env = served[3]
-    proc, port = start_dashboard(env)
+    proc, port = start_dashboard(served.env)
     try:
-        yield f"http://127.0.0.1:{port}", env
+        yield f"http://127.0.0.1:{port}", served.env
     finally:
         stop(proc)
 
 
 # -- over HTTP -----------------------------------------------------------------------
-def test_a_token_is_required_beyond_loopback_and_then_on_every_request(served) -> None:
-    env = served[3]
-    bare = {k: v for k, v in env.items() if k != "GATORAPP_DASHBOARD_TOKEN"}
+def http_status(url: str) -> int:
+    return httpx.get(url).status_code
+
+
+def refused_to_start(env: dict[str, str], *args: str) -> str:
+    """What ``gatorapp dashboard`` says when it will not start (exit 2)."""
     done = subprocess.run(
         [sys.executable, "-m", "gatorapp", "dashboard", "-A", "dashboard_app",
-         "--host", "0.0.0.0", "--port", str(free_port())],
-        env=bare, capture_output=True, text=True, timeout=60,
+         "--port", str(free_port()), *args],
+        env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
-    assert done.returncode == 2 and "give it a token" in done.stderr, done.stderr
+    assert done.returncode == 2, done.stdout + done.stderr
+    return done.stderr
+
+
+def test_a_token_is_required_beyond_loopback_and_then_on_every_request(served) -> None:
+    env = served.env
+    bare = {k: v for k, v in env.items() if k != "GATORAPP_DASHBOARD_TOKEN"}
+    for host in ["0.0.0.0", "::"]:
+        said = refused_to_start(bare, "--host", host)
+        assert "give it a token" in said and len(said.strip().splitlines()) == 1, said
+    assert "at least 16" in refused_to_start(bare, "--host", "0.0.0.0", "--token", "short")
     proc, port = start_dashboard({**env, "GATORAPP_DASHBOARD_TOKEN": TOKEN}, "--host", "0.0.0.0")
     base = f"http://127.0.0.1:{port}"
     try:
         gets = ["/", "/api/overview", "/api/dead?queue=default", "/api/task?id=x", "/static/app.js"]
+        assert http_status(f"{base}/nowhere") == 401  # (not even whether a page exists)
         with httpx.Client(base_url=base) as http:
             for path in gets:
                 assert http.get(path).status_code == 401, path
@@ -120,7 +162,7 @@ def test_a_token_is_required_beyond_loopback_and_then_on_every_request(served) -
         # A person: ?token= once, then the session cookie.
         with httpx.Client(base_url=base) as http:
             login = http.get(f"/?token={TOKEN}")
-            assert login.status_code == 303 and login.headers["location"] == f"{base}/"
+            assert login.status_code == 200 and 'content="0; url=./"' in login.text
             assert "httponly" in login.headers["set-cookie"].lower()
             assert "samesite=strict" in login.headers["set-cookie"].lower()
             assert http.get("/api/overview").status_code == 200  # (the cookie)
@@ -166,7 +208,11 @@ def test_the_api_says_what_it_needs(dashboard) -> None:
         body = {"queue": "default"}
         assert http.post("/api/dead/drop", json=body, headers=headers).status_code == 404
         assert http.get("/api/dead?queue=" + "q" * 300).status_code == 400
-        bad = http.post("/api/dead/purge", content=b"[1,", headers=headers)
+        bad = http.post(
+            "/api/dead/purge",
+            content=b"[1,",
+            headers={**headers, "Content-Type": "application/json"},
+        )
         assert bad.status_code == 400
         missing = http.post("/api/dead/requeue", json=body, headers=headers)
         assert missing.status_code == 400
@@ -175,13 +221,20 @@ def test_the_api_says_what_it_needs(dashboard) -> None:
 # -- in a real browser -----------------------------------------------------------------
 @pytest.fixture
 def browser() -> Iterator[object]:
+    # (CI fails rather than skips when either is missing: .ci/run installs both)
     chromium = shutil.which("chromium")
     if chromium is None:
         message = "chromium is not installed (apt-get install chromium)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        message = 'playwright is not installed (pip install -e ".[dev]")'
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
@@ -190,14 +243,17 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-def test_the_page_end_to_end(served, browser) -> None:
-    app, add, explode, env, fixed = served
+@pytest.mark.parametrize("dash_url", ["sqlite", "redis"], indirect=True)
+def test_the_page_end_to_end(served, browser, dash_url) -> None:
+    app, add, explode = served.app, served.add, served.explode
     hostile = "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>"
     letter = explode.delay(hostile)
     done = add.delay(2, 3)
     # A worker runs both: the add succeeds, the explode dies (no retries).
-    worker = start_worker(env, "--beat", "0.3", app="dashboard_app")
-    proc, port = start_dashboard(env)
+    worker = start_worker(
+        served.env, "--beat", "0.3", "-c", "2", "-Q", "default", app="dashboard_app"
+    )
+    proc, port = start_dashboard(served.env)
     base = f"http://127.0.0.1:{port}"
     try:
         assert done.get(timeout=30) == 5
@@ -218,6 +274,10 @@ def test_the_page_end_to_end(served, browser) -> None:
             ".some(td => td.textContent === '2')",
             timeout=15000,
         )
+        # A queue no worker serves: its backlog, and how long its oldest task waited.
+        for n in range(3):
+            add.options(queue="reports").delay(n, n)
+        page.locator("#queues tbody tr", has_text="reports").wait_for(timeout=15000)
         assert page.url == url_before
         add.delay(1, 2)
         add.starmap([(i, i) for i in range(50)])
@@ -239,11 +299,17 @@ def test_the_page_end_to_end(served, browser) -> None:
         assert "ValueError" in page.locator("#task-fields").inner_text()
         assert "Traceback" in page.locator("#task-traceback").inner_text()
         assert page.locator("#task img").count() == 0
-        time.sleep(6)  # (a few points on the throughput chart)
+        # What a worker runs now, shown as it runs.
+        held = served.hold.delay(60)
+        page.locator("#workers tbody tr", has_text="dashboard_app.hold").wait_for(timeout=15000)
+        time.sleep(4)  # (a few more points on the throughput chart)
         ARTIFACTS.mkdir(exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        shot = ARTIFACTS / ("dashboard.png" if "sqlite" in dash_url else "dashboard-redis.png")
+        page.screenshot(path=str(shot), full_page=True)
+        served.release.touch()
+        assert held.get(timeout=30) == "released"
         # Requeue it from the page, once the fix is deployed: it runs, and succeeds.
-        fixed.touch()
+        served.fixed.touch()
         page.locator("#letter-requeue").click()
         page.locator("#message", has_text="requeued").wait_for(timeout=15000)
         assert letter.get(timeout=30) == hostile
@@ -260,17 +326,105 @@ def test_the_page_end_to_end(served, browser) -> None:
         stop(worker)
 
 
-def test_logging_in_with_the_token_in_a_browser(served, browser) -> None:
-    env = {**served[3], "GATORAPP_DASHBOARD_TOKEN": TOKEN}
-    proc, port = start_dashboard(env, "--host", "0.0.0.0")
+def test_purging_dead_letters_from_the_page(served, browser) -> None:
+    app = served.app
+    first, second, third = (served.explode.delay(n) for n in ("one", "two", "three"))
+    app.drain()  # (here: each dies at its first attempt)
+    assert app.backend.stats("default").dead == 3
+    proc, port = start_dashboard(served.env)
     try:
         page = browser.new_page()
-        refused = page.goto(f"http://127.0.0.1:{port}/")
+        asked: list[str] = []
+
+        def answer(dialog: Any) -> None:
+            asked.append(dialog.message)
+            # Refuse the first question, agree to the others.
+            dialog.accept() if len(asked) > 1 else dialog.dismiss()
+
+        page.on("dialog", answer)
+        page.goto(f"http://127.0.0.1:{port}/")
+        row = page.locator("#dead tbody tr", has_text=first.id)
+        row.get_by_role("button", name="show").click()
+        page.locator("#letter-purge").click()  # (and "no" to "for good?")
+        assert asked == ["Delete this dead letter for good?"]
+        assert app.backend.stats("default").dead == 3
+        page.locator("#letter-purge").click()
+        page.locator("#message", has_text="purged 1").wait_for(timeout=15000)
+        row.wait_for(state="detached", timeout=15000)
+        assert app.backend.dead_get("default", first.id) is None
+        page.locator("#dead-purge-all").click()
+        page.locator("#message", has_text="purged 2").wait_for(timeout=15000)
+        assert "every dead letter of default" in asked[-1]
+        page.locator("#dead-note", has_text="no dead letters").wait_for(timeout=15000)
+        assert app.backend.stats("default").dead == 0
+        assert {second.id, third.id}.isdisjoint(d.task_id for d in app.backend.dead_list("default"))
+    finally:
+        stop(proc)
+
+
+def test_behind_a_proxy_under_a_path_of_its_own(served, browser) -> None:
+    """The page asks for everything by relative addresses, so a proxy may serve
+    it under a path it strips (here the browser's own routing plays the proxy,
+    and refuses whatever is asked for outside that path). A token given on a
+    loopback address is required all the same."""
+    served.explode.delay("behind")
+    served.app.drain()
+    env = {**served.env, "GATORAPP_DASHBOARD_TOKEN": TOKEN}
+    proc, port = start_dashboard(env)  # (on 127.0.0.1)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        page = browser.new_page()
+        outside: list[str] = []
+
+        def refuse(route: Any) -> None:
+            outside.append(route.request.url)
+            route.abort()
+
+        def proxy(route: Any) -> None:
+            url = route.request.url.replace(f"{base}/gator/", f"{base}/", 1)
+            route.fulfill(response=route.fetch(url=url))
+
+        page.route(f"{base}/**", refuse)
+        page.route(f"{base}/gator/**", proxy)  # (the later route is tried first)
+        page.on("dialog", lambda dialog: dialog.accept())
+        assert page.goto(f"{base}/gator/").status == 401
+        page.goto(f"{base}/gator/?token={TOKEN}")
+        page.wait_for_url(f"{base}/gator/")
+        page.locator("#queues tbody tr", has_text="default").wait_for(timeout=15000)
+        page.locator("#dead tbody tr").first.wait_for(timeout=15000)
+        page.locator("#dead-purge-all").click()  # (a POST, through the proxy)
+        page.locator("#message", has_text="purged 1").wait_for(timeout=15000)
+        assert served.app.backend.stats("default").dead == 0
+        assert outside == []
+    finally:
+        stop(proc)
+
+
+def test_logging_in_with_the_token_in_a_browser(served, browser) -> None:
+    env = {**served.env, "GATORAPP_DASHBOARD_TOKEN": TOKEN}
+    proc, port = start_dashboard(env, "--host", "0.0.0.0")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        page = browser.new_page()
+        refused = page.goto(f"{base}/")
         assert refused is not None and refused.status == 401
         assert "?token=" in page.content()
-        page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}")
-        assert page.url == f"http://127.0.0.1:{port}/"  # the token is out of the address
+        page.goto(f"{base}/?token={TOKEN}")
+        page.wait_for_url(f"{base}/")  # the token is out of the address
         page.locator("#queues tbody tr", has_text="default").wait_for(timeout=15000)
         assert "connecting" not in page.locator("#updated").inner_text()
+        # Another site's link with the token (a chat, a wiki): the browser sends
+        # no SameSite=Strict cookie along a journey another site started, so
+        # the dashboard's own page moves on to the dashboard.
+        other = browser.new_context().new_page()
+        other.goto(f"http://localhost:{port}/")  # (another site than 127.0.0.1)
+        other.evaluate(
+            "url => { const a = document.createElement('a'); a.id = 'go'; a.href = url;"
+            " a.textContent = 'dashboard'; document.body.append(a); }",
+            f"{base}/?token={TOKEN}",
+        )
+        other.click("#go")
+        other.wait_for_url(f"{base}/")
+        other.locator("#queues tbody tr", has_text="default").wait_for(timeout=15000)
     finally:
         stop(proc)

@@ -11,9 +11,13 @@
   at start (HttpOnly, SameSite=Strict): it proves the token was shown, and
   restarting the dashboard logs everyone out.
 * **CSRF.** A POST from a browser (cookie) must carry ``X-CSRF-Token``, an
-  HMAC of its session id the page was given, and an ``Origin``, when sent,
-  of this host. A POST with a bearer token carries no cookie a third-party
-  page could ride on, so it needs none.
+  HMAC of its session id the page was given. Every POST, a script's too,
+  must be ``application/json`` (another site's page cannot send that
+  without a CORS preflight, which the dashboard never grants) and, when it
+  has an ``Origin`` (or failing that a ``Referer``), come from this host:
+  a reverse proxy that adds the bearer header itself must not make a
+  visitor's browser a script with the token. A POST with a bearer token
+  needs no CSRF token: it carries no cookie another page could ride on.
 * **DNS rebinding.** Without a token, only requests whose ``Host`` names a
   loopback address are served, so a page elsewhere that renamed itself to
   127.0.0.1 cannot read the dashboard through a visitor's browser.
@@ -104,8 +108,12 @@ class Auth:
         """Without a token, only a loopback Host is served (see the module)."""
         return self.token is not None or is_loopback(_host_of(host_header or ""))
 
-    def origin_ok(self, origin: str | None, host_header: str | None) -> bool:
-        """An Origin header, when a browser sends one, names this host."""
-        if not origin:
-            return True
-        return (urlsplit(origin).netloc or "").lower() == (host_header or "").lower()
+    def same_origin(self, origin: str | None, referer: str | None, host_header: str | None) -> bool:
+        """Whether a request a browser may have sent came from a page of this
+        host: its ``Origin`` names this host or, without one, its ``Referer``
+        does. Neither (a script, or a browser told to send no referrer):
+        nothing to check here; the CSRF token or the content type decides."""
+        sent = origin or referer
+        if not sent:
+            return True  # (an Origin of "null", from a sandboxed page, is no host: refused)
+        return (urlsplit(sent).netloc or "").lower() == (host_header or "").lower()

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import jinja2
 from starlette.applications import Starlette
@@ -21,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -34,6 +35,8 @@ from .auth import COOKIE, CSRF_HEADER, Auth
 HERE = Path(__file__).parent
 #: seconds of throughput the chart shows, and the spacing of its points
 CHART_SECONDS, CHART_STEP = 600, 2.0
+#: the closest two points may be (pages poll every CHART_STEP, give or take)
+MIN_GAP = CHART_STEP * 0.8
 #: dead letters listed per queue (the oldest first; the page says how many more)
 LETTERS = 50
 
@@ -64,7 +67,8 @@ class Throughput:
         self.lock = threading.Lock()
         self.last: dict[str, int] = {}
         self.total = 0
-        self.points: deque[tuple[float, int]] = deque(maxlen=int(CHART_SECONDS / CHART_STEP))
+        # (room for the whole window at the closest spacing `add` allows)
+        self.points: deque[tuple[float, int]] = deque(maxlen=int(CHART_SECONDS / MIN_GAP) + 1)
 
     def add(self, workers: list[dict[str, Any]], now: float) -> list[list[float]]:
         with self.lock:
@@ -75,9 +79,12 @@ class Throughput:
                     self.total += w["done"] - before
                 seen[w["id"]] = w["done"]
             self.last = seen
-            # (a page polls every CHART_STEP seconds, give or take a little)
-            if not self.points or now - self.points[-1][0] >= CHART_STEP * 0.8:
+            if not self.points or now - self.points[-1][0] >= MIN_GAP:
                 self.points.append((now, self.total))
+            # Only the last CHART_SECONDS: after a while with no page open the
+            # chart starts afresh rather than spanning the gap.
+            while self.points and self.points[0][0] < now - CHART_SECONDS:
+                self.points.popleft()
             pts = list(self.points)
         return [
             [t1, round((n1 - n0) / (t1 - t0), 2)]
@@ -119,7 +126,9 @@ def build(app: App, token: str | None) -> Starlette:
             look["workers"] = [w.to_dict() for w in app.workers()]
         except NotAvailable:
             look["workers"] = None
-        look["chart"] = throughput.add(look["workers"] or [], look["time"])
+        # (None: no worker counts to take a throughput from)
+        workers = look["workers"]
+        look["chart"] = None if workers is None else throughput.add(workers, look["time"])
         with rates_lock:  # (tasks out of each queue per second, over the last looks)
             rates.add(look)
             out = rates.out()
@@ -228,19 +237,26 @@ class Guard(BaseHTTPMiddleware):
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         auth = self.auth
+        response: Response
         host = request.headers.get("host")
         if not auth.host_ok(host):
             return self.refuse(request, 403, "this dashboard answers on a loopback address only")
         if auth.token is None and request.url.path.startswith("/static/"):
-            return await call_next(request)  # (the page's script and style: no data)
+            response = await call_next(request)  # (the page's script and style: no data)
+            response.headers.update(SECURITY_HEADERS)
+            return response
         given = request.query_params.get("token")
-        if given is not None and request.method == "GET":
+        if given is not None and auth.token is not None and request.method == "GET":
             if not auth.token_ok(given):
                 return self.refuse(request, 401, "wrong token")
-            # Logged in: a session cookie, and the same page without the token.
-            url = request.url.remove_query_params("token")
-            response: Response = RedirectResponse(str(url), 303)
-            response.set_cookie(COOKIE, auth.new_session(), httponly=True, samesite="strict")
+            # Logged in: a session cookie, and on to the same page without the
+            # token. Not by a 303: a browser that came by a link from another
+            # site would not send a SameSite=Strict cookie along the redirect
+            # (nor on a reload); a page of this site moving on does.
+            page = self.pages.get_template("welcome.html").render(to=_without_token(request))
+            response = HTMLResponse(page)
+            _set_session(request, response, auth.new_session())
+            response.headers.update(SECURITY_HEADERS)
             return response
         bearer = auth.bearer(request.headers.get("authorization"))
         sid = auth.session(request.cookies.get(COOKIE))
@@ -251,15 +267,35 @@ class Guard(BaseHTTPMiddleware):
             if request.method == "GET":  # (no token: a session for CSRF only)
                 new_cookie = auth.new_session()
                 sid = auth.session(new_cookie)
-        if request.method not in ("GET", "HEAD") and not bearer:
-            csrf = request.headers.get(CSRF_HEADER, "")
-            if sid is None or not auth.origin_ok(request.headers.get("origin"), host):
+        if request.method not in ("GET", "HEAD"):
+            headers = request.headers
+            if not auth.same_origin(headers.get("origin"), headers.get("referer"), host):
                 return self.refuse(request, 403, "cross-site request refused")
-            if not auth.csrf_ok(sid, csrf):
+            media = headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media != "application/json":
+                return self.refuse(request, 415, "send JSON: Content-Type: application/json")
+            if not bearer and (sid is None or not auth.csrf_ok(sid, headers.get(CSRF_HEADER, ""))):
                 return self.refuse(request, 403, "missing or wrong CSRF token")
         request.state.sid = sid
         response = await call_next(request)
         if new_cookie is not None:
-            response.set_cookie(COOKIE, new_cookie, httponly=True, samesite="strict")
+            _set_session(request, response, new_cookie)
         response.headers.update(SECURITY_HEADERS)
         return response
+
+
+def _without_token(request: Request) -> str:
+    """The page asked for, without ``?token=``, as a relative reference: right
+    over https behind a proxy (uvicorn may see http) and under a path prefix
+    the proxy strips, where an absolute URL built from this request is not."""
+    last = request.url.path.rsplit("/", 1)[-1]
+    rest = request.url.remove_query_params("token").query
+    return "./" + quote(last) + ("?" + rest if rest else "")
+
+
+def _set_session(request: Request, response: Response, value: str) -> None:
+    # (Secure when the page is https: uvicorn takes the scheme from a proxy's
+    # X-Forwarded-Proto when the proxy is on this machine)
+    response.set_cookie(
+        COOKIE, value, httponly=True, samesite="strict", secure=request.url.scheme == "https"
+    )

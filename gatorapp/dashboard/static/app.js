@@ -28,6 +28,10 @@ function when(t) {
   return t ? new Date(t * 1000).toLocaleString() : "–";
 }
 
+function clock(t) {
+  return new Date(t * 1000).toLocaleTimeString();
+}
+
 function message(text, bad) {
   const m = $("message");
   m.textContent = text;
@@ -55,12 +59,24 @@ function fill(tbody, rows) {
 }
 
 function drawChart(points) {
+  // Drawn at the canvas's own size on screen, in device pixels: sharp on any
+  // screen, never stretched when the window is narrow.
   const c = $("chart");
+  const box = c.getBoundingClientRect();
+  const ratio = window.devicePixelRatio || 1;
+  const w = Math.max(200, box.width), h = Math.max(100, box.height);
+  c.width = Math.round(w * ratio);
+  c.height = Math.round(h * ratio);
   const ctx = c.getContext("2d");
-  const w = c.width, h = c.height, pad = 28;
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  const pad = 36, bottom = 20;
   ctx.clearRect(0, 0, w, h);
   ctx.font = "11px system-ui, sans-serif";
   ctx.fillStyle = "#6b7280";
+  if (points === null) {
+    ctx.fillText("this backend keeps no list of workers: no counts to chart", pad, h / 2);
+    return;
+  }
   if (points.length === 1) points = [[points[0][0] - 2, points[0][1]], points[0]];
   if (points.length < 2) {
     ctx.fillText("collecting… (a point every 2 s while this page is open)", pad, h / 2);
@@ -69,12 +85,16 @@ function drawChart(points) {
   const t0 = points[0][0], t1 = points[points.length - 1][0];
   const top = Math.max(1, ...points.map((p) => p[1]));
   const x = (t) => pad + ((t - t0) / Math.max(1, t1 - t0)) * (w - pad - 8);
-  const y = (v) => h - 18 - (v / top) * (h - 30);
+  const y = (v) => h - bottom - (v / top) * (h - bottom - 12);
   ctx.strokeStyle = "#e5e7eb";
   ctx.beginPath(); ctx.moveTo(pad, y(0)); ctx.lineTo(w - 8, y(0)); ctx.stroke();
   ctx.beginPath(); ctx.moveTo(pad, y(top)); ctx.lineTo(w - 8, y(top)); ctx.stroke();
-  ctx.fillText(top.toFixed(top < 10 ? 1 : 0), 2, y(top) + 4);
-  ctx.fillText("0", 2, y(0) + 4);
+  ctx.textAlign = "right";
+  ctx.fillText(top.toFixed(top < 10 ? 1 : 0), pad - 6, y(top) + 4);
+  ctx.fillText("0", pad - 6, y(0) + 4);
+  ctx.fillText(clock(t1), w - 8, h - 4);
+  ctx.textAlign = "left";
+  ctx.fillText(clock(t0), pad, h - 4);
   ctx.strokeStyle = "#059669";
   ctx.lineWidth = 2;
   ctx.beginPath();
@@ -135,7 +155,7 @@ function renderWorkers(look) {
 
 async function refreshDead() {
   if (deadQueue === null) { fill($("dead").tBodies[0], []); return; }
-  const letters = await api("/api/dead?queue=" + encodeURIComponent(deadQueue));
+  const letters = await api("api/dead?queue=" + encodeURIComponent(deadQueue));
   fill($("dead").tBodies[0], letters.map((d) => {
     const tr = el("tr");
     const show = el("button", "show");
@@ -156,7 +176,7 @@ async function refreshDead() {
 }
 
 async function showLetter(queue, id) {
-  const d = await api("/api/dead?queue=" + encodeURIComponent(queue) + "&id=" + encodeURIComponent(id));
+  const d = await api("api/dead?queue=" + encodeURIComponent(queue) + "&id=" + encodeURIComponent(id));
   if (d.task_id === undefined) { message(d.error || "no such dead letter", true); return; }
   openLetter = { queue, id };
   $("letter-id").textContent = id;
@@ -175,7 +195,7 @@ async function showLetter(queue, id) {
 async function letterAction(action) {
   if (!openLetter) return;
   if (action === "purge" && !confirm("Delete this dead letter for good?")) return;
-  const r = await api("/api/dead/" + action, { queue: openLetter.queue, task_id: openLetter.id });
+  const r = await api("api/dead/" + action, { queue: openLetter.queue, task_id: openLetter.id });
   if (action === "requeue") message(r.requeued ? "requeued " + openLetter.id : "no such dead letter", !r.requeued);
   else message("purged " + r.purged + " dead letter(s)");
   $("letter").hidden = true;
@@ -187,7 +207,7 @@ async function lookup(event) {
   event.preventDefault();
   const id = $("lookup-id").value.trim();
   if (!id) return;
-  const t = await api("/api/task?id=" + encodeURIComponent(id));
+  const t = await api("api/task?id=" + encodeURIComponent(id));
   const fields = [["task id", t.task_id], ["status", t.status ?? "–"]];
   if (t.note) fields.push(["note", t.note]);
   if (t.task) fields.push(["task", t.task], ["attempts", t.attempts]);
@@ -203,12 +223,12 @@ async function lookup(event) {
 
 async function tick() {
   try {
-    const look = await api("/api/overview");
+    const look = await api("api/overview");
     lastLook = look;
     renderQueues(look);
     renderWorkers(look);
     drawChart(look.chart);
-    const last = look.chart.length ? look.chart[look.chart.length - 1][1] : null;
+    const last = look.chart && look.chart.length ? look.chart[look.chart.length - 1][1] : null;
     $("total-rate").textContent = last === null ? "–" : last.toFixed(last < 10 ? 1 : 0);
     await refreshDead();
     $("updated").textContent = "updated " + new Date(look.time * 1000).toLocaleTimeString();
@@ -222,7 +242,7 @@ async function tick() {
 $("dead-queue").addEventListener("change", (e) => { deadQueue = e.target.value; refreshDead(); });
 $("dead-purge-all").addEventListener("click", async () => {
   if (deadQueue === null || !confirm("Delete every dead letter of " + deadQueue + " for good?")) return;
-  const r = await api("/api/dead/purge", { queue: deadQueue });
+  const r = await api("api/dead/purge", { queue: deadQueue });
   message("purged " + r.purged + " dead letter(s)");
   await tick();
 });
