@@ -224,3 +224,19 @@ def test_async_tasks_and_threads_are_counted_alike() -> None:
     assert value("gatorapp_tasks_succeeded", wait.name) == 40
     assert value("gatorapp_tasks_failed", fail.name) == 10
     assert value("gatorapp_tasks_dead", fail.name) == 10
+
+
+def test_queue_gauges_on_sqs_leave_out_what_it_cannot_tell(sqs_url) -> None:
+    from gatorapp.metrics import Gauges
+
+    app = App(sqs_url)
+
+    @app.task
+    def noop() -> None: ...
+
+    noop.delay()
+    got = {f.name: f for f in Gauges(app).families()}
+    assert [s.value for s in got["gatorapp_backend_up"].samples] == [1]
+    assert got["gatorapp_queue_ready"].samples  # (approximate, as SQS counts)
+    assert not got["gatorapp_queue_oldest_ready_age_seconds"].samples
+    assert "gatorapp_workers" not in got  # (SQS keeps no list, and no result store here)

@@ -166,3 +166,20 @@ def test_a_worker_stopped_at_once_leaves_the_list_at_once(served) -> None:
         code, _ = stop(a, signal.SIGTERM)  # a second signal: at once, the task handed back
     assert code == 128 + signal.SIGTERM
     assert a.pid not in listed(app)
+
+
+def test_an_sqs_worker_reports_to_its_result_store(sqs_url, redis_url) -> None:
+    import threading
+
+    from gatorapp import Worker
+
+    app = App(sqs_url, results=redis_url)
+    worker = Worker(app, beat=0.3)
+    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: [w.worker_id for w in list_workers(app)] == [worker.worker_id], 30)
+    finally:
+        worker.stop()
+        thread.join(30)
+    assert list_workers(app) == []
