@@ -35,16 +35,14 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 COOKIE = "gatorapp_session"
+CSRF_HEADER = "x-csrf-token"
+TOKEN_ENV = "GATORAPP_DASHBOARD_TOKEN"
 
 
 def same(a: str, b: str) -> bool:
     """Constant-time equality of two texts (any characters: compared as UTF-8,
     since ``hmac.compare_digest`` refuses non-ASCII str)."""
     return hmac.compare_digest(a.encode(), b.encode())
-
-
-CSRF_HEADER = "x-csrf-token"
-TOKEN_ENV = "GATORAPP_DASHBOARD_TOKEN"
 
 
 def is_loopback(host: str) -> bool:
