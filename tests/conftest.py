@@ -13,6 +13,7 @@ import shutil
 import socket
 
 import pytest
+from service_postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from service_redis import redis_server, redis_url  # noqa: F401 (fixtures)
 from service_sqs import sqs_env, sqs_prefix, sqs_server, sqs_url  # noqa: F401 (fixtures)
 from worker_proc import FAULT_REPORTS
