@@ -20,7 +20,7 @@ from worker_proc import FAULT_REPORTS
 
 # Backends every contract test runs against; a new backend adds its name here
 # and a branch in backend_url below.
-BACKENDS = ["memory", "sqlite", "redis", "sqs"]
+BACKENDS = ["memory", "sqlite", "redis", "sqs", "postgres"]
 
 
 def free_port() -> int:
@@ -69,6 +69,8 @@ def backend_url(request: pytest.FixtureRequest, tmp_path) -> str:
         return str(request.getfixturevalue("redis_url"))
     if kind == "sqs":
         return str(request.getfixturevalue("sqs_url"))
+    if kind == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
     raise AssertionError(f"no URL for backend {kind}")
 
 

@@ -50,7 +50,11 @@ _SCHEMES: dict[str, tuple[str, str, str | None]] = {
     "rediss": ("gatorapp.backends.redis", "RedisBackend", "redis"),
     "unix": ("gatorapp.backends.redis", "RedisBackend", "redis"),
     "sqs": ("gatorapp.backends.sqs", "SQSBackend", "boto3"),
+    "postgresql": ("gatorapp.backends.postgres", "PostgresBackend", "psycopg"),
+    "postgres": ("gatorapp.backends.postgres", "PostgresBackend", "psycopg"),
 }
+# pip package -> the extra that installs it
+_EXTRAS = {"boto3": "sqs", "psycopg": "postgres"}
 
 
 def scheme_of(url: str) -> str:
@@ -97,7 +101,7 @@ def load_backend(url: str, backend_class: Any = None, **options: Any) -> Backend
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if package and exc.name and exc.name.split(".")[0] == package:
-            extra = "sqs" if package == "boto3" else package
+            extra = _EXTRAS.get(package, package)
             raise MissingDependencyError(
                 f"the {scheme}:// backend needs the {package!r} package: "
                 f'pip install "gatorapp[{extra}]"'
