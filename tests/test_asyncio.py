@@ -159,7 +159,8 @@ def test_async_producers_never_block_the_event_loop(app: App, loop: str) -> None
                 await asyncio.sleep(0.01)
 
         ticking = asyncio.create_task(ticker())
-        threading.Timer(0.3, drain, [app]).start()
+        worker = threading.Timer(0.3, drain, [app])
+        worker.start()
         assert await one.aget(timeout=20) == 8
         ticking.cancel()
         assert ticks >= 10
@@ -168,6 +169,8 @@ def test_async_producers_never_block_the_event_loop(app: App, loop: str) -> None
         assert await one.astatus() == "succeeded" and await one.aready()
         rebuilt = app.result(one.id)
         assert await rebuilt.aget(timeout=1) == 8
+        # (The worker's last steps, after the results: done before the app closes.)
+        await asyncio.to_thread(worker.join, 30)
 
     run_on(loop, main())
 
