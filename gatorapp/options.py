@@ -27,6 +27,9 @@ OPTION_NAMES = frozenset(
         "store_result",
         "result_ttl",
         "timeout",
+        # the caller's database connection, to enqueue in its open transaction
+        # (PostgreSQL): never stored in the envelope
+        "connection",
     }
 )
 

@@ -334,9 +334,12 @@ class Producer:
         if built.eager:
             return [self._eager_handle(built, self.run_eager(data)) for data in built.datas]
         queue, due = built.queue, built.due
-        self.backend().enqueue(
-            [Message(queue, i, data, due) for i, data in zip(built.ids, built.datas)]
-        )
+        messages = [Message(queue, i, data, due) for i, data in zip(built.ids, built.datas)]
+        connection = opts.get("connection") if opts else None
+        if connection is None:
+            self.backend().enqueue(messages)
+        else:  # in the caller's transaction: visible once they commit
+            self.backend().enqueue_in_transaction(connection, messages)
         if self.tally is not None:
             self.tally.enqueued(queue, tdef.name, len(built.ids))
         return self._handles(tdef, built)
@@ -346,6 +349,11 @@ class Producer:
     ) -> list[TaskHandle[Any]]:
         """:meth:`send_many` for async code: the event loop is never blocked on
         the backend. Eagerly, an async task is awaited here."""
+        if opts and opts.get("connection") is not None:
+            raise ConfigurationError(
+                "connection= enqueues in a transaction of a blocking connection: use "
+                ".delay() or .map() with it (run them in a thread from async code)"
+            )
         built = self._build(tdef, calls, opts)
         if built.eager:
             return [self._eager_handle(built, await self.arun_eager(data)) for data in built.datas]

@@ -228,6 +228,16 @@ class Backend(ABC):
         if messages:
             self._enqueue(messages)
 
+    def enqueue_in_transaction(self, connection: object, messages: Sequence[Message]) -> None:
+        """:meth:`enqueue` in the caller's open transaction on ``connection``
+        (its database driver's own): the tasks become visible when the caller
+        commits, and are gone if they roll back. Only a backend that stores
+        tasks in the caller's database can (PostgreSQL)."""
+        raise ConfigurationError(
+            f"{type(self).__name__} cannot enqueue in your database transaction (connection=): "
+            "enqueue after your transaction commits instead (see docs/postgres.md)"
+        )
+
     async def aenqueue(self, messages: Sequence[Message]) -> None:
         """:meth:`enqueue` for async code: it never blocks the event loop. By
         default the call runs on a thread; Redis uses its asyncio client."""

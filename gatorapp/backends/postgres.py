@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import psycopg  # (missing: load_backend says which extra to install)
 
-from ..errors import BackendError
+from ..errors import BackendError, ConfigurationError
 from .base import (
     Backend,
     Burial,
@@ -138,6 +138,24 @@ class PostgresBackend(Backend):
             return
         with conn.transaction():
             self._enqueue_in(conn, messages)
+
+    def enqueue_in_transaction(self, connection: object, messages: Sequence[Message]) -> None:
+        if not isinstance(connection, psycopg.Connection):
+            raise ConfigurationError(
+                "connection= takes a psycopg 3 Connection (psycopg.connect(...), or the one "
+                f"under your ORM's session), not {type(connection).__name__}"
+            )
+        self.check_messages(messages)
+        if not messages:
+            return
+        self._conn  # noqa: B018 (the tables exist: made on this backend's first connection)
+        try:
+            # A savepoint inside the caller's transaction: a refused id undoes
+            # this enqueue only, and leaves their transaction usable.
+            with connection.transaction():
+                self._enqueue_in(connection, messages)
+        except psycopg.Error as exc:
+            raise BackendError(f"PostgreSQL enqueue in your transaction failed: {exc}") from exc
 
     @staticmethod
     def _enqueue_in(conn: Any, messages: Sequence[Message]) -> None:
