@@ -5,14 +5,16 @@ which runs on any backend the URL names)."""
 
 from __future__ import annotations
 
+import random
 import re
+import signal
 import time
 
 import psycopg
 import pytest
 from service_postgres import PostgresServer
 from test_redis_faults import _count, _outcome, _producer, _settled
-from worker_proc import env_for, report, start_worker, stop, wait_for
+from worker_proc import env_for, held_bound, report, start_worker, stop, wait_for
 
 from gatorapp.errors import BackendError
 
@@ -92,3 +94,64 @@ def test_a_connection_ended_by_the_server_is_made_again(server, tmp_path):
     assert ended[0] >= 1
     assert finished and not lost, out[-3000:]
     assert code == 0, out[-3000:]
+
+
+def test_sigkill_storm_over_two_workers_loses_nothing(postgres_url, tmp_path):
+    ledger = tmp_path / "ledger.txt"
+    app, record = _producer(postgres_url)
+    n, kills, concurrency = 3000, 4, 4
+    ids = [h.id for h in record.starmap([(0.001,)] * n)]
+    env = env_for(postgres_url, ledger, lease=1.0)
+    args = ("-c", str(concurrency), "--prefetch", "4", *QUIET)
+    marks = sorted(random.Random().sample(range(n // 20, n * 8 // 10), kills))
+    steady = start_worker(env, *args, app=APP)  # the other worker: never killed
+    killed_at = []
+    try:
+        for mark in marks:
+            proc = start_worker(env, *args, app=APP)
+            reached = wait_for(lambda m=mark: len(_count(ledger)) >= m, 60, interval=0.005)
+            proc.kill()
+            proc.wait()
+            assert reached, stop(proc)[1][-3000:]
+            killed_at.append(len(_count(ledger)))
+        finished = wait_for(lambda: len(_count(ledger)) >= n and settled(app), 90, interval=0.1)
+    finally:
+        code, out = stop(steady)
+    lost, dup_done, dup_starts = _outcome(ids, ledger)
+    report(
+        f"PostgreSQL SIGKILL x{kills} beside a steady worker over {n} tasks (-c {concurrency}, "
+        f"lease 1 s): kills after {killed_at} completions; lost={len(lost)} "
+        f"duplicate completions={dup_done} re-run starts={dup_starts}"
+    )
+    assert finished and not lost, f"lost {len(lost)} tasks, e.g. {lost[:10]}"
+    assert code == 0, out[-3000:]
+    assert dup_starts <= kills * held_bound(concurrency, 4)
+    s = app.backend.stats("default")
+    assert (s.ready, s.delayed, s.running, s.dead) == (0, 0, 0, 0)
+    app.close()
+
+
+def test_a_paused_worker_s_late_ack_is_refused(postgres_url, tmp_path):
+    ledger = tmp_path / "ledger.txt"
+    app, record = _producer(postgres_url)
+    task_id = record.delay(sleep=1.0).id
+    env = env_for(postgres_url, ledger, lease=1.0)
+    first = start_worker(env, "-c", "1", app=APP)
+    assert wait_for(lambda: _count(ledger, "start")[task_id] == 1, 15)
+    first.send_signal(signal.SIGSTOP)  # its heartbeat stops too: the lease runs out
+    second = start_worker(env, "-c", "1", app=APP)
+    try:
+        assert wait_for(lambda: _count(ledger)[task_id] == 1, 15)  # the second finished it
+        first.send_signal(signal.SIGCONT)
+        assert wait_for(lambda: _count(ledger)[task_id] == 2, 15)  # the first finishes its run
+        assert wait_for(lambda: app.backend.stats("default").running == 0, 5)
+        time.sleep(0.3)
+    finally:
+        code1, out1 = stop(first)
+        stop(second)
+    report(f"PostgreSQL SIGSTOP past the lease: late ack refused={'refused' in out1}")
+    assert "ack of task" in out1 and "refused" in out1, out1  # the lease was taken over
+    assert code1 == 0
+    s = app.backend.stats("default")
+    assert (s.ready, s.delayed, s.running, s.dead) == (0, 0, 0, 0)
+    app.close()
