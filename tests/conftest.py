@@ -58,6 +58,15 @@ def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
     return str(request.getfixturevalue("redis_url"))
 
 
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
+def shared_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """The backends several processes share (a file, a server): for tests of
+    real worker processes and the commands that look at them."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/queue.db"
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
 @pytest.fixture(params=BACKENDS)
 def backend_url(request: pytest.FixtureRequest, tmp_path) -> str:
     kind = request.param

@@ -24,13 +24,9 @@ pytestmark = pytest.mark.slow
 N_OK, N_ONCE, N_NEVER = 300, 60, 30
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def setup(request: pytest.FixtureRequest, tmp_path: Path):
-    url = (
-        f"sqlite:///{tmp_path}/queue.db"
-        if request.param == "sqlite"
-        else str(request.getfixturevalue("redis_url"))
-    )
+@pytest.fixture
+def setup(shared_url: str, tmp_path: Path):
+    url = shared_url
     app = App(url)
     registered = {}
     # Same names and retries as tests/apps/metrics_app.py; this process only enqueues.

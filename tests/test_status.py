@@ -25,13 +25,9 @@ from gatorapp.errors import MissingDependencyError
 from gatorapp.views import Rates
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def served(request: pytest.FixtureRequest, tmp_path: Path):
-    url = (
-        f"sqlite:///{tmp_path}/queue.db"
-        if request.param == "sqlite"
-        else str(request.getfixturevalue("redis_url"))
-    )
+@pytest.fixture
+def served(shared_url: str, tmp_path: Path):
+    url = shared_url
     app = App(url)
 
     # Same name as tests/apps/ledger_app.py; this process only enqueues.

@@ -21,13 +21,9 @@ from gatorapp.workers import NotAvailable, RunningTask, WorkerInfo, decode_all, 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def served(request: pytest.FixtureRequest, tmp_path):
-    url = (
-        f"sqlite:///{tmp_path}/queue.db"
-        if request.param == "sqlite"
-        else str(request.getfixturevalue("redis_url"))
-    )
+@pytest.fixture
+def served(shared_url: str, tmp_path):
+    url = shared_url
     app = App(url)
 
     # Same name as tests/apps/ledger_app.py; this process only enqueues.
