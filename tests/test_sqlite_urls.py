@@ -98,3 +98,34 @@ def test_absolute_path(tmp_path: Path) -> None:
 def test_bad_sqlite_urls(url: str) -> None:
     with pytest.raises(ConfigurationError):
         App(url).backend.len("q")
+
+
+def test_close_while_other_threads_use_the_backend(tmp_path) -> None:
+    # close() closes the caller's connection only: closing one another thread
+    # is running a statement on could crash the interpreter inside sqlite3.
+    b = load_backend(f"sqlite:///{tmp_path}/q.db")
+    b.enqueue([Message("q", "a", b"x")])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def use() -> None:
+        while not stop.is_set():
+            try:
+                assert b.stats("q").ready == 1
+            except BaseException as exc:  # (reported below, not lost in the thread)
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=use) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(200):
+            b.close()
+            assert b.stats("q").ready == 1  # (and this thread reconnects)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert not errors, errors
+    b.close()

@@ -288,12 +288,21 @@ class SQLiteBackend(Backend):
             raise
 
     def close(self) -> None:
+        """Close this thread's connection now; any other thread's is closed by
+        that thread, on its next call (which opens a new one) or when it ends.
+        (Closing a connection while another thread runs a statement on it can
+        crash the interpreter inside sqlite3.)"""
+        mine: _Holder | None = getattr(self._local, "holder", None)
         with self._lock:
-            for holder in list(self._holders):
-                holder.close()
-            self._holders.clear()
+            if mine is not None:
+                mine.close()
+                self._holders.discard(mine)
+                self._local.holder = None
+            # The others see a new generation and close their own; the
+            # thread-local is kept, since dropping it would free (and close)
+            # their connections from this thread.
+            self._generation += 1
             self._ready = False
-        self._local = threading.local()
 
     def after_fork(self) -> None:
         # SQLite forbids using (or closing: a close can checkpoint the WAL) a
