@@ -129,7 +129,9 @@ def test_seed_client_end_to_end(tmp_path: Path) -> None:
 
         add.delay(1, 2)
         h_fail = fail.delay()
-        later = add.options(delay_by=0.3).delay(10, 20)
+        # (due in 1.5 s: time enough for the steps below on a loaded machine)
+        due = time.time() + 1.5
+        later = add.options(delay_by=1.5).delay(10, 20)
         cancel_me = add.delay(100, 100)
         get_me = add.delay(5, 5)
         assert app.backend.len("default") == 5
@@ -142,6 +144,7 @@ def test_seed_client_end_to_end(tmp_path: Path) -> None:
         assert app.get("unknown") is None and app.cancel("unknown") is None
 
         assert app.drain() == 3  # add, fail twice; the delayed one is not due
+        assert time.time() < due, "the steps above took longer than the delay"
         assert ("add", 3) in RAN and ("add", 200) not in RAN
         assert RAN.count(("on_error", 1)) == 1 and RAN.count(("on_error", 2)) == 1
         letters = app.backend.dead_list("default")
@@ -151,7 +154,7 @@ def test_seed_client_end_to_end(tmp_path: Path) -> None:
         assert dead is not None and dead.reason == "retries_exhausted"
         assert app.backend.stats("default").dead == 1
 
-        time.sleep(0.35)
+        time.sleep(max(0.0, due - time.time()) + 0.05)
         assert app.drain() == 1
         assert ("add", 30) in RAN
         assert app.backend.len("default") == 0
