@@ -123,7 +123,7 @@ async def traced_attempt_async(task: Task, tdef: TaskDef, registry: Registry) ->
     """:func:`attempt_async` in a CONSUMER span of the enqueuer's trace."""
     with tracing.consumer(task) as span:
         settled = await attempt_async(task, tdef, registry)
-        tracing.finish(span, settled)
+        tracing.finish(span, settled.kind, settled.summary, settled.error, settled.reason)
         return settled
 
 

@@ -281,10 +281,16 @@ class Producer:
         return Message(queue, task_id, data, None)
 
     # -- sending -------------------------------------------------------------
-    def _build(self, tdef: TaskDef, calls: Sequence[Call], opts: dict[str, Any]) -> Built:
-        """The envelopes of one enqueue (one per call), checked and sealed."""
+    def _build(
+        self,
+        tdef: TaskDef,
+        calls: Sequence[Call],
+        opts: dict[str, Any],
+        trace: dict[str, str] | None,
+    ) -> Built:
+        """The envelopes of one enqueue (one per call), checked and sealed;
+        ``trace`` is the enqueuer's trace context (see :mod:`gatorapp.tracing`)."""
         queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
-        trace = tracing.carrier()  # (None at once without OpenTelemetry, or outside a span)
         if trace is not None:
             extra = {**(extra or {}), tracing.OPTION: trace}
         keep = ttl_of(extra, tdef.keep) is not None
@@ -330,7 +336,21 @@ class Producer:
         self, tdef: TaskDef, calls: Sequence[Call], opts: dict[str, Any]
     ) -> list[TaskHandle[Any]]:
         """Enqueue one run per ``(args, kwargs)`` in one backend call."""
-        built = self._build(tdef, calls, opts)
+        trace = tracing.carrier()  # (None at once without OpenTelemetry, or outside a span)
+        # A process that traces makes the enqueue a span, and the envelopes carry its context.
+        if trace is not None and tracing.tracer() is not None:
+            with tracing.publishing(tdef.name, len(calls)) as publish:
+                return publish.sent(self._send_many(tdef, calls, opts, publish.headers))
+        return self._send_many(tdef, calls, opts, trace)
+
+    def _send_many(
+        self,
+        tdef: TaskDef,
+        calls: Sequence[Call],
+        opts: dict[str, Any],
+        trace: dict[str, str] | None,
+    ) -> list[TaskHandle[Any]]:
+        built = self._build(tdef, calls, opts, trace)
         if built.eager:
             return [self._eager_handle(built, self.run_eager(data)) for data in built.datas]
         queue, due = built.queue, built.due
@@ -354,7 +374,20 @@ class Producer:
                 "connection= enqueues in a transaction of a blocking connection: use "
                 ".delay() or .map() with it (run them in a thread from async code)"
             )
-        built = self._build(tdef, calls, opts)
+        trace = tracing.carrier()
+        if trace is not None and tracing.tracer() is not None:
+            with tracing.publishing(tdef.name, len(calls)) as publish:
+                return publish.sent(await self._asend_many(tdef, calls, opts, publish.headers))
+        return await self._asend_many(tdef, calls, opts, trace)
+
+    async def _asend_many(
+        self,
+        tdef: TaskDef,
+        calls: Sequence[Call],
+        opts: dict[str, Any],
+        trace: dict[str, str] | None,
+    ) -> list[TaskHandle[Any]]:
+        built = self._build(tdef, calls, opts, trace)
         if built.eager:
             return [self._eager_handle(built, await self.arun_eager(data)) for data in built.datas]
         queue, due = built.queue, built.due
