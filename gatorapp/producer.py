@@ -411,15 +411,10 @@ class Producer:
         """
         registry = self.registry
         task, tdef = registry.decode(data)
+        # In a process that traces, each attempt is a CONSUMER span, as on a worker.
+        run = self._eager_attempt if tracing.tracer() is None else self._traced_eager_attempt
         while True:
-            hooks = registry.hooks_for(task, tdef)
-            if tdef.is_async:
-                # (on a loop of its own: outside a loop, asyncio.run; inside
-                # one, which cannot be blocked on, on a thread of its own)
-                attempt = run_attempt_async(task, tdef, hooks, registry.max_attempts)
-                outcome = run_coroutine(attempt)
-            else:
-                outcome = run_attempt(task, tdef, hooks, registry.max_attempts)
+            outcome = run(task, tdef)
             if self._eager_done(task, tdef, outcome, on_dead):
                 return task
             task = registry.task_class.deserialize(task.serialize())
@@ -428,15 +423,40 @@ class Producer:
         """:meth:`run_eager` in async code: an async task is awaited here."""
         registry = self.registry
         task, tdef = registry.decode(data)
+        run = self._aeager_attempt if tracing.tracer() is None else self._atraced_eager_attempt
         while True:
-            hooks = registry.hooks_for(task, tdef)
-            if tdef.is_async:
-                outcome = await run_attempt_async(task, tdef, hooks, registry.max_attempts)
-            else:
-                outcome = run_attempt(task, tdef, hooks, registry.max_attempts)
+            outcome = await run(task, tdef)
             if self._eager_done(task, tdef, outcome, None):
                 return task
             task = registry.task_class.deserialize(task.serialize())
+
+    def _eager_attempt(self, task: Task, tdef: TaskDef) -> Outcome:
+        registry = self.registry
+        hooks = registry.hooks_for(task, tdef)
+        if tdef.is_async:
+            # (on a loop of its own: outside a loop, asyncio.run; inside
+            # one, which cannot be blocked on, on a thread of its own)
+            return run_coroutine(run_attempt_async(task, tdef, hooks, registry.max_attempts))
+        return run_attempt(task, tdef, hooks, registry.max_attempts)
+
+    async def _aeager_attempt(self, task: Task, tdef: TaskDef) -> Outcome:
+        registry = self.registry
+        hooks = registry.hooks_for(task, tdef)
+        if tdef.is_async:
+            return await run_attempt_async(task, tdef, hooks, registry.max_attempts)
+        return run_attempt(task, tdef, hooks, registry.max_attempts)
+
+    def _traced_eager_attempt(self, task: Task, tdef: TaskDef) -> Outcome:
+        with tracing.consumer(task) as span:
+            outcome = self._eager_attempt(task, tdef)
+            _finish_span(span, outcome)
+            return outcome
+
+    async def _atraced_eager_attempt(self, task: Task, tdef: TaskDef) -> Outcome:
+        with tracing.consumer(task) as span:
+            outcome = await self._aeager_attempt(task, tdef)
+            _finish_span(span, outcome)
+            return outcome
 
     def _eager_done(
         self,
@@ -465,3 +485,9 @@ class Producer:
     def _limit(self) -> int:
         store = self.results.store() if self.results and self.results.store else None
         return min(MAX_RECORD, store.max_payload) if store is not None else MAX_RECORD
+
+
+def _finish_span(span: Any, outcome: Outcome) -> None:
+    """Say on an eager attempt's span how it ended (see tracing.finish)."""
+    summary = summarize(outcome.exc) if outcome.exc is not None else ""
+    tracing.finish(span, outcome.kind, summary, outcome.error, outcome.reason)

@@ -10,7 +10,7 @@
   span of kind CONSUMER, ``<task name> process``, whose parent is the
   enqueuer's context and which links to it too: the web request and the task
   it enqueued are one trace. A failed attempt sets the span's status to
-  ERROR with the error as an event.
+  ERROR with the error as an event. Eager mode does the same where it runs.
 
 Only this module imports OpenTelemetry, once, on first use. Without it every
 function here returns at once (one test of a module-level value); with the

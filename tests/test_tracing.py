@@ -126,6 +126,103 @@ def test_a_task_runs_in_a_consumer_span_of_its_enqueuers_trace(tmp_path: Path) -
     }
 
 
+EAGER = """
+import asyncio
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+
+from gatorapp import App, Retry
+
+app = App("memory://", eager=True)
+tracer = trace.get_tracer("test")
+tries = []
+
+@app.task
+def ok(x):
+    with tracer.start_as_current_span(f"inside {x}"):
+        return x
+
+@app.task
+async def aok(x):
+    with tracer.start_as_current_span(f"inside {x}"):
+        return x
+
+@app.task(retries=0)
+def boom():
+    raise ValueError("no")
+
+@app.task(retries=1)
+def flaky():
+    tries.append(1)
+    if len(tries) == 1:
+        raise Retry(delay=0)
+
+async def in_a_loop():
+    aok.delay(3)  # eagerly inside a running loop: on a thread of its own
+    await aok.adelay(4)
+
+with tracer.start_as_current_span("request") as span:
+    ok.delay(1)
+    aok.delay(2)  # outside a loop: asyncio.run
+    asyncio.run(in_a_loop())
+    flaky.delay()
+    try:
+        boom.delay()
+    except ValueError:
+        pass
+    ctx = span.get_span_context()
+
+def record(s):
+    return {
+        "name": s.name,
+        "kind": s.kind.name,
+        "trace": s.context.trace_id,
+        "span": s.context.span_id,
+        "parent": s.parent.span_id if s.parent else None,
+        "links": [link.context.span_id for link in s.links],
+        "status": s.status.status_code.name,
+        "attributes": dict(s.attributes or {}),
+        "events": [e.name for e in s.events],
+    }
+
+spans = [record(s) for s in exporter.get_finished_spans()]
+print(json.dumps({"trace": ctx.trace_id, "span": ctx.span_id, "spans": spans}))
+"""
+
+
+def test_eager_mode_runs_a_task_in_a_consumer_span_too() -> None:
+    out = json.loads(run(dict(os.environ), "-c", EAGER).strip().splitlines()[-1])
+    spans = out["spans"]
+    assert {s["trace"] for s in spans} == {out["trace"]}  # one trace
+    by_id = {s["span"]: s for s in spans}
+    for x, task in [(1, "ok"), (2, "aok"), (3, "aok"), (4, "aok")]:
+        (inside,) = [s for s in spans if s["name"] == f"inside {x}"]
+        consumer = by_id[inside["parent"]]
+        assert consumer["name"] == f"__main__.{task} process" and consumer["kind"] == "CONSUMER"
+        publish = by_id[consumer["parent"]]
+        assert consumer["links"] == [publish["span"]]
+        assert publish["kind"] == "PRODUCER" and publish["parent"] == out["span"]
+    # A retry is a second attempt's span; a failure is recorded as ERROR.
+    flaky = [s for s in spans if s["name"] == "__main__.flaky process"]
+    assert [s["attributes"]["gatorapp.task.attempt"] for s in flaky] == [1, 2]
+    assert [s["status"] for s in flaky] == ["ERROR", "UNSET"]
+    assert flaky[0]["attributes"]["gatorapp.outcome"] == "retry"
+    (boom,) = [s for s in spans if s["name"] == "__main__.boom process"]
+    assert boom["status"] == "ERROR" and boom["events"] == ["exception"]
+    assert boom["attributes"]["gatorapp.dead.reason"] == "retries_exhausted"
+    # The enqueue raised the task's error: its PRODUCER span records it too.
+    (boom_publish,) = [s for s in spans if s["name"] == "__main__.boom publish"]
+    assert boom_publish["status"] == "ERROR"
+
+
 # A span context as a framework's instrumentation (or an extracted request
 # header) makes current: valid, with no SDK in this process.
 REQUEST = trace.SpanContext(
