@@ -336,12 +336,13 @@ class Producer:
         self, tdef: TaskDef, calls: Sequence[Call], opts: dict[str, Any]
     ) -> list[TaskHandle[Any]]:
         """Enqueue one run per ``(args, kwargs)`` in one backend call."""
-        trace = tracing.carrier()  # (None at once without OpenTelemetry, or outside a span)
+        if not tracing.in_span():  # (False at once without OpenTelemetry)
+            return self._send_many(tdef, calls, opts, None)
         # A process that traces makes the enqueue a span, and the envelopes carry its context.
-        if trace is not None and tracing.tracer() is not None:
+        if tracing.tracer() is not None:
             with tracing.publishing(tdef.name, len(calls)) as publish:
                 return publish.sent(self._send_many(tdef, calls, opts, publish.headers))
-        return self._send_many(tdef, calls, opts, trace)
+        return self._send_many(tdef, calls, opts, tracing.carrier())
 
     def _send_many(
         self,
@@ -374,11 +375,12 @@ class Producer:
                 "connection= enqueues in a transaction of a blocking connection: use "
                 ".delay() or .map() with it (run them in a thread from async code)"
             )
-        trace = tracing.carrier()
-        if trace is not None and tracing.tracer() is not None:
+        if not tracing.in_span():
+            return await self._asend_many(tdef, calls, opts, None)
+        if tracing.tracer() is not None:
             with tracing.publishing(tdef.name, len(calls)) as publish:
                 return publish.sent(await self._asend_many(tdef, calls, opts, publish.headers))
-        return await self._asend_many(tdef, calls, opts, trace)
+        return await self._asend_many(tdef, calls, opts, tracing.carrier())
 
     async def _asend_many(
         self,

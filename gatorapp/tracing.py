@@ -16,7 +16,7 @@ Only this module imports OpenTelemetry, once, on first use. Without it every
 function here returns at once (one test of a module-level value); with the
 API but no tracer provider, a worker starts no span. A worker asks
 :func:`tracer` once, when it starts (``gatorapp.execution.choose_attempt``);
-an enqueue asks only once :func:`carrier` found a span.
+an enqueue asks only once it found it is :func:`in_span`.
 """
 
 from __future__ import annotations
@@ -44,16 +44,19 @@ def _modules() -> Any:
     return _otel
 
 
+def in_span() -> bool:
+    """Whether there is a current span whose context could travel (a valid
+    one: without an SDK, only a context a caller extracted and made current)."""
+    otel = _modules()
+    return bool(otel) and bool(otel[2].get_current_span().get_span_context().is_valid)
+
+
 def carrier() -> dict[str, str] | None:
     """The current span's context as W3C headers, or None outside a span."""
-    otel = _modules()
-    if not otel:
-        return None
-    _, propagate, trace = otel
-    if not trace.get_current_span().get_span_context().is_valid:
+    if not in_span():
         return None
     headers: dict[str, str] = {}
-    propagate.inject(headers)
+    _modules()[1].inject(headers)
     return headers or None
 
 
@@ -127,8 +130,8 @@ class Publish:
 def publishing(name: str, count: int) -> Iterator[Publish]:
     """A PRODUCER span around one enqueue of ``count`` calls of task
     ``name``, current while the backend is called (so a client library's own
-    spans are its children). For a caller that found a :func:`carrier` and a
-    :func:`tracer`; an error raised inside ends it as ERROR."""
+    spans are its children). For a caller that found it is :func:`in_span`
+    and has a :func:`tracer`; an error raised inside ends it as ERROR."""
     found = tracer()
     attributes: dict[str, Any] = {
         "messaging.system": "gatorapp",
