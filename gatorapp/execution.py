@@ -254,7 +254,7 @@ def traced_attempt(task: Task, tdef: TaskDef, registry: Registry) -> Settlement:
     """:func:`attempt` in a CONSUMER span of the enqueuer's trace."""
     with tracing.consumer(task) as span:
         settled = attempt(task, tdef, registry)
-        tracing.finish(span, settled)
+        tracing.finish(span, settled.kind, settled.summary, settled.error, settled.reason)
         return settled
 
 

@@ -10,6 +10,7 @@ policy. A ``TimeoutError`` the task raises itself is an ordinary failure.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import threading
@@ -45,7 +46,10 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
         except BaseException as exc:
             errors.append(exc)
 
-    thread = threading.Thread(target=main, name="gatorapp-eager")
+    # The thread runs in a copy of the caller's context, as asyncio.run would:
+    # the task sees the caller's context variables (its current span among them).
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(main,), name="gatorapp-eager")
     thread.start()
     thread.join()
     if errors:
@@ -123,7 +127,7 @@ async def traced_attempt_async(task: Task, tdef: TaskDef, registry: Registry) ->
     """:func:`attempt_async` in a CONSUMER span of the enqueuer's trace."""
     with tracing.consumer(task) as span:
         settled = await attempt_async(task, tdef, registry)
-        tracing.finish(span, settled)
+        tracing.finish(span, settled.kind, settled.summary, settled.error, settled.reason)
         return settled
 
 

@@ -281,10 +281,16 @@ class Producer:
         return Message(queue, task_id, data, None)
 
     # -- sending -------------------------------------------------------------
-    def _build(self, tdef: TaskDef, calls: Sequence[Call], opts: dict[str, Any]) -> Built:
-        """The envelopes of one enqueue (one per call), checked and sealed."""
+    def _build(
+        self,
+        tdef: TaskDef,
+        calls: Sequence[Call],
+        opts: dict[str, Any],
+        trace: dict[str, str] | None,
+    ) -> Built:
+        """The envelopes of one enqueue (one per call), checked and sealed;
+        ``trace`` is the enqueuer's trace context (see :mod:`gatorapp.tracing`)."""
         queue, retries, hooks, extra, due, eager, task_id = self._choices(tdef, opts)
-        trace = tracing.carrier()  # (None at once without OpenTelemetry, or outside a span)
         if trace is not None:
             extra = {**(extra or {}), tracing.OPTION: trace}
         keep = ttl_of(extra, tdef.keep) is not None
@@ -330,7 +336,22 @@ class Producer:
         self, tdef: TaskDef, calls: Sequence[Call], opts: dict[str, Any]
     ) -> list[TaskHandle[Any]]:
         """Enqueue one run per ``(args, kwargs)`` in one backend call."""
-        built = self._build(tdef, calls, opts)
+        if not tracing.in_span():  # (False at once without OpenTelemetry)
+            return self._send_many(tdef, calls, opts, None)
+        # A process that traces makes the enqueue a span, and the envelopes carry its context.
+        if tracing.tracer() is not None:
+            with tracing.publishing(tdef.name, len(calls)) as publish:
+                return publish.sent(self._send_many(tdef, calls, opts, publish.headers))
+        return self._send_many(tdef, calls, opts, tracing.carrier())
+
+    def _send_many(
+        self,
+        tdef: TaskDef,
+        calls: Sequence[Call],
+        opts: dict[str, Any],
+        trace: dict[str, str] | None,
+    ) -> list[TaskHandle[Any]]:
+        built = self._build(tdef, calls, opts, trace)
         if built.eager:
             return [self._eager_handle(built, self.run_eager(data)) for data in built.datas]
         queue, due = built.queue, built.due
@@ -354,7 +375,21 @@ class Producer:
                 "connection= enqueues in a transaction of a blocking connection: use "
                 ".delay() or .map() with it (run them in a thread from async code)"
             )
-        built = self._build(tdef, calls, opts)
+        if not tracing.in_span():
+            return await self._asend_many(tdef, calls, opts, None)
+        if tracing.tracer() is not None:
+            with tracing.publishing(tdef.name, len(calls)) as publish:
+                return publish.sent(await self._asend_many(tdef, calls, opts, publish.headers))
+        return await self._asend_many(tdef, calls, opts, tracing.carrier())
+
+    async def _asend_many(
+        self,
+        tdef: TaskDef,
+        calls: Sequence[Call],
+        opts: dict[str, Any],
+        trace: dict[str, str] | None,
+    ) -> list[TaskHandle[Any]]:
+        built = self._build(tdef, calls, opts, trace)
         if built.eager:
             return [self._eager_handle(built, await self.arun_eager(data)) for data in built.datas]
         queue, due = built.queue, built.due
@@ -378,15 +413,10 @@ class Producer:
         """
         registry = self.registry
         task, tdef = registry.decode(data)
+        # In a process that traces, each attempt is a CONSUMER span, as on a worker.
+        run = self._eager_attempt if tracing.tracer() is None else self._traced_eager_attempt
         while True:
-            hooks = registry.hooks_for(task, tdef)
-            if tdef.is_async:
-                # (on a loop of its own: outside a loop, asyncio.run; inside
-                # one, which cannot be blocked on, on a thread of its own)
-                attempt = run_attempt_async(task, tdef, hooks, registry.max_attempts)
-                outcome = run_coroutine(attempt)
-            else:
-                outcome = run_attempt(task, tdef, hooks, registry.max_attempts)
+            outcome = run(task, tdef)
             if self._eager_done(task, tdef, outcome, on_dead):
                 return task
             task = registry.task_class.deserialize(task.serialize())
@@ -395,15 +425,40 @@ class Producer:
         """:meth:`run_eager` in async code: an async task is awaited here."""
         registry = self.registry
         task, tdef = registry.decode(data)
+        run = self._aeager_attempt if tracing.tracer() is None else self._atraced_eager_attempt
         while True:
-            hooks = registry.hooks_for(task, tdef)
-            if tdef.is_async:
-                outcome = await run_attempt_async(task, tdef, hooks, registry.max_attempts)
-            else:
-                outcome = run_attempt(task, tdef, hooks, registry.max_attempts)
+            outcome = await run(task, tdef)
             if self._eager_done(task, tdef, outcome, None):
                 return task
             task = registry.task_class.deserialize(task.serialize())
+
+    def _eager_attempt(self, task: Task, tdef: TaskDef) -> Outcome:
+        registry = self.registry
+        hooks = registry.hooks_for(task, tdef)
+        if tdef.is_async:
+            # (on a loop of its own: outside a loop, asyncio.run; inside
+            # one, which cannot be blocked on, on a thread of its own)
+            return run_coroutine(run_attempt_async(task, tdef, hooks, registry.max_attempts))
+        return run_attempt(task, tdef, hooks, registry.max_attempts)
+
+    async def _aeager_attempt(self, task: Task, tdef: TaskDef) -> Outcome:
+        registry = self.registry
+        hooks = registry.hooks_for(task, tdef)
+        if tdef.is_async:
+            return await run_attempt_async(task, tdef, hooks, registry.max_attempts)
+        return run_attempt(task, tdef, hooks, registry.max_attempts)
+
+    def _traced_eager_attempt(self, task: Task, tdef: TaskDef) -> Outcome:
+        with tracing.consumer(task) as span:
+            outcome = self._eager_attempt(task, tdef)
+            _finish_span(span, outcome)
+            return outcome
+
+    async def _atraced_eager_attempt(self, task: Task, tdef: TaskDef) -> Outcome:
+        with tracing.consumer(task) as span:
+            outcome = await self._aeager_attempt(task, tdef)
+            _finish_span(span, outcome)
+            return outcome
 
     def _eager_done(
         self,
@@ -432,3 +487,9 @@ class Producer:
     def _limit(self) -> int:
         store = self.results.store() if self.results and self.results.store else None
         return min(MAX_RECORD, store.max_payload) if store is not None else MAX_RECORD
+
+
+def _finish_span(span: Any, outcome: Outcome) -> None:
+    """Say on an eager attempt's span how it ended (see tracing.finish)."""
+    summary = summarize(outcome.exc) if outcome.exc is not None else ""
+    tracing.finish(span, outcome.kind, summary, outcome.error, outcome.reason)
