@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from rich.console import Console
+from service_redis import RedisServer
 from worker_proc import env_for, start_worker, stop
 
 from gatorapp import App
@@ -84,15 +86,37 @@ def _screen(raw: bytes) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode(errors="replace"))
 
 
+def _spawn_watch(env: dict[str, str], *args: str) -> tuple[int, int]:
+    """``gatorapp status --watch`` on a pseudo-terminal: its pid and the
+    terminal's fd to read the screen from."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: gatorapp status --watch on a terminal
+        os.environ.update(env, COLUMNS="140", LINES="40")
+        argv = ["gatorapp", "status", "-A", "ledger_app", "--watch", *args]
+        os.execvpe(sys.executable, [sys.executable, "-m", *argv], os.environ)
+    return pid, fd
+
+
+def _until(fd: int, pattern: str, seconds: float) -> str:
+    """The screen's text read until ``pattern`` shows in the latest frame."""
+    seen = ""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        seen += _screen(_read(fd, 0.2))
+        if re.search(pattern, _last_frame(seen)):
+            return seen
+    raise AssertionError(f"no {pattern!r} within {seconds}s:\n{seen[-2000:]}")
+
+
+def _last_frame(seen: str) -> str:
+    return seen[seen.rfind("gatorapp ") :]
+
+
 @pytest.mark.slow
 def test_watch_redraws_in_a_terminal_until_ctrl_c(served) -> None:
     _, record, env = served
     record.map([f"k{i}" for i in range(400)])
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: gatorapp status --watch on a terminal
-        os.environ.update(env, COLUMNS="140", LINES="40")
-        argv = ["gatorapp", "status", "-A", "ledger_app", "--watch", "--interval", "0.3"]
-        os.execvpe(sys.executable, [sys.executable, "-m", *argv], os.environ)
+    pid, fd = _spawn_watch(env, "--interval", "0.3")
     worker = None
     try:
         first = _screen(_read(fd, 3))
@@ -124,6 +148,65 @@ def test_watch_redraws_in_a_terminal_until_ctrl_c(served) -> None:
 
 
 WATCH = [sys.executable, "-m", "gatorapp", "status", "-A", "ledger_app", "--watch"]
+
+
+@pytest.mark.slow
+def test_watch_outlives_the_backend_going_away_and_coming_back(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()  # (its own: it is killed)
+    env = env_for(server.url, tmp_path / "ledger.txt")
+    pid, fd = _spawn_watch(env, "--interval", "0.2")
+    try:
+        _until(fd, r"Ctrl-C to quit", 10)
+        server.kill()
+        down = _until(fd, r"backend failing since [\d:]+: Redis", 10)
+        assert re.search(r"the figures are from [\d:]+; trying again every 0.2s", down)
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # still there
+        server.start()
+        app = App(server.url)
+
+        @app.task(name="ledger_app.record")
+        def record(key): ...
+
+        record.delay("back")
+        app.close()
+        back = _until(fd, r"default\s+1\s", 10)  # (a look after the restart)
+        assert "failing" not in _last_frame(back)
+        os.kill(pid, signal.SIGINT)
+        rest = _screen(_read(fd, 2))
+        _, code = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+        server.close()
+    assert os.waitstatus_to_exitcode(code) == 0
+    assert "Traceback" not in down + back + rest
+
+
+@pytest.mark.slow
+def test_watch_without_a_terminal_reports_a_failing_backend_on_stderr(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    env = env_for(server.url, tmp_path / "ledger.txt")
+    proc = subprocess.Popen(
+        [*WATCH, "--interval", "0.2", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        server.kill()
+        time.sleep(1.0)
+        server.start()
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        server.close()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert re.search(r"^\d{4}-\d\d-\d\d [\d:]+ Redis stats failed", err, re.M), err
+    times = [json.loads(line)["time"] for line in out.splitlines()]  # JSON lines only
+    # looks before the kill and after the restart, a gap between them
+    assert len(times) >= 4 and max(b - a for a, b in pairwise(times)) >= 0.8, times
 
 
 def test_watch_without_a_terminal_prints_tables_or_json_lines(served) -> None:

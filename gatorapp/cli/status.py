@@ -13,17 +13,20 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..app import App
-from ..errors import MissingDependencyError
+from ..errors import BackendError, MissingDependencyError
 from ..workers import NotAvailable, WorkerInfo
 from ..workers import age as since
 from .common import no_store, queue_list, safe
 
+#: one look at the queues and workers, as :func:`read` returns it
+Look = dict[str, Any]
 
-def read(app: App, queues: Sequence[str]) -> dict[str, Any]:
+
+def read(app: App, queues: Sequence[str]) -> Look:
     """One look at the queues and the workers, as plain data (``--json``)."""
     backend = app.backend
     now = time.time()
@@ -111,21 +114,37 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def looks(app: App, queues: Sequence[str], interval: float) -> Iterator[Look | BackendError]:
+    """A look now, then one every ``interval`` seconds. The first one raises
+    when the backend fails (a wrong URL, a server that is down: say so and
+    exit); a later failure is handed on, and the next look tries again, so a
+    view left open survives a server's restart or a network blip."""
+    yield read(app, queues)
+    while True:
+        time.sleep(interval)
+        try:
+            yield read(app, queues)
+        except BackendError as exc:
+            yield exc
+
+
 def watch(app: App, queues: Sequence[str], interval: float, as_json: bool) -> int:
     """Look again every ``interval`` seconds until Ctrl-C (exit status 0)."""
     try:
-        if as_json:  # JSON lines, one look each
-            while True:
-                print(json.dumps(read(app, queues)), flush=True)
-                time.sleep(interval)
-        if not sys.stdout.isatty():
-            while True:
-                look = read(app, queues)
-                print(time.strftime("%Y-%m-%d %H:%M:%S"), flush=True)
-                print_table(look)
-                print(flush=True)
-                time.sleep(interval)
-        live(app, queues, interval)
+        if as_json or not sys.stdout.isatty():
+            for look in looks(app, queues, interval):
+                if isinstance(look, BackendError):
+                    # (stdout keeps one shape of line: the failure goes to stderr)
+                    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                    print(f"{stamp} {safe(str(look))}", file=sys.stderr, flush=True)
+                elif as_json:  # JSON lines, one look each
+                    print(json.dumps(look), flush=True)
+                else:
+                    print(time.strftime("%Y-%m-%d %H:%M:%S"), flush=True)
+                    print_table(look)
+                    print(flush=True)
+        else:
+            live(app, queues, interval)
     except KeyboardInterrupt:
         pass
     return 0
@@ -139,14 +158,21 @@ def live(app: App, queues: Sequence[str], interval: float) -> None:
             'gatorapp status --watch needs rich: pip install "gatorapp[cli]"'
         ) from None
     from ..views import Rates
-    from .status_view import render  # (rich is there: imported only now)
+    from .status_view import Failing, render  # (rich is there: imported only now)
 
     rates = Rates()
-    look = read(app, queues)
-    rates.add(look)
-    with Live(render(look, rates), auto_refresh=False, screen=False) as view:
-        while True:
-            time.sleep(interval)
-            look = read(app, queues)
-            rates.add(look)
-            view.update(render(look, rates), refresh=True)
+    every = looks(app, queues, interval)
+    last = next(every)
+    assert not isinstance(last, BackendError)  # (the first look raises instead)
+    rates.add(last)
+    failing: Failing | None = None
+    with Live(render(last, rates), auto_refresh=False, screen=False) as view:
+        for look in every:
+            if isinstance(look, BackendError):
+                # The last figures stay on screen, under the error and its time.
+                since = failing.since if failing else time.time()
+                failing = Failing(since, str(look), interval)
+            else:
+                last, failing = look, None
+                rates.add(look)
+            view.update(render(last, rates, failing), refresh=True)
