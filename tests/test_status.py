@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pty
@@ -247,6 +248,7 @@ def test_the_view_shows_queue_and_task_names_as_text_never_as_markup() -> None:
         "time": now,
         "backend": "memory://",
         "exact": True,
+        "detail": True,
         "queues": [
             {"queue": "q[bold]x\x1b[2J", "ready": 1, "delayed": 0, "running": 0, "dead": 0,
              "oldest": now - 5, "age": 5.0},
@@ -262,6 +264,61 @@ def test_the_view_shows_queue_and_task_names_as_text_never_as_markup() -> None:
     assert "q[bold]x\\x1b[2J" in text  # escaped, literally
     assert "evil[/]\\x07" in text
     assert "\x1b" not in text and "\x07" not in text
+
+
+class ListClient:
+    """A five-method client (see gatorapp.backends.client), in memory: its
+    backend cannot tell delayed tasks from ready ones, nor see running ones."""
+
+    def __init__(self, conn_string: str) -> None:
+        self.queues: dict[str, list[tuple[str, bytes]]] = {}
+
+    def len(self, queue_name: str) -> int:
+        return len(self.queues.get(queue_name, []))
+
+    def drop_all(self, queue_name: str) -> None:
+        self.queues.pop(queue_name, None)
+
+    def push(self, queue_name: str, task_id: str, data: bytes, delay_until=None) -> str:
+        self.queues.setdefault(queue_name, []).append((task_id, data))
+        return task_id
+
+    def pop(self, queue_name: str) -> bytes | None:
+        items = self.queues.get(queue_name)
+        return items.pop(0)[1] if items else None
+
+    def get(self, queue_name: str, task_id: str) -> bytes | None:
+        return next((d for t, d in self.queues.get(queue_name, []) if t == task_id), None)
+
+
+def test_counts_a_backend_cannot_tell_are_never_a_false_zero(capsys) -> None:
+    app = App("list://", backend_class=ListClient)
+
+    @app.task
+    def later() -> None: ...
+
+    later.options(delay_by=3600).delay()
+    later.delay()
+    args = argparse.Namespace(queues=None, json=True, watch=False, interval=1.0)
+    assert status.cmd_status(app, args) == 0
+    look = json.loads(capsys.readouterr().out)
+    assert look["detail"] is False
+    (q,) = look["queues"]
+    assert (q["ready"], q["delayed"], q["running"], q["dead"]) == (2, None, None, 0)
+
+    status.print_table(look)
+    _, row = capsys.readouterr().out.splitlines()
+    assert row.split()[:5] == ["default", "2", "-", "-", "0"]
+
+    rates = Rates()
+    rates.add(look)
+    rates.add({**look, "time": look["time"] + 1.0})
+    assert rates.backlog() == {"default": 0.0}
+    console = Console(record=True, width=160, color_system=None)
+    console.print(render(look, rates))
+    text = console.export_text()
+    assert re.search(r"default\s+2\s+-\s+-\s+0\s", text), text
+    assert "(ready counts delayed tasks too)" in text
 
 
 def test_watch_without_rich_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,6 +30,8 @@ def read(app: App, queues: Sequence[str]) -> Look:
     """One look at the queues and the workers, as plain data (``--json``)."""
     backend = app.backend
     now = time.time()
+    # A count the backend cannot know is None (null, shown as -), never a false 0.
+    detail = "stats_detail" not in backend.unsupported
     rows = []
     for q in queues:
         s = backend.stats(q)
@@ -37,8 +39,8 @@ def read(app: App, queues: Sequence[str]) -> Look:
             {
                 "queue": q,
                 "ready": s.ready,
-                "delayed": s.delayed,
-                "running": s.running,
+                "delayed": s.delayed if detail else None,
+                "running": s.running if detail else None,
                 "dead": s.dead,
                 "oldest": s.oldest,
                 "age": None if s.oldest is None else round(max(0.0, now - s.oldest), 3),
@@ -53,6 +55,7 @@ def read(app: App, queues: Sequence[str]) -> Look:
         "time": now,
         "backend": backend.describe(),
         "exact": "exact_stats" not in backend.unsupported,
+        "detail": detail,
         "queues": rows,
         "workers": None if workers is None else [w.to_dict() for w in workers],
     }
@@ -60,6 +63,10 @@ def read(app: App, queues: Sequence[str]) -> Look:
 
 def _age(seconds: float | None) -> str:
     return "-" if seconds is None else since(time.time() - seconds)
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
 
 
 def print_table(look: dict[str, Any], out: Any = None) -> None:
@@ -73,9 +80,7 @@ def print_table(look: dict[str, Any], out: Any = None) -> None:
         file=out,
     )
     for r in rows:
-        delayed, running = r["delayed"], r["running"]
-        if r.get("unknown"):
-            delayed, running = "-", "-"  # a count the backend cannot know is never a false 0
+        delayed, running = (_count(r[k]) for k in ("delayed", "running"))
         print(
             f"{safe(r['queue']):<{width}}  {r['ready']:>7}  {delayed:>7}  {running:>7}  "
             f"{r['dead']:>7}  {_age(r['age']):>7}",
@@ -103,8 +108,6 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     unknown = app.backend.unsupported.get("stats_detail")
-    for r in look["queues"]:
-        r["unknown"] = bool(unknown)
     print_table(look)
     why = app.backend.unsupported.get("exact_stats")
     if why:

@@ -36,6 +36,11 @@ def _t(value: object, style: str = "") -> Text:
     return Text(safe(value), style=style)
 
 
+def _count(n: int | None) -> Text:
+    """A count, or a dim - where the backend cannot tell (never a false 0)."""
+    return Text("-", style="dim") if n is None else Text(str(n))
+
+
 def _rate(value: float | None) -> Text:
     if value is None:
         return Text("-", style="dim")
@@ -59,6 +64,8 @@ def render(look: dict[str, Any], rates: Rates, failing: Failing | None = None) -
         head.append(f"   finished: {total:.1f} tasks/s")
     if not look["exact"]:
         head.append("   (approximate counts)", style="dim")
+    if not look["detail"]:
+        head.append("   (ready counts delayed tasks too)", style="dim")
     if failing is not None:
         head.append(f"\nbackend failing since {_clock(failing.since)}: ", style="bold red")
         head.append(safe(failing.error), style="red")
@@ -87,8 +94,8 @@ def render(look: dict[str, Any], rates: Rates, failing: Failing | None = None) -
         queues.add_row(
             _t(r["queue"]),
             _t(r["ready"]),
-            _t(r["delayed"]),
-            _t(r["running"]),
+            _count(r["delayed"]),
+            _count(r["running"]),
             _t(r["dead"], "red" if r["dead"] else ""),
             _t("-" if late is None else since(time.time() - late), "yellow" if late else "dim"),
             _t(f"{out[r['queue']]:.1f}" if r["queue"] in out else "-"),
