@@ -321,6 +321,12 @@ def test_counts_a_backend_cannot_tell_are_never_a_false_zero(capsys) -> None:
     assert "(ready counts delayed tasks too)" in text
 
 
+def test_an_interval_under_a_tenth_of_a_second_is_refused() -> None:
+    for interval in ("0", "0.01", "-1", "nan"):
+        done = cli(dict(os.environ), "--watch", "--interval", interval)
+        assert done.returncode == 2 and "expected seconds >= 0.1" in done.stderr, done.stderr
+
+
 def test_watch_without_rich_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "rich.live", None)
     with pytest.raises(MissingDependencyError, match=r'pip install "gatorapp\[cli\]"'):

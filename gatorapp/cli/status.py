@@ -22,6 +22,9 @@ from ..workers import NotAvailable, WorkerInfo
 from ..workers import age as since
 from .common import no_store, queue_list, safe
 
+#: the shortest ``--interval`` between two looks of ``--watch``, in seconds
+MIN_INTERVAL = 0.1
+
 #: one look at the queues and workers, as :func:`read` returns it
 Look = dict[str, Any]
 
