@@ -100,7 +100,8 @@ class Rates:
 
     def add(self, look: dict[str, Any]) -> None:
         t = look["time"]
-        backlog = {r["queue"]: r["ready"] + r["delayed"] for r in look["queues"]}
+        # (delayed is None where the backend cannot tell it apart: ready has it)
+        backlog = {r["queue"]: r["ready"] + (r["delayed"] or 0) for r in look["queues"]}
         workers = look["workers"] or []
         done = {w["id"]: w["done"] for w in workers}
         settled = {

@@ -43,7 +43,7 @@ from .dead import cmd_dead
 from .metrics import LOOPBACK, cmd_metrics, worker_metrics
 from .periodic import cmd_periodic
 from .result import cmd_result
-from .status import cmd_status
+from .status import MIN_INTERVAL, cmd_status
 from .supervisor import LIFELINE_ENV, Supervisor, watch_lifeline
 from .workers import cmd_workers
 
@@ -81,6 +81,18 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
     if not 0 <= value < 10**9:
         raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text!r}")
+    return value
+
+
+def _interval(text: str) -> float:
+    # (0 would look again at once, for good: a busy loop on the backend,
+    # which on SQS is billed per request)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not MIN_INTERVAL <= value < 10**9:  # (NaN is refused too)
+        raise argparse.ArgumentTypeError(f"expected seconds >= {MIN_INTERVAL:g}, got {text!r}")
     return value
 
 
@@ -197,10 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument(
         "--interval",
-        type=_seconds,
+        type=_interval,
         default=1.0,
         metavar="SECONDS",
-        help="with --watch: seconds between two looks (default 1)",
+        help="with --watch: seconds between two looks (default 1, at least 0.1)",
     )
     sub.add_parser("periodic", parents=[common], help="the app's periodic tasks and their ticks")
     m = sub.add_parser("metrics", parents=[common], help="serve queue gauges to Prometheus")

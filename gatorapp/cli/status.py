@@ -13,20 +13,28 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..app import App
-from ..errors import MissingDependencyError
+from ..errors import BackendError, MissingDependencyError
 from ..workers import NotAvailable, WorkerInfo
 from ..workers import age as since
 from .common import no_store, queue_list, safe
 
+#: the shortest ``--interval`` between two looks of ``--watch``, in seconds
+MIN_INTERVAL = 0.1
 
-def read(app: App, queues: Sequence[str]) -> dict[str, Any]:
+#: one look at the queues and workers, as :func:`read` returns it
+Look = dict[str, Any]
+
+
+def read(app: App, queues: Sequence[str]) -> Look:
     """One look at the queues and the workers, as plain data (``--json``)."""
     backend = app.backend
     now = time.time()
+    # A count the backend cannot know is None (null, shown as -), never a false 0.
+    detail = "stats_detail" not in backend.unsupported
     rows = []
     for q in queues:
         s = backend.stats(q)
@@ -34,8 +42,8 @@ def read(app: App, queues: Sequence[str]) -> dict[str, Any]:
             {
                 "queue": q,
                 "ready": s.ready,
-                "delayed": s.delayed,
-                "running": s.running,
+                "delayed": s.delayed if detail else None,
+                "running": s.running if detail else None,
                 "dead": s.dead,
                 "oldest": s.oldest,
                 "age": None if s.oldest is None else round(max(0.0, now - s.oldest), 3),
@@ -50,6 +58,7 @@ def read(app: App, queues: Sequence[str]) -> dict[str, Any]:
         "time": now,
         "backend": backend.describe(),
         "exact": "exact_stats" not in backend.unsupported,
+        "detail": detail,
         "queues": rows,
         "workers": None if workers is None else [w.to_dict() for w in workers],
     }
@@ -57,6 +66,10 @@ def read(app: App, queues: Sequence[str]) -> dict[str, Any]:
 
 def _age(seconds: float | None) -> str:
     return "-" if seconds is None else since(time.time() - seconds)
+
+
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
 
 
 def print_table(look: dict[str, Any], out: Any = None) -> None:
@@ -70,9 +83,7 @@ def print_table(look: dict[str, Any], out: Any = None) -> None:
         file=out,
     )
     for r in rows:
-        delayed, running = r["delayed"], r["running"]
-        if r.get("unknown"):
-            delayed, running = "-", "-"  # a count the backend cannot know is never a false 0
+        delayed, running = (_count(r[k]) for k in ("delayed", "running"))
         print(
             f"{safe(r['queue']):<{width}}  {r['ready']:>7}  {delayed:>7}  {running:>7}  "
             f"{r['dead']:>7}  {_age(r['age']):>7}",
@@ -100,8 +111,6 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     unknown = app.backend.unsupported.get("stats_detail")
-    for r in look["queues"]:
-        r["unknown"] = bool(unknown)
     print_table(look)
     why = app.backend.unsupported.get("exact_stats")
     if why:
@@ -111,21 +120,37 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def looks(app: App, queues: Sequence[str], interval: float) -> Iterator[Look | BackendError]:
+    """A look now, then one every ``interval`` seconds. The first one raises
+    when the backend fails (a wrong URL, a server that is down: say so and
+    exit); a later failure is handed on, and the next look tries again, so a
+    view left open survives a server's restart or a network blip."""
+    yield read(app, queues)
+    while True:
+        time.sleep(interval)
+        try:
+            yield read(app, queues)
+        except BackendError as exc:
+            yield exc
+
+
 def watch(app: App, queues: Sequence[str], interval: float, as_json: bool) -> int:
     """Look again every ``interval`` seconds until Ctrl-C (exit status 0)."""
     try:
-        if as_json:  # JSON lines, one look each
-            while True:
-                print(json.dumps(read(app, queues)), flush=True)
-                time.sleep(interval)
-        if not sys.stdout.isatty():
-            while True:
-                look = read(app, queues)
-                print(time.strftime("%Y-%m-%d %H:%M:%S"), flush=True)
-                print_table(look)
-                print(flush=True)
-                time.sleep(interval)
-        live(app, queues, interval)
+        if as_json or not sys.stdout.isatty():
+            for look in looks(app, queues, interval):
+                if isinstance(look, BackendError):
+                    # (stdout keeps one shape of line: the failure goes to stderr)
+                    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+                    print(f"{stamp} {safe(str(look))}", file=sys.stderr, flush=True)
+                elif as_json:  # JSON lines, one look each
+                    print(json.dumps(look), flush=True)
+                else:
+                    print(time.strftime("%Y-%m-%d %H:%M:%S"), flush=True)
+                    print_table(look)
+                    print(flush=True)
+        else:
+            live(app, queues, interval)
     except KeyboardInterrupt:
         pass
     return 0
@@ -139,14 +164,21 @@ def live(app: App, queues: Sequence[str], interval: float) -> None:
             'gatorapp status --watch needs rich: pip install "gatorapp[cli]"'
         ) from None
     from ..views import Rates
-    from .status_view import render  # (rich is there: imported only now)
+    from .status_view import Failing, render  # (rich is there: imported only now)
 
     rates = Rates()
-    look = read(app, queues)
-    rates.add(look)
-    with Live(render(look, rates), auto_refresh=False, screen=False) as view:
-        while True:
-            time.sleep(interval)
-            look = read(app, queues)
-            rates.add(look)
-            view.update(render(look, rates), refresh=True)
+    every = looks(app, queues, interval)
+    last = next(every)
+    assert not isinstance(last, BackendError)  # (the first look raises instead)
+    rates.add(last)
+    failing: Failing | None = None
+    with Live(render(last, rates), auto_refresh=False, screen=False) as view:
+        for look in every:
+            if isinstance(look, BackendError):
+                # The last figures stay on screen, under the error and its time.
+                since = failing.since if failing else time.time()
+                failing = Failing(since, str(look), interval)
+            else:
+                last, failing = look, None
+                rates.add(look)
+            view.update(render(last, rates, failing), refresh=True)

@@ -8,7 +8,7 @@ markup), so a queue name or task name cannot style or break the screen.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Group
 from rich.table import Table
@@ -19,8 +19,26 @@ from ..workers import age as since
 from .common import safe
 
 
+class Failing(NamedTuple):
+    """The backend failed the last look: since when, its error, and how often
+    the view tries again."""
+
+    since: float
+    error: str
+    interval: float
+
+
+def _clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
 def _t(value: object, style: str = "") -> Text:
     return Text(safe(value), style=style)
+
+
+def _count(n: int | None) -> Text:
+    """A count, or a dim - where the backend cannot tell (never a false 0)."""
+    return Text("-", style="dim") if n is None else Text(str(n))
 
 
 def _rate(value: float | None) -> Text:
@@ -30,14 +48,14 @@ def _rate(value: float | None) -> Text:
     return Text(text, style="green" if value < 0 else "yellow" if value > 0 else "dim")
 
 
-def render(look: dict[str, Any], rates: Rates) -> Group:
+def render(look: dict[str, Any], rates: Rates, failing: Failing | None = None) -> Group:
     workers = look["workers"]
     finished = rates.finished()
     total = sum(finished.values()) if finished else 0.0
     head = Text()
     head.append("gatorapp ", style="bold")
     head.append(safe(look["backend"]))
-    head.append(f"   {time.strftime('%H:%M:%S', time.localtime(look['time']))}")
+    head.append(f"   {_clock(look['time'])}")
     head.append("\n")  # (the backend's URL may be long: the figures get a line of their own)
     if workers is None:
         head.append("workers: not reported on this backend", style="dim")
@@ -46,6 +64,16 @@ def render(look: dict[str, Any], rates: Rates) -> Group:
         head.append(f"   finished: {total:.1f} tasks/s")
     if not look["exact"]:
         head.append("   (approximate counts)", style="dim")
+    if not look["detail"]:
+        head.append("   (ready counts delayed tasks too)", style="dim")
+    if failing is not None:
+        head.append(f"\nbackend failing since {_clock(failing.since)}: ", style="bold red")
+        head.append(safe(failing.error), style="red")
+        head.append(
+            f"\nthe figures are from {_clock(look['time'])}; "
+            f"trying again every {failing.interval:g}s",
+            style="red",
+        )
 
     queues = Table(expand=False, box=None, pad_edge=False, header_style="bold")
     for name, justify in (
@@ -66,8 +94,8 @@ def render(look: dict[str, Any], rates: Rates) -> Group:
         queues.add_row(
             _t(r["queue"]),
             _t(r["ready"]),
-            _t(r["delayed"]),
-            _t(r["running"]),
+            _count(r["delayed"]),
+            _count(r["running"]),
             _t(r["dead"], "red" if r["dead"] else ""),
             _t("-" if late is None else since(time.time() - late), "yellow" if late else "dim"),
             _t(f"{out[r['queue']]:.1f}" if r["queue"] in out else "-"),
