@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -267,7 +268,9 @@ class CountsWriter:
 
     def __init__(self, tally: Tally, folder: str) -> None:
         self.tally = tally
-        self.path = Path(folder) / f"{os.getpid()}.counts"
+        # (Not the pid alone: a later process of the same supervisor may get
+        # a pid again, and would overwrite counts that must stay counted.)
+        self.path = Path(folder) / f"{os.getpid()}-{secrets.token_hex(4)}.counts"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gatorapp-metrics", daemon=True)
 

@@ -18,6 +18,7 @@ from worker_proc import env_for, output, start_worker, stop, wait_for
 
 from gatorapp import App
 from gatorapp.metrics import GAUGE_CACHE, instrument
+from gatorapp.tally import ENQUEUED, Tally
 
 pytestmark = pytest.mark.slow
 
@@ -194,7 +195,6 @@ def test_async_tasks_and_threads_are_counted_alike() -> None:
 
     from gatorapp import Worker
     from gatorapp.metrics import families
-    from gatorapp.tally import Tally
 
     app = App("memory://")
 
@@ -236,3 +236,17 @@ def test_queue_gauges_on_sqs_leave_out_what_it_cannot_tell(sqs_url) -> None:
     assert got["gatorapp_queue_ready"].samples  # (approximate, as SQS counts)
     assert not got["gatorapp_queue_oldest_ready_age_seconds"].samples
     assert "gatorapp_workers" not in got  # (SQS keeps no list, and no result store here)
+
+
+def test_a_process_that_gets_an_old_pid_again_adds_to_its_counts(tmp_path: Path) -> None:
+    from gatorapp.metrics import CountsWriter, read_folder
+    from gatorapp.tally import merge
+
+    # Two processes of one supervisor, the second with the first's pid (here
+    # both are this process): the first one's counts stay counted.
+    for n in (3, 4):
+        tally = Tally()
+        tally.enqueued("default", "t", n)
+        CountsWriter(tally, str(tmp_path)).write()
+    rows = merge(read_folder(str(tmp_path)))["rows"]
+    assert [row[2 + ENQUEUED] for row in rows] == [7]
