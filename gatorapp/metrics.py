@@ -249,17 +249,67 @@ def instrument(app: Any, registry: Any = None) -> Tally:
 
 
 # -- worker processes under a supervisor --------------------------------------------
-def read_folder(folder: str) -> list[dict[str, Any]]:
-    """The counts every worker process of a supervisor wrote (the sum is served)."""
-    out = []
-    for path in sorted(Path(folder).glob("*.counts")):
-        try:
-            snap = unpack(path.read_bytes())
-        except (OSError, DecodeError):
-            continue  # (a process between two writes replaces, never truncates)
-        if isinstance(snap, dict):
-            out.append(snap)
-    return out
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        snap = unpack(path.read_bytes())
+    except (OSError, DecodeError):
+        return None  # (a process between two writes replaces, never truncates)
+    return snap if isinstance(snap, dict) else None
+
+
+def _gone(path: Path) -> bool:
+    """Whether the process that wrote ``path`` (``PID-TOKEN.counts``) has ended."""
+    try:
+        os.kill(int(path.name.split("-", 1)[0]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False  # (alive, another user's: the pid was given again)
+    return False  # (alive, or exited and not yet reaped: either way, not final)
+
+
+class Folder:
+    """The counts every worker process of a supervisor wrote (the sum is served).
+
+    The counts of a process that has ended are final: a scrape adds them to a
+    sum kept here and deletes the file, so a supervisor whose processes are
+    replaced again and again (a crash, a task past its timeout) reads one
+    file per live process, not one per process it ever started, and what
+    ended stays counted.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.lock = threading.Lock()
+        self.ended: dict[str, Any] = {"rows": [], "dead": []}
+        self.summed: set[str] = set()  # (in the sum, though the file would not go)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        with self.lock:  # (two scrapes at once would add an ended process twice)
+            live, ended = [], []
+            for path in sorted(self.path.glob("*.counts")):
+                if path.name in self.summed:
+                    continue
+                # Asked before the read: counts read while the process lived
+                # may miss its last write.
+                gone = _gone(path)
+                snap = _read(path)
+                if snap is None:
+                    continue
+                if not gone:
+                    live.append(snap)
+                    continue
+                ended.append(snap)
+                self.summed.add(path.name)
+                try:
+                    path.unlink()
+                    path.with_suffix(".tmp").unlink(missing_ok=True)
+                    self.summed.discard(path.name)
+                except OSError:
+                    pass
+            if ended:
+                self.ended = merge([self.ended, *ended])
+            return [self.ended, *live]
 
 
 class CountsWriter:

@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from worker_proc import env_for, output, start_worker, stop, wait_for
 
 from gatorapp import App
-from gatorapp.metrics import GAUGE_CACHE, instrument
-from gatorapp.tally import ENQUEUED, Tally
+from gatorapp.metrics import GAUGE_CACHE, CountsWriter, Folder, instrument
+from gatorapp.tally import ENQUEUED, Tally, merge
 
 pytestmark = pytest.mark.slow
 
@@ -238,15 +238,42 @@ def test_queue_gauges_on_sqs_leave_out_what_it_cannot_tell(sqs_url) -> None:
     assert "gatorapp_workers" not in got  # (SQS keeps no list, and no result store here)
 
 
-def test_a_process_that_gets_an_old_pid_again_adds_to_its_counts(tmp_path: Path) -> None:
-    from gatorapp.metrics import CountsWriter, read_folder
-    from gatorapp.tally import merge
+def folder_total(folder: Folder) -> int:
+    rows = merge(folder.snapshots())["rows"]
+    return sum(row[2 + ENQUEUED] for row in rows)
 
+
+def test_a_process_that_gets_an_old_pid_again_adds_to_its_counts(tmp_path: Path) -> None:
     # Two processes of one supervisor, the second with the first's pid (here
     # both are this process): the first one's counts stay counted.
     for n in (3, 4):
         tally = Tally()
         tally.enqueued("default", "t", n)
         CountsWriter(tally, str(tmp_path)).write()
-    rows = merge(read_folder(str(tmp_path)))["rows"]
-    assert [row[2 + ENQUEUED] for row in rows] == [7]
+    assert folder_total(Folder(str(tmp_path))) == 7
+
+
+def test_the_counts_of_ended_processes_are_summed_once_and_their_files_go(
+    tmp_path: Path,
+) -> None:
+    folder = Folder(str(tmp_path))
+    live = Tally()
+    live_writer = CountsWriter(live, str(tmp_path))
+    live_writer.write()
+    # Five processes that count, write and end, one after the other (as a
+    # supervisor replaces them), the last one without its final write.
+    code = (
+        "import os, sys; from gatorapp.metrics import CountsWriter; "
+        "from gatorapp.tally import Tally; t = Tally(); w = CountsWriter(t, sys.argv[1]); "
+        "w.start(); t.enqueued('default', 't', int(sys.argv[2])); w.write(); "
+        "t.enqueued('default', 't', 100) if sys.argv[2] == '5' else w.stop()"
+    )
+    for n in range(1, 6):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path), str(n)], check=True)
+        assert folder_total(folder) == n * (n + 1) // 2
+    live.enqueued("default", "t", 1000)
+    live_writer.write()
+    assert folder_total(folder) == 15 + 1000
+    assert folder_total(folder) == 15 + 1000  # (a scrape after a scrape: the same)
+    # Left: the live process's counts; the ended ones' are in the sum.
+    assert [p.name for p in tmp_path.iterdir()] == [live_writer.path.name]
