@@ -323,8 +323,10 @@ class CountsWriter:
         self.path = Path(folder) / f"{os.getpid()}-{secrets.token_hex(4)}.counts"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gatorapp-metrics", daemon=True)
+        self._lock = threading.Lock()  # (the thread's write, the worker's last one)
 
     def start(self) -> None:
+        self.tally.last_write = self.write
         self._thread.start()
 
     def stop(self) -> None:
@@ -339,7 +341,8 @@ class CountsWriter:
     def write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         try:
-            tmp.write_bytes(pack(self.tally.snapshot()))
-            os.replace(tmp, self.path)  # (a reader sees the old counts or the new)
+            with self._lock:
+                tmp.write_bytes(pack(self.tally.snapshot()))
+                os.replace(tmp, self.path)  # (a reader sees the old counts or the new)
         except OSError as exc:
             log.warning("could not write this process's metrics to %s: %s", self.path, exc)

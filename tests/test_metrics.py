@@ -124,6 +124,44 @@ def test_counts_add_up_to_the_ledger(setup, processes: int) -> None:
     assert total(samples, "gatorapp_workers") == processes
 
 
+def test_a_process_replaced_for_a_task_past_its_timeout_keeps_its_counts(
+    tmp_path: Path,
+) -> None:
+    # The process ends at once (os._exit): its last counts, the late attempt's
+    # failure among them, are written first, and the supervisor keeps them.
+    url = f"sqlite:///{tmp_path}/q.db"
+    env = env_for(url, tmp_path / "ledger.txt")
+    app = App(url)
+    ok = app.task(lambda key: None, name="metrics_app.ok")
+    late = app.task(lambda key: None, name="metrics_app.late")
+    late.delay("late")
+    ok.map([f"ok-{i}" for i in range(20)])
+    port = free_port()
+    proc = start_worker(env, "-p", "2", "--metrics-port", str(port), app="metrics_app")
+    try:
+
+        def ended() -> bool:
+            try:
+                samples = scrape(port)
+            except httpx.HTTPError:
+                return False
+            return (
+                total(samples, "gatorapp_tasks_dead_total") == 1
+                and total(samples, "gatorapp_tasks_succeeded_total") == 20
+                and total(samples, "gatorapp_workers") == 2  # (the new one is up)
+            )
+
+        assert wait_for(ended, 30, interval=0.2), output(proc)
+        samples = scrape(port)
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
+    assert "past its timeout" in out
+    assert total(samples, "gatorapp_tasks_started_total") == 21
+    assert total(samples, "gatorapp_tasks_failed_total", task="metrics_app.late") == 1
+    assert total(samples, "gatorapp_tasks_dead_total", task="metrics_app.late") == 1
+
+
 def test_gatorapp_metrics_serves_queue_gauges_with_no_worker(setup) -> None:
     _, tasks, env, _ = setup
     tasks["ok"].delay("first")

@@ -39,3 +39,12 @@ def once(key):
 def never(key):
     _log("attempt", key)
     raise ValueError("always fails")
+
+
+@app.task(timeout=0.5, retries=0)
+def late(key):
+    """Runs past its timeout: under a supervisor its process is replaced."""
+    _log("attempt", key)
+    import time
+
+    time.sleep(30)
