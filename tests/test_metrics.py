@@ -22,7 +22,8 @@ from gatorapp.tally import ENQUEUED, Tally, merge
 
 pytestmark = pytest.mark.slow
 
-N_OK, N_ONCE, N_NEVER = 300, 60, 30
+N_OK, N_ONCE, N_NEVER, N_FAN = 300, 60, 30, 10
+FAN_OUT = 4  # (tests/apps/metrics_app.py: each fan task enqueues four ok tasks)
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def setup(shared_url: str, tmp_path: Path):
     app = App(url)
     registered = {}
     # Same names and retries as tests/apps/metrics_app.py; this process only enqueues.
-    for name, retries in (("ok", 0), ("once", 1), ("never", 1)):
+    for name, retries in (("ok", 0), ("once", 1), ("never", 1), ("fan", 0)):
 
         def fn(key): ...
 
@@ -45,8 +46,12 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     reply = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
     assert reply.status_code == 200
     assert reply.headers["content-type"].startswith("text/plain")
+    return parse(reply.text)
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     out = {}
-    for family in text_string_to_metric_families(reply.text):
+    for family in text_string_to_metric_families(text):
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
@@ -60,11 +65,11 @@ def total(samples, name: str, **match: str) -> float:
     )
 
 
-def enqueue_all(tasks) -> int:
+def enqueue_all(tasks) -> None:
     tasks["ok"].map([f"ok-{i}" for i in range(N_OK)])
     tasks["once"].map([f"once-{i}" for i in range(N_ONCE)])
     tasks["never"].map([f"never-{i}" for i in range(N_NEVER)])
-    return N_OK + N_ONCE + N_NEVER
+    tasks["fan"].map([f"fan-{i}" for i in range(N_FAN)])
 
 
 def attempts(ledger: Path) -> int:
@@ -73,9 +78,17 @@ def attempts(ledger: Path) -> int:
 
 @pytest.mark.parametrize("processes", [1, 2])
 def test_counts_add_up_to_the_ledger(setup, processes: int) -> None:
-    _, tasks, env, ledger = setup
+    app, tasks, env, ledger = setup
+    # This process counts what it enqueues, the worker what its tasks enqueue.
+    producer = CollectorRegistry()
+    instrument(app, producer)
+    enqueue_all(tasks)
+    enqueued_here = total(
+        parse(generate_latest(producer).decode()), "gatorapp_tasks_enqueued_total"
+    )
+    assert enqueued_here == N_OK + N_ONCE + N_NEVER + N_FAN
+    everything = enqueued_here + N_FAN * FAN_OUT
     port = free_port()
-    enqueued = enqueue_all(tasks)
     args = ["-p", str(processes), "-c", "2", "--metrics-port", str(port)]
     proc = start_worker(env, *args, app="metrics_app")
     try:
@@ -90,10 +103,11 @@ def test_counts_add_up_to_the_ledger(setup, processes: int) -> None:
                 samples, "gatorapp_tasks_dead_total"
             )
             seen.append(done)
-            return done == enqueued
+            return done == everything
 
         assert wait_for(drained, 60, interval=0.2), (seen[-3:], output(proc))
         assert seen == sorted(seen)  # counters only grow, scrape after scrape
+        assert any(0 < done < everything for done in seen)  # (scraped during the drain)
         time.sleep(GAUGE_CACHE + 0.1)  # (the queue gauges of a second ago are reused)
         samples = scrape(port)
     finally:
@@ -104,11 +118,16 @@ def test_counts_add_up_to_the_ledger(setup, processes: int) -> None:
     failed = total(samples, "gatorapp_tasks_failed_total")
     retried = total(samples, "gatorapp_tasks_retried_total")
     dead = total(samples, "gatorapp_tasks_dead_total")
+    enqueued_there = total(samples, "gatorapp_tasks_enqueued_total")
     # The ledger: every attempt that ran, as the tasks wrote it.
-    assert started == attempts(ledger) == N_OK + 2 * N_ONCE + 2 * N_NEVER
+    ran = N_OK + 2 * N_ONCE + 2 * N_NEVER + N_FAN * (1 + FAN_OUT)
+    assert started == attempts(ledger) == ran
     assert started == succeeded + failed
     assert failed == retried + dead == N_ONCE + 2 * N_NEVER
-    assert succeeded + dead == enqueued
+    # Each task enqueued, here or by a task, ended once.
+    assert enqueued_there == N_FAN * FAN_OUT
+    assert total(samples, "gatorapp_tasks_enqueued_total", task="metrics_app.ok") == enqueued_there
+    assert succeeded + dead == enqueued_here + enqueued_there
     assert total(samples, "gatorapp_tasks_retried_total", task="metrics_app.once") == N_ONCE
     assert total(samples, "gatorapp_tasks_retried_total", task="metrics_app.never") == N_NEVER
     assert (

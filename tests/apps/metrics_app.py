@@ -48,3 +48,13 @@ def late(key):
     import time
 
     time.sleep(30)
+
+
+@app.task
+def fan(key):
+    """Enqueues FAN_OUT ``ok`` tasks: the worker's process counts those enqueues."""
+    _log("attempt", key)
+    ok.map([f"{key}-{i}" for i in range(FAN_OUT)])
+
+
+FAN_OUT = 4
