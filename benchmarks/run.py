@@ -305,6 +305,12 @@ def phase_ping(url: str, n: int, loop: str) -> float:
     return n / run_on(loop, run())
 
 
+def child_path(workdir: Path) -> str:
+    """PYTHONPATH of a worker process: the bench app, and this checkout's
+    gatorapp (not whichever one is installed) as this process imports it."""
+    return os.pathsep.join([str(workdir), str(ROOT)])
+
+
 def fill(app: App, noop: object, n: int) -> None:
     app.backend.drop_all(QUEUE)
     for start in range(0, n, 10_000):
@@ -356,7 +362,7 @@ def phase_drain(
 def phase_procs(url: str, n: int, processes: int, workdir: Path) -> float:
     app, noop = make_app(url)
     fill(app, noop, n)
-    env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": str(workdir)}
+    env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": child_path(workdir)}
     cmd = [
         sys.executable,
         "-m",
@@ -401,7 +407,7 @@ def phase_latency(url: str, rounds: int, workdir: Path) -> tuple[float, float]:
 
     client = redis.Redis.from_url(url)
     client.delete("bench:done")
-    env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": str(workdir)}
+    env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": child_path(workdir)}
     cmd = [
         sys.executable,
         "-m",
@@ -441,7 +447,7 @@ def phase_get(url: str, rounds: int, workdir: Path) -> tuple[float, float]:
     @app.task(name="bench.stamp")
     def stamp(x: int) -> float: ...
 
-    env = {**os.environ, "BENCH_URL": url, "BENCH_RESULTS": "1", "PYTHONPATH": str(workdir)}
+    env = {**os.environ, "BENCH_URL": url, "BENCH_RESULTS": "1", "PYTHONPATH": child_path(workdir)}
     cmd = [sys.executable, "-m", "gatorapp", "worker", "-A", "bench_app", "-Q", QUEUE]
     proc = subprocess.Popen([*cmd, "-l", "ERROR"], env=env, cwd=workdir)
     try:
