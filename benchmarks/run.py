@@ -22,6 +22,12 @@ Phases (each a no-op task, N tasks, --reps runs; the median and the spread):
             an idle `gatorapp worker` process with results on: enqueue one
             task, get() its result, 300 times: how long after the task
             returned get() did (p50, p99)
+  metrics   drain -c 1 with metrics off and on (a Tally: what
+            `gatorapp worker --metrics-port` counts per task), alternating,
+            and the ratio; on sqlite and redis then `gatorapp worker -p P
+            --burst` without and with --metrics-port, for P = 1 and 2 (the
+            whole command: counting, the -p 2 processes writing their counts
+            once a second, the idle endpoint; nothing scrapes it)
   asyncio   an async def no-op drained by a burst Worker in this process
             (its event loop), alternating with the sync no-op drain; then
             await .adelay() one at a time against .delay() one at a time,
@@ -305,6 +311,19 @@ def phase_ping(url: str, n: int, loop: str) -> float:
     return n / run_on(loop, run())
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def child_path(workdir: Path) -> str:
+    """PYTHONPATH of a worker process: the bench app, and this checkout's
+    gatorapp (not whichever one is installed) as this process imports it."""
+    return os.pathsep.join([str(workdir), str(ROOT)])
+
+
 def fill(app: App, noop: object, n: int) -> None:
     app.backend.drop_all(QUEUE)
     for start in range(0, n, 10_000):
@@ -353,10 +372,10 @@ def phase_drain(
     return n / seconds
 
 
-def phase_procs(url: str, n: int, processes: int, workdir: Path) -> float:
+def phase_procs(url: str, n: int, processes: int, workdir: Path, metrics: bool = False) -> float:
     app, noop = make_app(url)
     fill(app, noop, n)
-    env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": str(workdir)}
+    env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": child_path(workdir)}
     cmd = [
         sys.executable,
         "-m",
@@ -372,6 +391,8 @@ def phase_procs(url: str, n: int, processes: int, workdir: Path) -> float:
         "-l",
         "WARNING",
     ]
+    if metrics:
+        cmd += ["--metrics-port", str(free_port())]
     proc = subprocess.Popen(cmd, env=env, cwd=workdir)
     backend = app.backend
     first = last = None
@@ -401,7 +422,7 @@ def phase_latency(url: str, rounds: int, workdir: Path) -> tuple[float, float]:
 
     client = redis.Redis.from_url(url)
     client.delete("bench:done")
-    env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": str(workdir)}
+    env = {**os.environ, "BENCH_URL": url, "PYTHONPATH": child_path(workdir)}
     cmd = [
         sys.executable,
         "-m",
@@ -441,7 +462,7 @@ def phase_get(url: str, rounds: int, workdir: Path) -> tuple[float, float]:
     @app.task(name="bench.stamp")
     def stamp(x: int) -> float: ...
 
-    env = {**os.environ, "BENCH_URL": url, "BENCH_RESULTS": "1", "PYTHONPATH": str(workdir)}
+    env = {**os.environ, "BENCH_URL": url, "BENCH_RESULTS": "1", "PYTHONPATH": child_path(workdir)}
     cmd = [sys.executable, "-m", "gatorapp", "worker", "-A", "bench_app", "-Q", QUEUE]
     proc = subprocess.Popen([*cmd, "-l", "ERROR"], env=env, cwd=workdir)
     try:
@@ -517,6 +538,14 @@ def median_of(label: str, runs: list[float], unit: str = "tasks/s") -> None:
     spread = (max(runs) - min(runs)) / 2 / med * 100 if med else 0.0
     value = f"{med:>12.2f}" if unit == "ms" else f"{med:>12,.0f}"
     print(f"  {label:<28} {value} {unit}  (±{spread:.0f}% over {len(runs)} runs)", flush=True)
+
+
+def ratios(label: str, off: list[float], on: list[float]) -> None:
+    """The ratio of the medians, and the median of each pair's ratio (the runs
+    alternate: a pair shares the machine's mood of the moment)."""
+    of_medians = statistics.median(on) / statistics.median(off)
+    of_pairs = statistics.median(b / a for a, b in zip(off, on))
+    print(f"  {label:<28} {of_medians:>12.2f}  (pair by pair: {of_pairs:.2f})", flush=True)
 
 
 def main() -> None:
@@ -598,8 +627,16 @@ def main() -> None:
                 on_.append(phase_drain(url, n, 1, metrics=True))
             median_of("drain -c 1, metrics off", off)
             median_of("drain -c 1, metrics on", on_)
-            ratio = statistics.median(on_) / statistics.median(off)
-            print(f"  {'metrics on / off':<28} {ratio:>12.2f}", flush=True)
+            ratios("metrics on / off", off, on_)
+            if args.backend != "memory":
+                for p in (1, 2):  # the whole command: counting, writing, serving
+                    off, on_ = [], []
+                    for _ in range(reps):
+                        off.append(phase_procs(url, n, p, workdir))
+                        on_.append(phase_procs(url, n, p, workdir, metrics=True))
+                    median_of(f"gatorapp worker -p {p}", off)
+                    median_of("  --metrics-port", on_)
+                    ratios("  on / off", off, on_)
         if on("asyncio"):
             sync_runs: list[float] = []
             async_runs: list[float] = []

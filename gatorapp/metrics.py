@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -248,17 +249,67 @@ def instrument(app: Any, registry: Any = None) -> Tally:
 
 
 # -- worker processes under a supervisor --------------------------------------------
-def read_folder(folder: str) -> list[dict[str, Any]]:
-    """The counts every worker process of a supervisor wrote (the sum is served)."""
-    out = []
-    for path in sorted(Path(folder).glob("*.counts")):
-        try:
-            snap = unpack(path.read_bytes())
-        except (OSError, DecodeError):
-            continue  # (a process between two writes replaces, never truncates)
-        if isinstance(snap, dict):
-            out.append(snap)
-    return out
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        snap = unpack(path.read_bytes())
+    except (OSError, DecodeError):
+        return None  # (a process between two writes replaces, never truncates)
+    return snap if isinstance(snap, dict) else None
+
+
+def _gone(path: Path) -> bool:
+    """Whether the process that wrote ``path`` (``PID-TOKEN.counts``) has ended."""
+    try:
+        os.kill(int(path.name.split("-", 1)[0]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False  # (alive, another user's: the pid was given again)
+    return False  # (alive, or exited and not yet reaped: either way, not final)
+
+
+class Folder:
+    """The counts every worker process of a supervisor wrote (the sum is served).
+
+    The counts of a process that has ended are final: a scrape adds them to a
+    sum kept here and deletes the file, so a supervisor whose processes are
+    replaced again and again (a crash, a task past its timeout) reads one
+    file per live process, not one per process it ever started, and what
+    ended stays counted.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.lock = threading.Lock()
+        self.ended: dict[str, Any] = {"rows": [], "dead": []}
+        self.summed: set[str] = set()  # (in the sum, though the file would not go)
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        with self.lock:  # (two scrapes at once would add an ended process twice)
+            live, ended = [], []
+            for path in sorted(self.path.glob("*.counts")):
+                if path.name in self.summed:
+                    continue
+                # Asked before the read: counts read while the process lived
+                # may miss its last write.
+                gone = _gone(path)
+                snap = _read(path)
+                if snap is None:
+                    continue
+                if not gone:
+                    live.append(snap)
+                    continue
+                ended.append(snap)
+                self.summed.add(path.name)
+                try:
+                    path.unlink()
+                    path.with_suffix(".tmp").unlink(missing_ok=True)
+                    self.summed.discard(path.name)
+                except OSError:
+                    pass
+            if ended:
+                self.ended = merge([self.ended, *ended])
+            return [self.ended, *live]
 
 
 class CountsWriter:
@@ -267,11 +318,15 @@ class CountsWriter:
 
     def __init__(self, tally: Tally, folder: str) -> None:
         self.tally = tally
-        self.path = Path(folder) / f"{os.getpid()}.counts"
+        # (Not the pid alone: a later process of the same supervisor may get
+        # a pid again, and would overwrite counts that must stay counted.)
+        self.path = Path(folder) / f"{os.getpid()}-{secrets.token_hex(4)}.counts"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="gatorapp-metrics", daemon=True)
+        self._lock = threading.Lock()  # (the thread's write, the worker's last one)
 
     def start(self) -> None:
+        self.tally.last_write = self.write
         self._thread.start()
 
     def stop(self) -> None:
@@ -286,7 +341,8 @@ class CountsWriter:
     def write(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         try:
-            tmp.write_bytes(pack(self.tally.snapshot()))
-            os.replace(tmp, self.path)  # (a reader sees the old counts or the new)
+            with self._lock:
+                tmp.write_bytes(pack(self.tally.snapshot()))
+                os.replace(tmp, self.path)  # (a reader sees the old counts or the new)
         except OSError as exc:
             log.warning("could not write this process's metrics to %s: %s", self.path, exc)

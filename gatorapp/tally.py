@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any, Protocol
 
 #: upper bounds (seconds) of the duration histogram's buckets: prometheus-client's
@@ -72,6 +73,10 @@ class Tally:
         self.lock = threading.Lock()
         self.rows: dict[tuple[str, str], list[Any]] = {}
         self.dead: dict[tuple[str, str, str], int] = {}
+        #: writes these counts where they are read (a worker process under a
+        #: supervisor: to its folder); a worker that ends at once (``os._exit``,
+        #: which skips the writer's own last write) calls it first
+        self.last_write: Callable[[], None] | None = None
 
     def _row(self, key: tuple[str, str]) -> list[Any]:
         return self.rows.setdefault(key, _row())

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..app import App
-from ..metrics import DIR_ENV, Collector, CountsWriter, Gauges, read_folder, serve
+from ..metrics import DIR_ENV, Collector, CountsWriter, Folder, Gauges, serve
 from ..tally import Tally
 from .common import UsageError, no_store
 
@@ -60,7 +60,7 @@ def worker_metrics(app: App, args: argparse.Namespace) -> Iterator[Tally | None]
     if args.processes > 1:
         made = tempfile.mkdtemp(prefix="gatorapp-metrics-")
         os.environ[DIR_ENV] = made  # (the worker processes inherit it)
-        server = _serve(Collector(lambda: read_folder(made), gauges), args.metrics_host, port)
+        server = _serve(Collector(Folder(made).snapshots, gauges), args.metrics_host, port)
         try:
             yield None
         finally:

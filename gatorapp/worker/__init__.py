@@ -525,6 +525,7 @@ class Worker:
             )
             sender.start()
             sender.join(COLD_STOP_DEADLINE)
+            self._last_counts()
             logging.shutdown()
             os._exit(TIMEOUT_EXIT)
 
@@ -560,5 +561,15 @@ class Worker:
             counted[0] if counted else "no",
             self.tasks_complete,
         )
+        self._last_counts()
         logging.shutdown()
         os._exit(128 + signum)
+
+    def _last_counts(self) -> None:
+        """Write the metrics counts out before ``os._exit``, which would skip
+        it: the failed attempt that ends the process is the one to count."""
+        if self.tally is not None and self.tally.last_write is not None:
+            try:
+                self.tally.last_write()
+            except Exception:  # (the process must end all the same)
+                log.exception("could not write the metrics counts")

@@ -39,3 +39,22 @@ def once(key):
 def never(key):
     _log("attempt", key)
     raise ValueError("always fails")
+
+
+@app.task(timeout=0.5, retries=0)
+def late(key):
+    """Runs past its timeout: under a supervisor its process is replaced."""
+    _log("attempt", key)
+    import time
+
+    time.sleep(30)
+
+
+@app.task
+def fan(key):
+    """Enqueues FAN_OUT ``ok`` tasks: the worker's process counts those enqueues."""
+    _log("attempt", key)
+    ok.map([f"{key}-{i}" for i in range(FAN_OUT)])
+
+
+FAN_OUT = 4
