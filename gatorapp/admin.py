@@ -28,8 +28,8 @@ def find(
         if data is not None:
             return q, data
     # "Not found" may only mean "not findable here": say so.
-    why = backend.unsupported.get("take") or (
-        None if queue else backend.unsupported.get("known_queues")
+    why = backend.capabilities.reason("take") or (
+        None if queue else backend.capabilities.reason("known_queues")
     )
     if why:
         log.warning("task %s not found; note that %s", task_id, why)

@@ -170,7 +170,7 @@ class Gauges:
             "Seconds the oldest ready task has waited since it became due (0: none ready)",
             labels=["queue"],
         )
-        if "oldest" not in backend.unsupported:
+        if backend.capabilities.oldest:
             for q, s in stats:
                 late.add_metric([q], 0.0 if s.oldest is None else max(0.0, now - s.oldest))
         made.append(late)

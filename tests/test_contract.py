@@ -66,13 +66,13 @@ def q() -> str:
 
 def needs(backend: Backend, *caps: str) -> None:
     for cap in caps:
-        reason = backend.unsupported.get(cap)
+        reason = backend.capabilities.reason(cap)
         if reason is not None:
             pytest.skip(f"{type(backend).__name__} lacks {cap}: {reason}")
 
 
 def tick(backend: Backend) -> float:
-    return SLOW_TICK if "subsecond_timing" in backend.unsupported else TICK
+    return SLOW_TICK if not backend.capabilities.subsecond_timing else TICK
 
 
 def put(backend: Backend, queue: str, *ids: str, run_at: float | None = None) -> None:
@@ -304,7 +304,7 @@ def test_lease_expiry_makes_task_reservable_again(backend: Backend, q: str) -> N
     time.sleep(t + MARGIN)
     (r2,) = reserve(backend, q, lease=t, who="w2")
     assert (r2.task_id, r2.data) == ("a", b"data-a")
-    if "delivery_count" not in backend.unsupported:
+    if backend.capabilities.delivery_count:
         assert (r1.deliveries, r2.deliveries) == (1, 2)
     assert backend.ack([r2]) == [True]
 
@@ -350,15 +350,15 @@ def test_retry_with_new_payload_and_delay(backend: Backend, q: str) -> None:
     (r,) = reserve(backend, q)
     assert backend.retry([(r, b"new-payload", time.time() + t)]) == [True]
     assert reserve(backend, q) == []  # not due yet
-    if "exact_stats" not in backend.unsupported:
+    if backend.capabilities.exact_stats:
         s = backend.stats(q)
         assert (s.ready, s.delayed, s.running) == (0, 1, 0)
     time.sleep(t + MARGIN)
     (again,) = reserve(backend, q)
     assert (again.task_id, again.data) == ("a", b"new-payload")
-    if "delivery_count" not in backend.unsupported:
+    if backend.capabilities.delivery_count:
         assert again.deliveries == 1
-    if "stale_token" not in backend.unsupported:
+    if backend.capabilities.stale_token:
         assert backend.ack([r]) == [False]  # the first lease ended with the retry
     assert backend.ack([again]) == [True]
 
@@ -382,7 +382,7 @@ def test_retry_due_now_is_ready_at_once(backend: Backend, q: str) -> None:
     assert backend.retry([(r, b"v2", time.time())]) == [True]
     (r2,) = reserve(backend, q)
     assert r2.data == b"v2"
-    if "stale_token" not in backend.unsupported:
+    if backend.capabilities.stale_token:
         assert backend.ack([r]) == [False]
     assert backend.ack([r2]) == [True]
 
@@ -394,9 +394,9 @@ def test_release_gives_back_without_counting(backend: Backend, q: str) -> None:
     assert backend.release(got) == [False, False]  # not held any more
     again = reserve(backend, q)
     assert sorted(ids(again)) == ["a", "b"]
-    if "delivery_count" not in backend.unsupported:
+    if backend.capabilities.delivery_count:
         assert [r.deliveries for r in again] == [1, 1]
-    if "fifo" not in backend.unsupported:
+    if backend.capabilities.fifo:
         assert ids(again) == ["a", "b"]  # kept their place
 
 
@@ -602,7 +602,7 @@ def test_stats_after_lease_expiry(backend: Backend, q: str) -> None:
 
 def test_stats_tell_when_the_oldest_ready_task_became_due(backend: Backend, q: str) -> None:
     needs(backend, "exact_stats")
-    if "oldest" in backend.unsupported:
+    if not backend.capabilities.oldest:
         assert backend.stats(q).oldest is None
         return
     assert backend.stats(q).oldest is None
@@ -644,7 +644,7 @@ def test_seed_len_push_pop(backend: Backend, q: str) -> None:
     first = backend.pop(q)
     second = backend.pop(q)
     assert {first, second} == {b"one", b"two"}
-    if "fifo" not in backend.unsupported:
+    if backend.capabilities.fifo:
         assert (first, second) == (b"one", b"two")
     assert backend.pop(q) is None  # t3 is not due
     assert backend.len(q) == 1
@@ -735,7 +735,7 @@ def test_a_second_dead_letter_of_an_id_keeps_the_first(backend: Backend, q: str)
     ]
     newest = backend.dead_get(q, "t1")
     assert newest is not None and newest.data == b"second"
-    assert backend.stats(q).dead == 3 or backend.unsupported.get("exact_stats")
+    assert backend.stats(q).dead == 3 or backend.capabilities.reason("exact_stats")
     # Requeue takes the newest; the earlier one stays, and is the newest now.
     assert backend.dead_requeue(q, "t1")
     (r,) = reserve(backend, q)

@@ -99,6 +99,9 @@ def test_counts_add_up_to_the_ledger(setup, processes: int) -> None:
                 samples = scrape(port)
             except httpx.HTTPError:
                 return False
+            except AssertionError as exc:  # (the worker's log says why it failed)
+                proc.terminate()
+                raise AssertionError(output(proc)) from exc
             done = total(samples, "gatorapp_tasks_succeeded_total") + total(
                 samples, "gatorapp_tasks_dead_total"
             )

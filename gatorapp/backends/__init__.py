@@ -5,6 +5,7 @@
 ``sqlite:///path.db``     embedded default, several processes, one file
 ``redis://``, ``rediss://``, ``unix://``   Redis (needs ``redis``)
 ``sqs://REGION/``         Amazon SQS (needs ``boto3``)
+``postgresql://``         PostgreSQL (needs ``psycopg``)
 ========================  =============================================
 """
 
@@ -27,10 +28,12 @@ from .base import (
     RetryItem,
     Settled,
 )
+from .capabilities import Capabilities
 
 __all__ = [
     "Backend",
     "Burial",
+    "Capabilities",
     "DeadLetter",
     "Located",
     "Message",

@@ -38,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, PayloadTooLarge, TaskRunning
 from ..options import check_text
+from .capabilities import Capabilities
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # 1 MiB, measured on the encoded payload
 
@@ -176,22 +177,20 @@ class Backend(ABC):
 
     supports_leases: bool = True
     thread_safe: bool = True
-    #: Parts of the delivery contract this backend cannot keep, by name, each
-    #: with the reason, e.g. ``{"take": "SQS cannot remove a message by id"}``.
-    #: Names: ``idempotent_enqueue`` (a second enqueue of a queued id changes
-    #: nothing), ``fifo`` (due-time, then enqueue order within a queue),
-    #: ``subsecond_timing`` (leases and delays under a second are honoured),
-    #: ``stale_token`` (calls from a lease taken over are refused), ``take``
-    #: (remove a waiting task by id), ``exact_stats`` (stats and len are exact
-    #: at once), ``delivery_count`` (``Reservation.deliveries`` is exact),
-    #: ``exclusive_reserve`` (concurrent reserves never hand out one task twice
-    #: while its lease lives), ``known_queues`` and ``stats_detail`` (stats tell
-    #: delayed and running tasks apart from ready ones), ``oldest`` (stats tell
-    #: when the oldest ready task became due). The shared contract tests
-    #: skip what is listed here.
-    unsupported: ClassVar[dict[str, str]] = {}
+    #: What of the delivery contract this backend keeps (see
+    #: :class:`~gatorapp.backends.capabilities.Capabilities`); the shared
+    #: contract suite skips what it lacks, with the reason given here.
+    capabilities: ClassVar[Capabilities] = Capabilities()
     #: how long an idle worker waits in :meth:`wait` before polling again
     poll_interval: float = 0.05
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "unsupported" in cls.__dict__:  # the string-keyed form this replaced
+            raise TypeError(
+                f"{cls.__name__}.unsupported: say what the backend lacks with "
+                "capabilities = Capabilities.lacking(name=reason, ...) instead"
+            )
 
     def __init__(self, url: str, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         self.url = url
@@ -441,7 +440,7 @@ class Backend(ABC):
     def locate(self, queue: str, task_id: str) -> Located | None:
         """Where a task is in ``queue`` (``ready``, ``delayed`` or ``running``)
         with its payload; None when the queue does not hold it. Backends that
-        cannot look a task up by id return None (``unsupported["locate"]``)."""
+        cannot look a task up by id return None (``capabilities.locate``)."""
         return None
 
     async def alocate(self, queue: str, task_id: str) -> Located | None:

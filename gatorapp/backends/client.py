@@ -24,6 +24,7 @@ import msgpack
 
 from ..errors import ConfigurationError
 from .base import Backend, DeadLetter, Message, QueueStats, Reservation, truncate
+from .capabilities import Capabilities
 
 DEAD_SUFFIX = ".dead"
 
@@ -37,11 +38,13 @@ def _as_bytes(data: Any) -> bytes:
 class ClientBackend(Backend):
     supports_leases = False
     thread_safe = False
-    unsupported = {
-        "known_queues": "a five-method client cannot list its queues: pass queue= to "
+    capabilities = Capabilities.lacking(
+        known_queues="a five-method client cannot list its queues: pass queue= to "
         "app.get/app.cancel and -Q to gatorapp status/dead for queues no task names",
-        "stats_detail": "len() cannot tell ready from delayed, and running tasks are invisible",
-    }
+        stats_detail="len() cannot tell ready from delayed, and running tasks are invisible",
+        oldest="len() cannot tell when a task became due",
+        locate="the five methods cannot look at a task without removing it",
+    )
 
     def check_queue(self, queue: str) -> str:
         queue = super().check_queue(queue)

@@ -31,6 +31,7 @@ from typing import Any
 
 from ..errors import BackendError, ConfigurationError, PayloadTooLarge
 from .base import Backend, DeadLetter, Message, QueueStats, Reservation, check_queue_name
+from .capabilities import Capabilities
 from .sqs_client import Missing, SQSQueues
 from .sqs_config import SQSConfig
 from .sqs_messages import (
@@ -56,24 +57,25 @@ SCAN_MAX = 10_000  # messages one scan looks at, at most
 
 
 class SQSBackend(Backend):
-    unsupported = {
-        "idempotent_enqueue": "standard SQS queues do not deduplicate; a task id sent twice "
+    capabilities = Capabilities.lacking(
+        idempotent_enqueue="standard SQS queues do not deduplicate; a task id sent twice "
         "is two messages",
-        "fifo": "standard SQS queues deliver in best-effort order",
-        "subsecond_timing": "SQS visibility timeouts and delays are whole seconds",
-        "stale_token": "SQS accepts a delete or visibility change with a receipt handle "
+        fifo="standard SQS queues deliver in best-effort order",
+        subsecond_timing="SQS visibility timeouts and delays are whole seconds",
+        stale_token="SQS accepts a delete or visibility change with a receipt handle "
         "from an earlier receive (only this process's own finished leases are refused)",
-        "take": "SQS cannot fetch a message by id: take scans the visible messages, so a "
+        take="SQS cannot fetch a message by id: take scans the visible messages, so a "
         "delayed or running task cannot be taken",
-        "exact_stats": "SQS reports approximate counts only",
-        "delivery_count": "deliveries is always 1: SQS's ApproximateReceiveCount also counts "
+        exact_stats="SQS reports approximate counts only",
+        delivery_count="deliveries is always 1: SQS's ApproximateReceiveCount also counts "
         "the scans of get/cancel, so five of them would bury every waiting task; poison "
         "messages are left to an SQS redrive policy (max_receives=N)",
-        "exclusive_reserve": "SQS standard queues may deliver one message to two receives "
+        exclusive_reserve="SQS standard queues may deliver one message to two receives "
         "at once (at-least-once delivery; moto does it under concurrent receives)",
-        "oldest": "SQS gives the age of a queue's oldest message only as a CloudWatch metric "
+        oldest="SQS gives the age of a queue's oldest message only as a CloudWatch metric "
         "(ApproximateAgeOfOldestMessage), not through its API",
-    }
+        locate="SQS cannot look a message up by id without receiving it",
+    )
 
     def __init__(self, url: str = "sqs:///", **kwargs: Any) -> None:
         max_payload = kwargs.pop("max_payload", None)
@@ -182,7 +184,7 @@ class SQSBackend(Backend):
                 task_id(m) or m["MessageId"],
                 decode_body(m),
                 m["ReceiptHandle"],
-                1,  # see unsupported["delivery_count"]
+                1,  # see capabilities.delivery_count
                 lease,
                 {**extra, "message_id": m["MessageId"]},
             )

@@ -34,7 +34,7 @@ def read(app: App, queues: Sequence[str]) -> Look:
     backend = app.backend
     now = time.time()
     # A count the backend cannot know is None (null, shown as -), never a false 0.
-    detail = "stats_detail" not in backend.unsupported
+    detail = backend.capabilities.stats_detail
     rows = []
     for q in queues:
         s = backend.stats(q)
@@ -57,7 +57,7 @@ def read(app: App, queues: Sequence[str]) -> Look:
     return {
         "time": now,
         "backend": backend.describe(),
-        "exact": "exact_stats" not in backend.unsupported,
+        "exact": backend.capabilities.exact_stats,
         "detail": detail,
         "queues": rows,
         "workers": None if workers is None else [w.to_dict() for w in workers],
@@ -110,9 +110,9 @@ def cmd_status(app: App, args: argparse.Namespace) -> int:
             f"{', '.join(others)})",
             file=sys.stderr,
         )
-    unknown = app.backend.unsupported.get("stats_detail")
+    unknown = app.backend.capabilities.reason("stats_detail")
     print_table(look)
-    why = app.backend.unsupported.get("exact_stats")
+    why = app.backend.capabilities.reason("exact_stats")
     if why:
         print(f"(approximate counts: {why})")
     if unknown:
