@@ -335,7 +335,7 @@ def test_extend_uses_each_reservations_lease(backend: Backend, q: str) -> None:
     t = tick(backend)
     put(backend, q, "a")
     (r,) = reserve(backend, q, lease=t)
-    r.lease = 30.0  # a task with a longer lease than the worker's default
+    r = r._replace(lease=30.0)  # a task with a longer lease than the worker's default
     assert backend.extend([r]) == [True]
     time.sleep(t + MARGIN)
     assert reserve(backend, q, who="w2") == []

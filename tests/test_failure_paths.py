@@ -131,7 +131,7 @@ class FailingPushClient:
         return task_id
 
     def pop(self, queue_name):
-        return None
+        return b"d"
 
     def get(self, queue_name, task_id):
         return None
@@ -144,7 +144,8 @@ class FailingPushClient:
 
 def test_a_five_method_client_failing_part_way_never_pushes_twice():
     backend = ClientBackend(FailingPushClient("x://"), "x://")
-    items = [(Reservation("q", f"t{i}", b"d", ""), b"d", 0.0) for i in range(3)]
+    popped = backend.reserve(["q"], 3, 30.0, "w")  # (as the worker gets them)
+    items = [(r._replace(task_id=f"t{i}"), b"d", 0.0) for i, r in enumerate(popped)]
     with pytest.raises(OSError):
         backend.retry(items)
     backend.retry(items)  # the worker sends the batch again

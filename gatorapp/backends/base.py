@@ -55,14 +55,20 @@ class Message(NamedTuple):
     run_at: float | None = None
 
 
-@dataclass(slots=True)
-class Reservation:
-    """A task leased to one worker.
+class Reservation(NamedTuple):
+    """A task leased to one worker (immutable).
 
     ``token`` identifies this lease; ``deliveries`` counts how many times the
     task was handed out since it was enqueued or last retried (a value above 1
     means a worker that held it before died or lost its lease). ``lease`` is
-    the lease length in seconds the heartbeat keeps renewing.
+    the lease length in seconds the heartbeat keeps renewing. ``handle`` is
+    the backend's own, for what it needs to settle the task later (SQS: its
+    receipt's queue URL and receive time); nothing else reads it.
+
+    The worker never writes a reservation: what it learns (the task's own
+    lease, a five-method client's task id) it keeps as a new one made with
+    ``_replace``, and what it knows of each (a lease taken over) in its own
+    in-flight state (:mod:`gatorapp.worker.held`).
     """
 
     queue: str
@@ -71,7 +77,7 @@ class Reservation:
     token: str
     deliveries: int = 1
     lease: float = 30.0
-    extra: dict[str, object] = field(default_factory=dict)
+    handle: object = None
 
 
 #: A failed task to put back: its reservation, the new payload, its due time.

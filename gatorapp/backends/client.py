@@ -29,6 +29,26 @@ from .capabilities import Capabilities
 DEAD_SUFFIX = ".dead"
 
 
+class _Once:
+    """A reservation's handle: whether it was pushed back already. The worker
+    sends a failed batch again; each item remembers it was pushed, so a push
+    that failed part-way through a batch never duplicates the rest."""
+
+    __slots__ = ("pushed",)
+
+    def __init__(self) -> None:
+        self.pushed = False
+
+
+def _pushed(r: Reservation) -> bool:
+    return isinstance(r.handle, _Once) and r.handle.pushed
+
+
+def _mark(r: Reservation) -> None:
+    if isinstance(r.handle, _Once):
+        r.handle.pushed = True
+
+
 def _as_bytes(data: Any) -> bytes:
     if isinstance(data, str):  # a client that stores text hands back str
         return data.encode("utf-8", "surrogateescape")
@@ -71,26 +91,24 @@ class ClientBackend(Backend):
             if data is None:
                 break
             # The id is not known until the worker decodes the payload.
-            out.append(Reservation(queue, "", _as_bytes(data), "", 1, lease))
+            out.append(Reservation(queue, "", _as_bytes(data), "", 1, lease, _Once()))
         return out
 
     def _ack(self, reservations: Sequence[Reservation]) -> list[bool]:
         return [True] * len(reservations)  # pop already removed them
 
-    # The worker sends a failed batch again; each item remembers it was pushed,
-    # so a push that failed part-way through a batch never duplicates the rest.
     def _retry(self, items: Sequence[tuple[Reservation, bytes, float]]) -> list[bool]:
         for r, data, run_at in items:
-            if not r.extra.get("pushed"):
+            if not _pushed(r):
                 self.client.push(r.queue, r.task_id, data, delay_until=run_at)
-                r.extra["pushed"] = True
+                _mark(r)
         return [True] * len(items)
 
     def _release(self, reservations: Sequence[Reservation]) -> list[bool]:
         for r in reservations:
-            if not r.extra.get("pushed"):
+            if not _pushed(r):
                 self.client.push(r.queue, r.task_id or uuid.uuid4().hex, r.data, delay_until=None)
-                r.extra["pushed"] = True
+                _mark(r)
         return [True] * len(reservations)
 
     def _extend(self, reservations: Sequence[Reservation]) -> list[bool]:
@@ -98,9 +116,9 @@ class ClientBackend(Backend):
 
     def _bury(self, items: Sequence[tuple[Reservation, str, str]]) -> list[bool]:
         for r, reason, error in items:
-            if not r.extra.get("pushed"):
+            if not _pushed(r):
                 self.dead_add(r.queue, r.task_id or uuid.uuid4().hex, r.data, reason, error)
-                r.extra["pushed"] = True
+                _mark(r)
         return [True] * len(items)
 
     def _take(self, queue: str, task_id: str) -> bytes | None:

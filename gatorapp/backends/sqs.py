@@ -13,8 +13,8 @@ renews leases with ``ChangeMessageVisibilityBatch``. SQS delays at most 900 s,
 so longer delays travel in hops: a message received early is sent again with
 the rest of its delay.
 
-Every reservation remembers when its receive was sent (``extra["at"]``) and
-for how long it hid the message (``extra["seconds"]``): what is handed to the
+Every reservation's handle (a :class:`Receipt`) remembers when its receive
+was sent and for how long it hid the message: what is handed to the
 worker has at least two thirds of its lease left, or is renewed first, or is
 not handed out at all, so the heartbeat (every lease/3) always renews a live
 lease and never a copy another consumer may have received since.
@@ -54,6 +54,25 @@ log = logging.getLogger("gatorapp.sqs")
 MAX_VISIBILITY = 43200  # SQS caps a visibility timeout at 12 hours
 SCAN_VISIBILITY = 30  # seconds a scan hides the messages it looks at
 SCAN_MAX = 10_000  # messages one scan looks at, at most
+
+
+class Receipt:
+    """A reservation's handle: the queue URL it was received from (and that
+    queue's generation), when the receive was sent (monotonic) and for how many
+    seconds it hid the message. Renewals update it in place: the worker's
+    reservation stays the same object."""
+
+    __slots__ = ("at", "gen", "seconds", "url")
+
+    def __init__(self, url: str, gen: int, at: float, seconds: int) -> None:
+        self.url, self.gen, self.at, self.seconds = url, gen, at, seconds
+
+
+def receipt(r: Reservation) -> Receipt:
+    handle = r.handle
+    if not isinstance(handle, Receipt):  # (made by hand, not by a receive here)
+        raise TypeError(f"task {r.task_id!r} was not received from SQS")
+    return handle
 
 
 class SQSBackend(Backend):
@@ -104,8 +123,8 @@ class SQSBackend(Backend):
 
     def _gone(self, r: Reservation) -> bool:
         """True when ``r`` came from a queue that was deleted since: its message is gone."""
-        url, gen = r.extra.get("url"), r.extra.get("gen")
-        return isinstance(url, str) and isinstance(gen, int) and gen < self.sqs.gens.get(url, 0)
+        handle = r.handle
+        return isinstance(handle, Receipt) and handle.gen < self.sqs.gens.get(handle.url, 0)
 
     # -- sending ----------------------------------------------------------------------
     def check_queue(self, queue: str) -> str:
@@ -177,7 +196,6 @@ class SQSBackend(Backend):
                 url,
                 [m["ReceiptHandle"] for m, ok in zip(early, sent) if ok],
             )
-        extra = {"url": url, "gen": gen, "at": at, "seconds": seconds}
         return [
             Reservation(
                 queue,
@@ -186,7 +204,7 @@ class SQSBackend(Backend):
                 m["ReceiptHandle"],
                 1,  # see capabilities.delivery_count
                 lease,
-                {**extra, "message_id": m["MessageId"]},
+                Receipt(url, gen, at, seconds),
             )
             for m in msgs
             if m not in early
@@ -257,7 +275,8 @@ class SQSBackend(Backend):
     def _age(r: Reservation, now: float) -> float:
         """How much of ``r``'s lease has passed, counted from before its receive
         was sent (1.0: it may be over)."""
-        return (now - float(r.extra["at"])) / float(r.extra["seconds"])  # type: ignore[arg-type]
+        handle = receipt(r)
+        return (now - handle.at) / handle.seconds
 
     def _fresh(self, rs: list[Reservation], lease: float) -> list[Reservation]:
         """``rs`` with at least 2/3 of a ``lease`` left each: renewed when older than
@@ -275,26 +294,28 @@ class SQSBackend(Backend):
                     "SQS delivers it again after that",
                     r.task_id,
                     r.queue,
-                    r.extra["seconds"],
+                    receipt(r).seconds,
                 )
                 skip.add(id(r))
             elif self._age(r, now) > 1 / 3 or r.lease != lease:
                 renew.append(r)
+        renewed: dict[int, Reservation] = {}  # (a new lease length: a new reservation)
         if renew:
             at = time.monotonic()
-            for r in renew:
-                r.lease = lease
+            fresh = [r._replace(lease=lease) for r in renew]
             try:
-                held = self._extend(renew)
+                held = self._extend(fresh)
             except BackendError as exc:
                 log.info("could not renew %d lease(s) before handing them out: %s", len(renew), exc)
                 held = [False] * len(renew)
-            for r, ok in zip(renew, held):
+            for old, new, ok in zip(renew, fresh, held):
                 if ok:
-                    r.extra.update(at=at, seconds=self._seconds(lease))
+                    handle = receipt(new)
+                    handle.at, handle.seconds = at, self._seconds(lease)
+                    renewed[id(old)] = new
                 else:
-                    skip.add(id(r))
-        return [r for r in rs if id(r) not in skip]
+                    skip.add(id(old))
+        return [renewed.get(id(r), r) for r in rs if id(r) not in skip]
 
     def _unstash(self, queues: Sequence[str], limit: int) -> list[Reservation]:
         """Up to ``limit`` stashed reservations of ``queues``, in queue order; the
@@ -320,8 +341,8 @@ class SQSBackend(Backend):
         with self._lock:
             if self._sweeper is not None or not self._stash:
                 return
-            oldest = min(self._stash, key=lambda r: float(r.extra["at"]))  # type: ignore[arg-type]
-            delay = float(oldest.extra["at"]) + 0.6 * float(oldest.extra["seconds"])  # type: ignore[arg-type]
+            oldest = min((receipt(r) for r in self._stash), key=lambda h: h.at)
+            delay = oldest.at + 0.6 * oldest.seconds
             self._sweeper = timer = threading.Timer(
                 max(0.05, delay - time.monotonic()), self._sweep
             )
@@ -370,8 +391,8 @@ class SQSBackend(Backend):
         return ok
 
     def _url_of(self, r: Reservation) -> str:
-        url = r.extra.get("url")
-        return url if isinstance(url, str) else str(self.sqs.url(r.queue))
+        handle = r.handle
+        return handle.url if isinstance(handle, Receipt) else str(self.sqs.url(r.queue))
 
     def _finish(self, tokens: Iterable[str]) -> None:
         with self._lock:
@@ -595,7 +616,7 @@ class SQSBackend(Backend):
         if url is None:
             return
         with self._lock:
-            self._stash = [r for r in self._stash if r.extra.get("url") != url]
+            self._stash = [r for r in self._stash if self._url_of(r) != url]
         try:
             self.sqs.call("purge_queue", QueueUrl=url)
         except BackendError as exc:

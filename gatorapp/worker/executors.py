@@ -105,11 +105,11 @@ class Runner:
                 empty = Settlement("dead", reason="decode_error", error="stored with an empty id")
                 self.outbox.add(r, empty)
                 return False
-            r.task_id = task.task_id  # a five-method client learns it only now
+            r = held.swap(r, r._replace(task_id=task.task_id))  # (a five-method client's)
         lease = tdef.lease
         if lease is not None and lease != r.lease:
             shorter = lease < r.lease
-            r.lease = lease  # what the heartbeat renews it for from now on
+            r = held.swap(r, r._replace(lease=lease))  # what the heartbeat renews from now on
             if shorter:
                 # Renew at once with the task's shorter lease, so a crash now
                 # frees it after that lease, not the worker's longer one.

@@ -58,6 +58,19 @@ class Held:
                 if lost:
                     lost.discard(key)
 
+    def swap(self, old: Reservation, new: Reservation) -> Reservation:
+        """Hold ``new`` in place of ``old`` (the same task, with what the worker
+        learnt since: its own lease, its id), keeping what is known of it;
+        returns ``new``."""
+        with self.lock:
+            key = id(old)
+            if self._items.pop(key, None) is not None:
+                self._items[id(new)] = new
+            if key in self.lost:
+                self.lost.discard(key)
+                self.lost.add(id(new))
+        return new
+
     def snapshot(self) -> list[Reservation]:
         with self.lock:
             return list(self._items.values())
