@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from .backends.base import Backend, DeadLetter
+from .backends.base import Backend
+from .backends.protocols import dead_letters, known_queues, take_by_id
+from .backends.records import DeadLetter
 from .envelope import CANCELED, Task
 from .errors import DecodeError, Rejected
 from .execution import Outcome
@@ -23,8 +25,9 @@ def find(
     backend: Backend, queues: Sequence[str], task_id: str, queue: str | None
 ) -> tuple[str, bytes] | None:
     """Take a waiting task off ``queue`` (or the first of ``queues`` that has it)."""
-    for q in [queue] if queue else list(dict.fromkeys([*queues, *backend.known_queues()])):
-        data = backend.take(q, task_id)
+    taker = take_by_id(backend)
+    for q in [queue] if queue else list(dict.fromkeys([*queues, *known_queues(backend)])):
+        data = taker.take(q, task_id)
         if data is not None:
             return q, data
     # "Not found" may only mean "not findable here": say so.
@@ -104,4 +107,4 @@ def requeue_letter(producer: Producer, letter: DeadLetter) -> bool:
     results = producer.results
     if results is not None and results.store is not None:
         results.store().forget_result(letter.task_id)
-    return producer.backend().dead_requeue(letter.queue, letter.task_id, data)
+    return dead_letters(producer.backend()).dead_requeue(letter.queue, letter.task_id, data)

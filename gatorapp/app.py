@@ -20,6 +20,7 @@ from typing import Any, ParamSpec, TypeVar, overload
 from . import admin
 from .backends import Backend, DeadLetter, Message, load_backend
 from .backends.base import check_queue_name, masked_url
+from .backends.protocols import dead_letters
 from .encryption import Cipher
 from .envelope import Task, pack
 from .errors import ConfigurationError, GatorError, Rejected
@@ -464,7 +465,7 @@ class App:
     # -- dead letters --------------------------------------------------------
     def requeue_dead(self, queue: str, task_id: str) -> bool:
         """Move a dead letter back to its queue with its retry budget restored."""
-        letter = self.backend.dead_get(queue, task_id)
+        letter = dead_letters(self.backend).dead_get(queue, task_id)
         return False if letter is None else self.requeue_letter(letter)
 
     def requeue_letter(self, letter: DeadLetter) -> bool:

@@ -17,6 +17,12 @@ class ConfigurationError(GatorError, ValueError):
     """A bad URL, option, app path or task definition."""
 
 
+class NotAvailable(ConfigurationError):
+    """The backend does not keep what was asked of it: the list of workers
+    (SQS with no result store), dead letters or queue counts (a backend that
+    implements delivery only)."""
+
+
 class MissingDependencyError(ConfigurationError, ImportError):
     """A backend's driver is not installed; the message names the package."""
 

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .backends import Backend
+from .backends.protocols import QueueAdmin
 from .envelope import pack, unpack
-from .errors import DecodeError, MissingDependencyError
+from .errors import DecodeError, MissingDependencyError, NotAvailable
 from .tally import (
     BUCKETS,
     ENQUEUED,
@@ -44,7 +45,7 @@ from .tally import (
     Tally,
     merge,
 )
-from .workers import NotAvailable, WorkerInfo
+from .workers import WorkerInfo
 
 log = logging.getLogger("gatorapp.metrics")
 
@@ -145,6 +146,8 @@ class Gauges:
         up = core.GaugeMetricFamily(
             "gatorapp_backend_up", "1 when the last read of the queue counts succeeded"
         )
+        if not isinstance(backend, QueueAdmin):  # (delivery only: no counts to show)
+            return []
         try:
             queues = self.queues or list(dict.fromkeys(self.app.queues() + backend.known_queues()))
             stats = [(q, backend.stats(q)) for q in queues]

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from . import tracing
-from .backends.base import Backend, Message
+from .backends.base import Backend
+from .backends.records import Message
 from .envelope import (
     HOOK_NAMES,
     Task,

@@ -25,7 +25,7 @@ from typing import Any
 import msgpack
 
 from .backends import Backend
-from .backends.base import Located
+from .backends.records import Located
 from .envelope import Task, pack, unpack
 from .errors import ConfigurationError, DecodeError, GatorError, ResultTimeout, TaskFailed
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from .app import App
 from .backends.memory import MemoryBackend
+from .backends.protocols import queue_admin
 from .errors import GatorError
 from .worker import Worker
 
@@ -44,7 +45,7 @@ def join(app: App, queues: Sequence[str] | None = None, timeout: float = 10.0) -
         return
     deadline = time.monotonic() + timeout
     while True:
-        stats = [backend.stats(q) for q in names]
+        stats = [queue_admin(backend).stats(q) for q in names]
         if not any(s.ready or s.running for s in stats):
             return
         if time.monotonic() >= deadline:

@@ -23,16 +23,13 @@ from typing import Any, Protocol
 
 from .backends import Backend
 from .envelope import pack, unpack
-from .errors import ConfigurationError, DecodeError
+from .errors import DecodeError
+from .errors import NotAvailable as NotAvailable  # (its home before errors)
 
 #: seconds between two writes of a worker's record (``gatorapp worker --beat``)
 DEFAULT_BEAT = 5.0
 #: a record lives this many beats: a worker is listed until it missed them all
 BEATS_TO_LIVE = 3
-
-
-class NotAvailable(ConfigurationError):
-    """The app's backends keep no list of workers (SQS with no result store)."""
 
 
 @dataclass(frozen=True, slots=True)

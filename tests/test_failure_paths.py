@@ -15,7 +15,7 @@ import pytest
 from worker_proc import APPS
 
 from gatorapp import App, BackendError, Worker, cli
-from gatorapp.backends.base import Reservation, Settled
+from gatorapp.backends import Reservation, Settled
 from gatorapp.backends.client import ClientBackend
 from gatorapp.backends.memory import MemoryBackend
 from gatorapp.execution import Settlement

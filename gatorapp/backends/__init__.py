@@ -16,8 +16,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, MissingDependencyError
-from .base import (
-    Backend,
+from .base import Backend
+from .capabilities import Capabilities
+from .records import (
     Burial,
     DeadLetter,
     Located,
@@ -28,7 +29,6 @@ from .base import (
     RetryItem,
     Settled,
 )
-from .capabilities import Capabilities
 
 __all__ = [
     "Backend",

@@ -32,106 +32,25 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigurationError, PayloadTooLarge, TaskRunning
 from ..options import check_text
 from .capabilities import Capabilities
+from .five import FiveMethods
+from .records import (
+    NOTHING_SETTLED,
+    Burial,
+    Located,
+    Message,
+    Reservation,
+    ResultItem,
+    RetryItem,
+    Settled,
+)
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024  # 1 MiB, measured on the encoded payload
-
-
-class Message(NamedTuple):
-    """One task to enqueue: its queue, id, payload and due time (epoch seconds).
-
-    (A named tuple: immutable, and cheap to make a hundred thousand times a
-    second.)"""
-
-    queue: str
-    task_id: str
-    data: bytes
-    run_at: float | None = None
-
-
-class Reservation(NamedTuple):
-    """A task leased to one worker (immutable).
-
-    ``token`` identifies this lease; ``deliveries`` counts how many times the
-    task was handed out since it was enqueued or last retried (a value above 1
-    means a worker that held it before died or lost its lease). ``lease`` is
-    the lease length in seconds the heartbeat keeps renewing. ``handle`` is
-    the backend's own, for what it needs to settle the task later (SQS: its
-    receipt's queue URL and receive time); nothing else reads it.
-
-    The worker never writes a reservation: what it learns (the task's own
-    lease, a five-method client's task id) it keeps as a new one made with
-    ``_replace``, and what it knows of each (a lease taken over) in its own
-    in-flight state (:mod:`gatorapp.worker.held`).
-    """
-
-    queue: str
-    task_id: str
-    data: bytes
-    token: str
-    deliveries: int = 1
-    lease: float = 30.0
-    handle: object = None
-
-
-#: A failed task to put back: its reservation, the new payload, its due time.
-RetryItem = tuple[Reservation, bytes, float]
-#: A task for the dead letters: its reservation, the reason and the error text.
-Burial = tuple[Reservation, str, str]
-
-
-#: A finished task's result record to store: its task id, the record, and
-#: for how many seconds (a plain tuple: one is made per task).
-ResultItem = tuple[str, bytes, float]
-
-
-#: Where a task is in its queue (:meth:`Backend.locate`): ``ready``,
-#: ``delayed`` or ``running``, and its payload.
-Located = tuple[str, bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class Settled:
-    """What :meth:`Backend.settle` did: one bool per item of each list, False
-    where the lease was lost (the item was not applied)."""
-
-    acked: list[bool]
-    retried: list[bool]
-    buried: list[bool]
-
-
-NOTHING_SETTLED = Settled([], [], [])
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A task in a queue's dead-letter store, with why it is there."""
-
-    queue: str
-    task_id: str
-    data: bytes
-    reason: str
-    error: str
-    failed_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class QueueStats:
-    """A queue's counts. ``oldest`` is when its oldest ready task became due
-    (epoch seconds; None when nothing is ready, or the backend cannot tell):
-    ``now - oldest`` is how late the queue runs."""
-
-    ready: int = 0
-    delayed: int = 0
-    running: int = 0
-    dead: int = 0
-    oldest: float | None = None
 
 
 def running_error(queue: str, task_id: str) -> TaskRunning:
@@ -172,7 +91,7 @@ def check_queue_name(queue: str) -> str:
     return queue if queue.isascii() else check_text("queue name", queue)
 
 
-class Backend(ABC):
+class Backend(FiveMethods, ABC):
     """Base class of the built-in backends (memory, SQLite, Redis, SQS).
 
     ``supports_leases`` is True when the backend keeps reserved tasks until they
@@ -371,32 +290,10 @@ class Backend(ABC):
         """Move reserved tasks to their queue's dead letters with (reason, error)."""
         return self._bury(items) if items else []
 
-    # -- by id ---------------------------------------------------------------
-    def take(self, queue: str, task_id: str) -> bytes | None:
-        """Remove a waiting (not running) task and return its payload, or None."""
-        return self._take(check_queue_name(queue), task_id)
-
-    # -- dead letters ----------------------------------------------------------
+    # -- what no worker could run (an undecodable ``App.get``) ------------------
     @abstractmethod
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
-        """Store a task that never was reserved (e.g. an undecodable ``get``)."""
-
-    @abstractmethod
-    def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]: ...
-
-    @abstractmethod
-    def dead_get(self, queue: str, task_id: str) -> DeadLetter | None: ...
-
-    @abstractmethod
-    def dead_requeue(self, queue: str, task_id: str, data: bytes | None = None) -> bool:
-        """Move a dead letter back to its queue, ready now, in one atomic step.
-
-        ``data`` replaces the payload (the app resets the retry budget)."""
-
-    @abstractmethod
-    def dead_purge(self, queue: str, task_id: str | None = None) -> int:
-        """Delete the queue's dead letters for good, or only those of ``task_id``
-        (every letter of it); returns how many were deleted."""
+        """Store a task that never was reserved in the queue's dead letters."""
 
     # -- results (see gatorapp.results; a backend with supports_results) -------
     #: whether this backend can be a result store
@@ -491,13 +388,6 @@ class Backend(ABC):
         raise NotImplementedError(f"{type(self).__name__} keeps no list of workers")
 
     # -- introspection -------------------------------------------------------
-    @abstractmethod
-    def stats(self, queue: str) -> QueueStats: ...
-
-    def known_queues(self) -> list[str]:
-        """Queues this backend holds anything for (tasks or dead letters)."""
-        return []
-
     def describe(self) -> str:
         """Where the tasks are, for people: the URL with any password masked."""
         return masked_url(self.url)
@@ -509,33 +399,6 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release connections. The backend reconnects if used again."""
-
-    # -- the five methods of Alligator's client protocol ---------------------
-    # At-most-once: pop and get remove the task before it runs.
-    def len(self, queue_name: str) -> int:
-        """Tasks waiting in the queue (ready or delayed, not running)."""
-        s = self.stats(queue_name)
-        return s.ready + s.delayed
-
-    @abstractmethod
-    def drop_all(self, queue_name: str) -> None:
-        """Delete every task of the queue (its dead letters stay)."""
-
-    def push(
-        self, queue_name: str, task_id: str, data: bytes, delay_until: float | None = None
-    ) -> str:
-        self.enqueue([Message(queue_name, task_id, data, delay_until)])
-        return task_id
-
-    def pop(self, queue_name: str) -> bytes | None:
-        got = self.reserve([queue_name], 1, 60.0, "pop")
-        if not got:
-            return None
-        self.ack(got)
-        return got[0].data
-
-    def get(self, queue_name: str, task_id: str) -> bytes | None:
-        return self.take(queue_name, task_id)
 
     # -- primitives ----------------------------------------------------------
     @abstractmethod
@@ -560,9 +423,6 @@ class Backend(ABC):
 
     @abstractmethod
     def _bury(self, items: Sequence[tuple[Reservation, str, str]]) -> list[bool]: ...
-
-    @abstractmethod
-    def _take(self, queue: str, task_id: str) -> bytes | None: ...
 
 
 # Every backend object of this process, so a forked child can reset them all

@@ -23,8 +23,10 @@ from typing import Any
 import msgpack
 
 from ..errors import ConfigurationError
-from .base import Backend, DeadLetter, Message, QueueStats, Reservation, truncate
+from .base import Backend, check_queue_name, truncate
 from .capabilities import Capabilities
+from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
+from .records import DeadLetter, Message, QueueStats, Reservation
 
 DEAD_SUFFIX = ".dead"
 
@@ -55,7 +57,7 @@ def _as_bytes(data: Any) -> bytes:
     return bytes(data)
 
 
-class ClientBackend(Backend):
+class ClientBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     supports_leases = False
     thread_safe = False
     capabilities = Capabilities.lacking(
@@ -121,7 +123,8 @@ class ClientBackend(Backend):
                 _mark(r)
         return [True] * len(items)
 
-    def _take(self, queue: str, task_id: str) -> bytes | None:
+    def take(self, queue: str, task_id: str) -> bytes | None:
+        queue = check_queue_name(queue)
         data = self.client.get(queue, task_id)
         return None if data is None else _as_bytes(data)
 
@@ -205,6 +208,12 @@ class ClientBackend(Backend):
             ready=int(self.client.len(queue)), dead=int(self.client.len(queue + DEAD_SUFFIX))
         )
 
+    def known_queues(self) -> list[str]:
+        return []  # (see capabilities.known_queues)
+
+    def clear(self, queue: str) -> None:
+        self.client.drop_all(queue)
+
     # -- the five methods go straight to the client -----------------------------
     def len(self, queue_name: str) -> int:
         return int(self.client.len(queue_name))
@@ -224,4 +233,4 @@ class ClientBackend(Backend):
         return None if data is None else _as_bytes(data)
 
     def get(self, queue_name: str, task_id: str) -> bytes | None:
-        return self._take(queue_name, task_id)
+        return self.take(queue_name, task_id)

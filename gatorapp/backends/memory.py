@@ -16,16 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..errors import GatorError
-from .base import (
-    Backend,
-    DeadLetter,
-    Located,
-    Message,
-    QueueStats,
-    Reservation,
-    ResultItem,
-    running_error,
-)
+from .base import Backend, check_queue_name, running_error
+from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
+from .records import DeadLetter, Located, Message, QueueStats, Reservation, ResultItem
 
 
 @dataclass(slots=True)
@@ -61,7 +54,7 @@ class _Queue:
         self.dead: list[DeadLetter] = []  # oldest first; an id may have several
 
 
-class MemoryBackend(Backend):
+class MemoryBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     poll_interval = 1.0  # wait() is woken by a condition variable, so polling is rare
     supports_results = True
     supports_workers = True
@@ -336,7 +329,8 @@ class MemoryBackend(Backend):
                 return "running", entry.data
             return ("ready" if entry.run_at <= now else "delayed"), entry.data
 
-    def _take(self, queue: str, task_id: str) -> bytes | None:
+    def take(self, queue: str, task_id: str) -> bytes | None:
+        queue = check_queue_name(queue)
         with self._cond:
             q = self._queues.get(queue)
             if q is None:
@@ -410,7 +404,7 @@ class MemoryBackend(Backend):
         with self._cond:
             return list(self._queues)
 
-    def drop_all(self, queue_name: str) -> None:
+    def clear(self, queue_name: str) -> None:
         with self._cond:
             q = self._queues.get(queue_name)
             if q is not None:

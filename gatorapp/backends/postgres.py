@@ -22,8 +22,10 @@ from typing import Any, TypeVar
 import psycopg  # (missing: load_backend says which extra to install)
 
 from ..errors import BackendError, ConfigurationError
-from .base import (
-    Backend,
+from .base import Backend, check_queue_name, masked_url, running_error, truncate
+from .postgres_schema import create_tables
+from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
+from .records import (
     Burial,
     DeadLetter,
     Located,
@@ -33,11 +35,7 @@ from .base import (
     ResultItem,
     RetryItem,
     Settled,
-    masked_url,
-    running_error,
-    truncate,
 )
-from .postgres_schema import create_tables
 
 _R = TypeVar("_R")
 
@@ -72,7 +70,7 @@ def _translating(name: str, method: Callable[..., _R]) -> Callable[..., _R]:
     return call
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     supports_results = True
     supports_workers = True
     ticks_once = True
@@ -325,7 +323,8 @@ class PostgresBackend(Backend):
             out.append(row is not None)
         return out
 
-    def _take(self, queue: str, task_id: str) -> bytes | None:
+    def take(self, queue: str, task_id: str) -> bytes | None:
+        queue = check_queue_name(queue)
         row = self._conn.execute(
             "DELETE FROM gatorapp_tasks WHERE queue = %s AND task_id = %s "
             f"AND (token IS NULL OR lease_until <= {NOW}) RETURNING data",
@@ -493,7 +492,7 @@ class PostgresBackend(Backend):
         ).fetchall()
         return sorted(r[0] for r in rows)
 
-    def drop_all(self, queue_name: str) -> None:
+    def clear(self, queue_name: str) -> None:
         self._conn.execute("DELETE FROM gatorapp_tasks WHERE queue = %s", (queue_name,))
 
 

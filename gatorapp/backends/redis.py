@@ -49,9 +49,9 @@ from redis.exceptions import ResponseError
 
 from ..errors import BackendError
 from . import redis_results
-from .base import (
-    DEFAULT_MAX_PAYLOAD,
-    Backend,
+from .base import DEFAULT_MAX_PAYLOAD, Backend, check_queue_name, running_error, truncate
+from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
+from .records import (
     Burial,
     DeadLetter,
     Located,
@@ -61,8 +61,6 @@ from .base import (
     ResultItem,
     RetryItem,
     Settled,
-    running_error,
-    truncate,
 )
 from .redis_aio import AsyncLink
 from .redis_config import parse_redis_url, record_ttl
@@ -91,7 +89,7 @@ def count(value: bytes | str) -> int:
         return 0
 
 
-class RedisBackend(Backend):
+class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     """The delivery contract of :class:`~gatorapp.backends.base.Backend` on Redis.
 
     :param url: see the module docstring.
@@ -659,7 +657,8 @@ class RedisBackend(Backend):
                 out[i] = flag == "1"
         return out
 
-    def _take(self, queue: str, task_id: str) -> bytes | None:
+    def take(self, queue: str, task_id: str) -> bytes | None:
+        queue = check_queue_name(queue)
         (data,) = self._recorded("take", [("take", queue, [task_id])])
         if data is None:
             return None
@@ -808,5 +807,5 @@ class RedisBackend(Backend):
         )
         return [n for n, count in zip(names, counts) if count]
 
-    def drop_all(self, queue_name: str) -> None:
+    def clear(self, queue_name: str) -> None:
         self._run("drop", queue_name, [])

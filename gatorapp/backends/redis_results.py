@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .base import Located, ResultItem
+from .records import Located, ResultItem
 from .redis_link import bulk
 from .redis_scripts import pack_args, text
 

@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 import redis
 
-from .base import Reservation
+from .records import Reservation
 from .redis_link import Link, pack
 from .redis_scripts import Calls, text
 

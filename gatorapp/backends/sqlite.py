@@ -33,8 +33,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..errors import BackendError, ConfigurationError
 from . import sqlite_results
-from .base import (
-    Backend,
+from .base import Backend, check_queue_name, running_error, truncate
+from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
+from .records import (
     Burial,
     DeadLetter,
     Located,
@@ -44,8 +45,6 @@ from .base import (
     ResultItem,
     RetryItem,
     Settled,
-    running_error,
-    truncate,
 )
 from .sqlite_schema import DEAD_INSERT, create_tables
 
@@ -131,7 +130,7 @@ def _translating(name: str, method: Callable[..., _R]) -> Callable[..., _R]:
     return call
 
 
-class SQLiteBackend(Backend):
+class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     supports_results = True
     supports_workers = True
     ticks_once = True
@@ -484,7 +483,8 @@ class SQLiteBackend(Backend):
             out.append(row is not None)
         return out
 
-    def _take(self, queue: str, task_id: str) -> bytes | None:
+    def take(self, queue: str, task_id: str) -> bytes | None:
+        queue = check_queue_name(queue)
         now = time.time()
         with self._tx() as conn:
             row = conn.execute(
@@ -613,7 +613,7 @@ class SQLiteBackend(Backend):
         ).fetchall()
         return sorted(r[0] for r in rows)
 
-    def drop_all(self, queue_name: str) -> None:
+    def clear(self, queue_name: str) -> None:
         with self._tx() as conn:
             conn.execute("DELETE FROM gatorapp_tasks WHERE queue = ?", (queue_name,))
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from .base import Located, Message, ResultItem
+from .records import Located, Message, ResultItem
 
 SWEEP_EVERY = 60.0  # seconds between two deletes of expired rows, per process
 

@@ -30,8 +30,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import BackendError, ConfigurationError, PayloadTooLarge
-from .base import Backend, DeadLetter, Message, QueueStats, Reservation, check_queue_name
+from .base import Backend, check_queue_name
 from .capabilities import Capabilities
+from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
+from .records import DeadLetter, Message, QueueStats, Reservation
 from .sqs_client import Missing, SQSQueues
 from .sqs_config import SQSConfig
 from .sqs_messages import (
@@ -75,7 +77,7 @@ def receipt(r: Reservation) -> Receipt:
     return handle
 
 
-class SQSBackend(Backend):
+class SQSBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     capabilities = Capabilities.lacking(
         idempotent_enqueue="standard SQS queues do not deduplicate; a task id sent twice "
         "is two messages",
@@ -504,7 +506,8 @@ class SQSBackend(Backend):
         if handles:
             self.sqs.batch("change_message_visibility_batch", url, handles, [0] * len(handles))
 
-    def _take(self, queue: str, task_id: str) -> bytes | None:
+    def take(self, queue: str, task_id: str) -> bytes | None:
+        queue = check_queue_name(queue)
         # Only visible messages can be found: delayed and running ones are not scanned.
         url = self.sqs.url(queue, need=False)
         if url is None:
@@ -609,7 +612,7 @@ class SQSBackend(Backend):
                 return sorted(n for n in names if n)
             kwargs["NextToken"] = got["NextToken"]
 
-    def drop_all(self, queue_name: str) -> None:
+    def clear(self, queue_name: str) -> None:
         """PurgeQueue: deletes ready, delayed and running messages (AWS allows one
         purge per queue per 60 s and may take that long to finish)."""
         url = self.sqs.url(queue_name, need=False)

@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError
-from .base import DeadLetter, truncate
+from .base import truncate
+from .records import DeadLetter
 
 ID, DUE, REASON, ERROR, FAILED = (f"gatorapp.{n}" for n in "id due reason error failed_at".split())
 # Characters SQS accepts in bodies and attribute values (the XML 1.0 set).

@@ -7,6 +7,7 @@ import datetime as dt
 import sys
 
 from ..app import App
+from ..backends.protocols import known_queues
 
 
 class UsageError(Exception):
@@ -48,7 +49,7 @@ def queue_list(app: App, chosen: list[str] | None) -> list[str]:
     if chosen:
         warn_unknown(app, chosen)
         return chosen
-    return list(dict.fromkeys(app.queues() + app.backend.known_queues()))
+    return list(dict.fromkeys(app.queues() + known_queues(app.backend)))
 
 
 def warn_unknown(app: App, chosen: list[str]) -> None:
@@ -58,7 +59,7 @@ def warn_unknown(app: App, chosen: list[str]) -> None:
     unknown = [q for q in chosen if q not in own]
     if not unknown:
         return
-    known = list(dict.fromkeys(own + app.backend.known_queues()))
+    known = list(dict.fromkeys(own + known_queues(app.backend)))
     for q in unknown:
         if q not in known:
             print(

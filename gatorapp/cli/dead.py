@@ -7,6 +7,7 @@ import sys
 
 from ..app import App
 from ..backends import DeadLetter
+from ..backends.protocols import dead_letters
 from ..views import attempts, describe
 from .common import UsageError, cut, no_store, queue_list, safe, when
 
@@ -44,7 +45,7 @@ def _no_letter(task_id: str, queues: list[str]) -> int:
 
 
 def cmd_dead(app: App, args: argparse.Namespace) -> int:
-    backend = app.backend
+    backend = dead_letters(app.backend)
     if args.action == "ls" and (args.task_id or args.all):
         raise UsageError("dead ls takes no task id or --all (it lists whole queues)")
     if args.action == "purge" and args.all:

@@ -17,8 +17,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..app import App
-from ..errors import BackendError, MissingDependencyError
-from ..workers import NotAvailable, WorkerInfo
+from ..backends.protocols import queue_admin
+from ..errors import BackendError, MissingDependencyError, NotAvailable
+from ..workers import WorkerInfo
 from ..workers import age as since
 from .common import no_store, queue_list, safe
 
@@ -35,9 +36,10 @@ def read(app: App, queues: Sequence[str]) -> Look:
     now = time.time()
     # A count the backend cannot know is None (null, shown as -), never a false 0.
     detail = backend.capabilities.stats_detail
+    admin = queue_admin(backend)
     rows = []
     for q in queues:
-        s = backend.stats(q)
+        s = admin.stats(q)
         rows.append(
             {
                 "queue": q,

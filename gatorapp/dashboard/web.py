@@ -28,8 +28,8 @@ from starlette.staticfiles import StaticFiles
 
 from .. import views
 from ..app import App
-from ..errors import ConfigurationError
-from ..workers import NotAvailable
+from ..backends.protocols import dead_letters, known_queues, queue_admin
+from ..errors import ConfigurationError, NotAvailable
 from .auth import COOKIE, CSRF_HEADER, Auth
 
 HERE = Path(__file__).parent
@@ -111,11 +111,11 @@ def build(app: App, token: str | None) -> Starlette:
         return True
 
     def overview() -> dict[str, Any]:
-        queues = list(dict.fromkeys(app.queues() + app.backend.known_queues()))
+        queues = list(dict.fromkeys(app.queues() + known_queues(app.backend)))
         look: dict[str, Any] = {"time": time.time(), "backend": app.backend.describe()}
         rows: list[dict[str, Any]] = []
         for q in queues:
-            s = app.backend.stats(q)
+            s = queue_admin(app.backend).stats(q)
             age = None if s.oldest is None else max(0.0, look["time"] - s.oldest)
             rows.append(
                 {"queue": q, "ready": s.ready, "delayed": s.delayed, "running": s.running,
@@ -139,7 +139,7 @@ def build(app: App, token: str | None) -> Starlette:
 
     def dead_list(queue: str) -> list[dict[str, Any]]:
         out = []
-        for d in app.backend.dead_list(queue, LETTERS):
+        for d in dead_letters(app.backend).dead_list(queue, LETTERS):
             task = views.describe(app, d.data)
             error = d.error.strip()
             out.append(
@@ -173,7 +173,7 @@ def build(app: App, token: str | None) -> Starlette:
             return _json({"error": "not a queue name"}, 400)
         if task_id is None:
             return _json(await run_in_threadpool(dead_list, queue))
-        found = await run_in_threadpool(app.backend.dead_get, queue, task_id)
+        found = await run_in_threadpool(dead_letters(app.backend).dead_get, queue, task_id)
         if found is None:
             return _json({"error": "no such dead letter"}, 404)
         return _json(views.letter(app, found))
@@ -201,7 +201,7 @@ def build(app: App, token: str | None) -> Starlette:
             done = await run_in_threadpool(app.requeue_dead, queue, str(task_id))
             return _json({"requeued": done}, 200 if done else 404)
         purged = await run_in_threadpool(
-            app.backend.dead_purge, queue, None if task_id is None else str(task_id)
+            dead_letters(app.backend).dead_purge, queue, None if task_id is None else str(task_id)
         )
         return _json({"purged": purged})
 
