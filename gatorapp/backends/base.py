@@ -27,15 +27,16 @@ does. Subclasses must be safe to call from several threads unless they set
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
-from typing import ClassVar
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import ConfigurationError, PayloadTooLarge, TaskRunning
+from ..errors import BackendError, ConfigurationError, PayloadTooLarge, TaskRunning
 from ..options import check_text
 from .capabilities import Capabilities
 from .five import FiveMethods
@@ -109,6 +110,15 @@ class Backend(FiveMethods, ABC):
     #: how long an idle worker waits in :meth:`wait` before polling again
     poll_interval: float = 0.05
 
+    #: The driver's own exception types. Every method of the contract a
+    #: subclass defines (delivery, its primitives, administration, results,
+    #: workers, ticks) reports them as :class:`~gatorapp.errors.BackendError`
+    #: (see :meth:`driver_failed`): one error type for callers (the worker
+    #: backs off on it, the CLI prints it in one line), written once here.
+    driver_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+    #: the store's name in those errors' messages
+    store_name: ClassVar[str] = ""
+
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
         if "unsupported" in cls.__dict__:  # the string-keyed form this replaced
@@ -116,6 +126,17 @@ class Backend(FiveMethods, ABC):
                 f"{cls.__name__}.unsupported: say what the backend lacks with "
                 "capabilities = Capabilities.lacking(name=reason, ...) instead"
             )
+        if cls.driver_errors:
+            for name, value in list(vars(cls).items()):
+                if name in CONTRACT and callable(value):
+                    setattr(cls, name, _translating(name.lstrip("_"), value))
+
+    def driver_failed(self, what: str, exc: BaseException) -> BackendError:
+        """The error to raise for a driver error in ``what``. A backend whose
+        connection may be broken by it (a server restart) drops it here, so the
+        next call connects again."""
+        name = self.store_name or type(self).__name__
+        return BackendError(f"{name} {what} failed on {self.describe()}: {exc}")
 
     def __init__(self, url: str, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
         self.url = url
@@ -287,13 +308,19 @@ class Backend(FiveMethods, ABC):
         return self._extend(reservations) if reservations else []
 
     def bury(self, items: Sequence[Burial]) -> list[bool]:
-        """Move reserved tasks to their queue's dead letters with (reason, error)."""
-        return self._bury(items) if items else []
+        """Move reserved tasks to their queue's dead letters with (reason, error);
+        an error text is cut to 4,000 characters."""
+        if not items:
+            return []
+        if any(len(error) > ERROR_LIMIT for _, _, error in items):
+            items = [(r, reason, truncate(error)) for r, reason, error in items]
+        return self._bury(items)
 
     # -- what no worker could run (an undecodable ``App.get``) ------------------
-    @abstractmethod
     def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
-        """Store a task that never was reserved in the queue's dead letters."""
+        """Store a task that never was reserved in the queue's dead letters
+        (its error text cut to 4,000 characters)."""
+        self._dead_add(check_queue_name(queue), task_id, data, reason, truncate(error))
 
     # -- results (see gatorapp.results; a backend with supports_results) -------
     #: whether this backend can be a result store
@@ -424,6 +451,32 @@ class Backend(FiveMethods, ABC):
     @abstractmethod
     def _bury(self, items: Sequence[tuple[Reservation, str, str]]) -> list[bool]: ...
 
+    @abstractmethod
+    def _dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None: ...
+
+
+_R = TypeVar("_R")
+_T = TypeVar("_T")
+
+#: The methods :attr:`Backend.driver_errors` applies to.
+CONTRACT = frozenset(
+    """settle settle_and_reserve enqueue_in_transaction _enqueue _reserve _ack _retry
+    _release _extend _bury wait _dead_add put_results get_result forget_result locate
+    put_worker remove_worker list_workers enqueue_tick last_tick take stats
+    known_queues clear dead_list dead_get dead_requeue dead_purge""".split()
+)
+
+
+def _translating(what: str, method: Callable[..., _R]) -> Callable[..., _R]:
+    @functools.wraps(method)
+    def call(self: Backend, *args: Any, **kwargs: Any) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except self.driver_errors as exc:
+            raise self.driver_failed(what, exc) from exc
+
+    return call
+
 
 # Every backend object of this process, so a forked child can reset them all
 # (a web server that forks after importing the app, multiprocessing, ...).
@@ -439,7 +492,32 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def truncate(text: str, limit: int = 4000) -> str:
+# -- bookkeeping the backends share ---------------------------------------------
+def grouped(keys: Sequence[Hashable], run: Callable[[Any, list[int]], list[bool]]) -> list[bool]:
+    """Call ``run(key, indexes)`` once per distinct key (None: skipped, False)
+    and scatter its per-item results back into one list, in the items' order:
+    a batch of settlements becomes one statement per (queue, token)."""
+    groups: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            groups.setdefault(key, []).append(i)
+    ok = [False] * len(keys)
+    for key, idx in groups.items():
+        for i, good in zip(idx, run(key, idx)):
+            ok[i] = good
+    return ok
+
+
+def chunked(items: Sequence[_T], size: int) -> Iterator[Sequence[_T]]:
+    """``items`` in slices of at most ``size`` (a store's limit on one call)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+ERROR_LIMIT = 4000  # characters of an error text kept with a dead letter
+
+
+def truncate(text: str, limit: int = ERROR_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 15] + "... (truncated)"
 
 

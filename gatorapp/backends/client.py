@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 
 from ..errors import ConfigurationError
-from .base import Backend, check_queue_name, truncate
+from .base import Backend, check_queue_name
 from .capabilities import Capabilities
 from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
 from .records import DeadLetter, Message, QueueStats, Reservation
@@ -129,13 +129,13 @@ class ClientBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         return None if data is None else _as_bytes(data)
 
     # -- dead letters: records in the "<queue>.dead" queue ---------------------
-    def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
+    def _dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
         record = msgpack.packb(
             {
                 "id": task_id,
                 "data": data,
                 "reason": reason,
-                "error": truncate(error),
+                "error": error,
                 "at": time.time(),
             },
             use_bin_type=True,

@@ -345,7 +345,7 @@ class MemoryBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             return entry.data
 
     # -- dead letters ----------------------------------------------------------
-    def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
+    def _dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
         with self._cond:
             self._q(queue).dead.append(DeadLetter(queue, task_id, data, reason, error, time.time()))
 

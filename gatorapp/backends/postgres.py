@@ -11,12 +11,11 @@ one: a worker goes on by itself after the server restarts.
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import psycopg  # (missing: load_backend says which extra to install)
@@ -54,23 +53,9 @@ class _Conflict(Exception):
     pass
 
 
-def _translating(name: str, method: Callable[..., _R]) -> Callable[..., _R]:
-    @functools.wraps(method)
-    def call(self: PostgresBackend, *args: Any, **kwargs: Any) -> _R:
-        try:
-            return method(self, *args, **kwargs)
-        except psycopg.Error as exc:
-            # The connection may be broken (a restart, a terminated backend):
-            # the next call of this thread connects again.
-            self._drop()
-            raise BackendError(
-                f"PostgreSQL {name} failed on {masked_url(self.url)}: {exc}"
-            ) from exc
-
-    return call
-
-
 class PostgresBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
+    driver_errors = (psycopg.Error,)
+    store_name = "PostgreSQL"
     supports_results = True
     supports_workers = True
     ticks_once = True
@@ -98,6 +83,12 @@ class PostgresBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             self._local.conn = conn
             self._conns.add(conn)
         return conn
+
+    def driver_failed(self, what: str, exc: BaseException) -> BackendError:
+        # The connection may be broken (a restart, a terminated backend): the
+        # next call of this thread connects again.
+        self._drop()
+        return super().driver_failed(what, exc)
 
     def _drop(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -418,8 +409,8 @@ class PostgresBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         return None if row is None else float(row[0])
 
     # -- dead letters ----------------------------------------------------------
-    def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
-        self._conn.execute(_DEAD_INSERT, (queue, task_id, data, reason, truncate(error)))
+    def _dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
+        self._conn.execute(_DEAD_INSERT, (queue, task_id, data, reason, error))
 
     _LETTER = "SELECT queue, task_id, data, reason, error, failed_at FROM gatorapp_dead "
 
@@ -494,37 +485,3 @@ class PostgresBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
 
     def clear(self, queue_name: str) -> None:
         self._conn.execute("DELETE FROM gatorapp_tasks WHERE queue = %s", (queue_name,))
-
-
-for _name in (
-    "settle",
-    "_enqueue",
-    "_reserve",
-    "_ack",
-    "_retry",
-    "_release",
-    "_extend",
-    "_bury",
-    "_take",
-    "wait",
-    "put_results",
-    "get_result",
-    "forget_result",
-    "locate",
-    "put_worker",
-    "remove_worker",
-    "list_workers",
-    "enqueue_tick",
-    "last_tick",
-    "dead_add",
-    "dead_list",
-    "dead_get",
-    "dead_requeue",
-    "dead_purge",
-    "stats",
-    "known_queues",
-    "drop_all",
-):
-    setattr(
-        PostgresBackend, _name, _translating(_name.lstrip("_"), getattr(PostgresBackend, _name))
-    )

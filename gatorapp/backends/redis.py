@@ -49,7 +49,7 @@ from redis.exceptions import ResponseError
 
 from ..errors import BackendError
 from . import redis_results
-from .base import DEFAULT_MAX_PAYLOAD, Backend, check_queue_name, running_error, truncate
+from .base import DEFAULT_MAX_PAYLOAD, Backend, check_queue_name, chunked, running_error, truncate
 from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
 from .records import (
     Burial,
@@ -66,11 +66,11 @@ from .redis_aio import AsyncLink
 from .redis_config import parse_redis_url, record_ttl
 from .redis_link import Link
 from .redis_scripts import (
+    CHUNK,
     DEAD,
     META,
     SCRIPTS,
     Calls,
-    chunks,
     new_token,
     pack_args,
     text,
@@ -267,7 +267,7 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             by_queue.setdefault(m.queue, {}).setdefault(m.task_id, m)
         commands, queues = [], []
         for queue, by_id in by_queue.items():
-            for chunk in chunks(list(by_id.values())):
+            for chunk in chunked(list(by_id.values()), CHUNK):
                 flat: list[Any] = []
                 for m in chunk:
                     flat += (m.task_id, m.data, f"{m.run_at:.6f}" if m.run_at else "")
@@ -362,7 +362,7 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             by_queue.setdefault(burial[0].queue, []).append((2, i))
         plan = []
         for queue, places in by_queue.items():
-            for chunk in chunks(places):
+            for chunk in chunked(places, CHUNK):
                 groups: dict[str, list[str]] = {}  # acks by batch token
                 t: list[Any] = []
                 b: list[Any] = []
@@ -624,7 +624,7 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         for i, r in enumerate(reservations):
             by_queue.setdefault(r.queue, []).append(i)
         for queue, indexes in by_queue.items():
-            for chunk in chunks(indexes):
+            for chunk in chunked(indexes, CHUNK):
                 flat: list[Any] = []
                 for i in chunk:
                     flat += (reservations[i].task_id, reservations[i].token)
@@ -756,8 +756,8 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         return None if value is None else float(text(value))
 
     # -- dead letters ----------------------------------------------------------
-    def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
-        _, registered = self._run("dead_add", queue, [task_id, data, reason, truncate(error)])
+    def _dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
+        _, registered = self._run("dead_add", queue, [task_id, data, reason, error])
         if not registered:
             self._register({queue})
 

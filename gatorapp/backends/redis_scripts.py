@@ -12,7 +12,7 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
@@ -91,11 +91,6 @@ def new_token() -> str:
     """A batch token: 64 characters, so the scripts' own hash is a hash table
     (see redis.lua)."""
     return os.urandom(32).hex()
-
-
-def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def text(value: bytes | str) -> str:

@@ -16,7 +16,6 @@ passed and it has no live lease.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import shutil
@@ -26,14 +25,14 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import BackendError, ConfigurationError
+from ..errors import ConfigurationError
 from . import sqlite_results
-from .base import Backend, check_queue_name, running_error, truncate
+from .base import Backend, check_queue_name, chunked, grouped, running_error, truncate
 from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
 from .records import (
     Burial,
@@ -117,20 +116,9 @@ def sqlite_path(url: str) -> str | None:
     return path
 
 
-def _translating(name: str, method: Callable[..., _R]) -> Callable[..., _R]:
-    @functools.wraps(method)
-    def call(self: SQLiteBackend, *args: Any, **kwargs: Any) -> _R:
-        try:
-            return method(self, *args, **kwargs)
-        except sqlite3.Error as exc:
-            # One error type for callers (the worker backs off on it, the CLI
-            # prints it in one line), naming the file at fault.
-            raise BackendError(f"SQLite {name} failed on {self._target}: {exc}") from exc
-
-    return call
-
-
 class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
+    driver_errors = (sqlite3.Error,)
+    store_name = "SQLite"
     supports_results = True
     supports_workers = True
     ticks_once = True
@@ -383,26 +371,24 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     def _delete_held(conn: sqlite3.Connection, reservations: Sequence[Reservation]) -> list[bool]:
         """Delete the tasks whose lease is still held: one statement per batch
         (queue and token) and 500 ids; True for each one deleted."""
-        groups: dict[tuple[str, str], list[int]] = {}
-        for i, r in enumerate(reservations):
-            groups.setdefault((r.queue, r.token), []).append(i)
-        out = [False] * len(reservations)
-        for (queue, token), indexes in groups.items():
-            for start in range(0, len(indexes), _CHUNK):
-                chunk = indexes[start : start + _CHUNK]
-                ids = [reservations[i].task_id for i in chunk]
-                marks = ",".join("?" * len(ids))
-                gone = {
+
+        def delete(key: tuple[str, str], indexes: list[int]) -> list[bool]:
+            queue, token = key
+            ids = [reservations[i].task_id for i in indexes]
+            gone: set[str] = set()
+            for chunk in chunked(ids, _CHUNK):
+                marks = ",".join("?" * len(chunk))
+                gone.update(
                     row[0]
                     for row in conn.execute(
                         "DELETE FROM gatorapp_tasks WHERE queue = ? AND token = ? "
                         f"AND task_id IN ({marks}) RETURNING task_id",
-                        (queue, token, *ids),
+                        (queue, token, *chunk),
                     )
-                }
-                for i, task_id in zip(chunk, ids):
-                    out[i] = task_id in gone
-        return out
+                )
+            return [task_id in gone for task_id in ids]
+
+        return grouped([(r.queue, r.token) for r in reservations], delete)
 
     def settle(
         self,
@@ -539,9 +525,9 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         return sqlite_results.last_tick(self._conn, schedule)
 
     # -- dead letters ----------------------------------------------------------
-    def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
+    def _dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
         with self._tx() as conn:
-            conn.execute(DEAD_INSERT, (queue, task_id, data, reason, truncate(error), time.time()))
+            conn.execute(DEAD_INSERT, (queue, task_id, data, reason, error, time.time()))
 
     def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]:
         rows = self._conn.execute(
@@ -616,36 +602,3 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     def clear(self, queue_name: str) -> None:
         with self._tx() as conn:
             conn.execute("DELETE FROM gatorapp_tasks WHERE queue = ?", (queue_name,))
-
-
-# Every entry point that touches the database reports sqlite3 errors as BackendError.
-for _name in (
-    "settle",
-    "_enqueue",
-    "_reserve",
-    "_ack",
-    "_retry",
-    "_release",
-    "_extend",
-    "_bury",
-    "_take",
-    "put_results",
-    "get_result",
-    "forget_result",
-    "locate",
-    "put_worker",
-    "remove_worker",
-    "list_workers",
-    "enqueue_tick",
-    "last_tick",
-    "wait",
-    "dead_add",
-    "dead_list",
-    "dead_get",
-    "dead_requeue",
-    "dead_purge",
-    "stats",
-    "known_queues",
-    "drop_all",
-):
-    setattr(SQLiteBackend, _name, _translating(_name.lstrip("_"), getattr(SQLiteBackend, _name)))

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..errors import BackendError, ConfigurationError, PayloadTooLarge
-from .base import Backend, check_queue_name
+from .base import Backend, check_queue_name, grouped
 from .capabilities import Capabilities
 from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
 from .records import DeadLetter, Message, QueueStats, Reservation
@@ -43,7 +43,6 @@ from .sqs_messages import (
     decode_body,
     due,
     encoded_size,
-    grouped,
     letter,
     size_with_growth,
     task_entry,
@@ -521,7 +520,7 @@ class SQSBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         return decode_body(match[0])
 
     # -- dead letters ----------------------------------------------------------------
-    def dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
+    def _dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
         url = str(self.sqs.url(queue, dead=True))
         if not all(self.sqs.send(url, [self._dead_entry(url, task_id, data, reason, error)])):
             raise BackendError(f"SQS refused the dead letter of task {task_id!r}")

@@ -204,17 +204,3 @@ def chunks(items: Sequence[Any], size: Callable[[Any], int], budget: int) -> Ite
         total += n
     if chunk:
         yield chunk
-
-
-def grouped(keys: Sequence[Any], run: Callable[[Any, list[int]], list[bool]]) -> list[bool]:
-    """Call ``run(key, indexes)`` once per distinct key (None: skipped, False) and
-    scatter its per-item results back into one list."""
-    groups: dict[Any, list[int]] = {}
-    for i, key in enumerate(keys):
-        if key is not None:
-            groups.setdefault(key, []).append(i)
-    ok = [False] * len(keys)
-    for key, idx in groups.items():
-        for i, good in zip(idx, run(key, idx)):
-            ok[i] = good
-    return ok
