@@ -9,6 +9,10 @@ Three ways to test tasks, from the simplest:
   block, when the code under test waits for tasks to finish (see :func:`join`).
 
 Use ``App("memory://")`` for tests: each app has its own store, gone with it.
+
+A backend of your own runs the suite the built-in backends run: subclass
+:class:`gatorapp.testing.contract.BackendContract` (that module needs pytest;
+importing this one does not import it).
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .app import App
-from .backends.memory import MemoryBackend
-from .errors import GatorError
-from .worker import Worker
+from ..app import App
+from ..backends.memory import MemoryBackend
+from ..errors import GatorError
+from ..worker import Worker
 
 __all__ = ["drain", "join", "worker"]
 
