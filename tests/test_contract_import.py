@@ -40,6 +40,27 @@ class TestMemory(BackendContract):
         b.close()
 """
 
+FORGETFUL = """
+import pytest
+
+from gatorapp.backends.memory import MemoryBackend
+from gatorapp.testing.contract import BackendContract
+
+
+class Forgetful(MemoryBackend):
+    def ack(self, reservations):
+        super().ack(reservations)
+        return [False for _ in reservations]
+
+
+class TestForgetful(BackendContract):
+    @pytest.fixture
+    def backend(self):
+        b = Forgetful("memory://")
+        yield b
+        b.close()
+"""
+
 NO_BACKEND = """
 from gatorapp.testing.contract import BackendContract
 
@@ -96,3 +117,10 @@ def test_a_subclass_without_a_backend_is_told_to_provide_one(tmp_path: Path) -> 
     assert counts == {"tests": 1, "failures": 0, "errors": 1, "skipped": 0}, output
     assert "TestForgotten must provide the backend under test" in output, output
     assert "override the 'backend' fixture" in output, output
+
+
+def test_a_failing_contract_test_says_what_differed(tmp_path: Path) -> None:
+    # pytest rewrites the suite's asserts, as it does a test module's own.
+    counts, output = run_pytest(tmp_path, FORGETFUL, "-k", "test_ack_deletes")
+    assert counts == {"tests": 1, "failures": 1, "errors": 0, "skipped": 0}, output
+    assert "assert [False, False, False] == [True, True, True]" in output, output
