@@ -24,6 +24,7 @@ from gatorapp.backends import (
     QueueStats,
     Reservation,
     RetryItem,
+    running_error,
 )
 from gatorapp.backends.protocols import DeadLetterAdmin, QueueAdmin
 
@@ -60,6 +61,10 @@ class DictBackend(Backend, QueueAdmin, DeadLetterAdmin):
     def _enqueue(self, messages: Sequence[Message]) -> None:
         now = time.time()
         with self.lock:
+            for m in messages:  # first: is any of them running now, as another task?
+                row = self._rows(m.queue).get(m.task_id)
+                if row and row.token and row.lease_until > now and row.data != m.data:
+                    raise running_error(m.queue, m.task_id)  # (nothing stored)
             for m in messages:
                 # Idempotent: a second enqueue of a queued id changes nothing.
                 self._rows(m.queue).setdefault(
@@ -156,7 +161,9 @@ class DictBackend(Backend, QueueAdmin, DeadLetterAdmin):
         with self.lock:
             rows = list(self._rows(queue).values())
             running = sum(1 for r in rows if r.token is not None and r.lease_until > now)
-            due = [r.run_at for r in rows if r.run_at <= now and not (r.token and r.lease_until > now)]
+            due = [
+                r.run_at for r in rows if r.run_at <= now and not (r.token and r.lease_until > now)
+            ]
             return QueueStats(
                 ready=len(due),
                 delayed=len(rows) - len(due) - running,
@@ -187,8 +194,8 @@ class DictBackend(Backend, QueueAdmin, DeadLetterAdmin):
         with self.lock:
             letters = self.dead.get(queue, [])
             mine = [d for d in letters if d.task_id == task_id]
-            if not mine:
-                return False
+            if not mine or task_id in self._rows(queue):
+                return False  # (queued again meanwhile: the letter stays)
             letters.remove(mine[-1])
             row = Row(mine[-1].data if data is None else data, time.time(), next(self.seq))
             self._rows(queue)[task_id] = row

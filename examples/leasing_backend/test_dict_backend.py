@@ -4,7 +4,6 @@ from collections.abc import Iterator
 
 import pytest
 from dict_backend import DictBackend
-
 from gatorapp import App
 from gatorapp.testing import drain
 from gatorapp.testing.contract import BackendContract

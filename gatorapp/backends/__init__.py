@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, MissingDependencyError
-from .base import Backend
+from .base import Backend, running_error
 from .capabilities import Capabilities
 from .records import (
     Burial,
@@ -42,6 +42,7 @@ __all__ = [
     "ResultItem",
     "RetryItem",
     "Settled",
+    "running_error",
     "load_backend",
 ]
 

@@ -9,23 +9,35 @@ Three ways to test tasks, from the simplest:
   block, when the code under test waits for tasks to finish (see :func:`join`).
 
 Use ``App("memory://")`` for tests: each app has its own store, gone with it.
+
+A backend of your own runs the suite the built-in backends run: subclass
+:class:`gatorapp.testing.contract.BackendContract` (that module needs pytest;
+importing this one does not import it).
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from .app import App
-from .backends.memory import MemoryBackend
-from .backends.protocols import queue_admin
-from .errors import GatorError
-from .worker import Worker
+from ..app import App
+from ..backends.memory import MemoryBackend
+from ..backends.protocols import queue_admin
+from ..errors import GatorError
+from ..worker import Worker
 
 __all__ = ["drain", "join", "worker"]
+
+if "pytest" in sys.modules:  # (never imported here: only used when it runs the tests)
+    # The contract suite's asserts say what differed, as in a test module of
+    # one's own: pytest rewrites them when told before the module is imported.
+    sys.modules["pytest"].register_assert_rewrite(
+        *(f"{__name__}.{part}" for part in ("contract", "delivery", "administration", "support"))
+    )
 
 
 def drain(app: App, queues: Sequence[str] | None = None, *, max_tasks: int | None = None) -> int:
