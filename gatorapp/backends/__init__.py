@@ -42,8 +42,8 @@ __all__ = [
     "ResultItem",
     "RetryItem",
     "Settled",
-    "running_error",
     "load_backend",
+    "running_error",
 ]
 
 # scheme -> (module, class, pip package that provides the driver)
