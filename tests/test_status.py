@@ -210,7 +210,7 @@ def test_watch_without_a_terminal_reports_a_failing_backend_on_stderr(tmp_path: 
     assert len(times) >= 4 and max(b - a for a, b in pairwise(times)) >= 0.8, times
 
 
-def test_watch_without_a_terminal_prints_tables_or_json_lines(served) -> None:
+def test_watch_without_a_terminal_prints_tables_or_json_lines(served, tmp_path) -> None:
     _, record, env = served
     record.delay("a")
     for args, check in (
@@ -231,13 +231,18 @@ def test_watch_without_a_terminal_prints_tables_or_json_lines(served) -> None:
                 *args,
             ],
             env=env,
-            stdout=subprocess.PIPE,
+            stdout=(tmp_path / "out").open("w"),
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(1.5)
+        # Ctrl-C once it has drawn a few times (sooner, on a loaded machine, it
+        # may still be importing: Python's own exit for an interrupt is 130).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (tmp_path / "out").read_text().count("\n") < 6:
+            time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        _, err = proc.communicate(timeout=10)
+        out = (tmp_path / "out").read_text()
         assert proc.returncode == 0 and "Traceback" not in err, err
         assert check(out), out
 
