@@ -111,4 +111,4 @@ def test_a_version_1_database_is_migrated(postgres_url) -> None:
         (options,) = conn.execute(
             "SELECT reloptions FROM pg_class WHERE relname = 'gatorapp_tasks'"
         ).fetchone()
-        assert "fillfactor=70" in options
+        assert "fillfactor=50" in options

@@ -70,6 +70,15 @@ _INSERT_NOTIFY = (
     "FROM unnest(%b::text[], %b::text[]) AS c(q, ch) WHERE EXISTS "
     f"(SELECT 1 FROM ins WHERE ins.queue = c.q AND ins.run_at <= {NOW1})) FROM ins"
 )
+# One task (.delay()): the same, without arrays.
+_INSERT_ONE = (
+    "INSERT INTO gatorapp_tasks (queue, task_id, data, run_at) "
+    f"VALUES (%s, %s, %s, coalesce(%s::float8, {NOW})) ON CONFLICT (queue, task_id) DO NOTHING"
+)
+_INSERT_ONE_NOTIFY = (
+    f"WITH ins AS ({_INSERT_ONE} RETURNING run_at) "
+    f"SELECT count(*), count(pg_notify(%s, '')) FILTER (WHERE run_at <= {NOW1}) FROM ins"
+)
 # Which of a batch's ids run now as a task (an enqueue of them is refused
 # when its payload differs): those inserted just now have no token.
 _RUNNING = (
@@ -322,6 +331,20 @@ class PostgresBackend(Backend):
 
     @staticmethod
     def _enqueue_in(conn: Any, messages: Sequence[Message], notify: bool) -> None:
+        if len(messages) == 1:
+            m = messages[0]
+            if notify:
+                row = conn.execute(
+                    _INSERT_ONE_NOTIFY, (m.queue, m.task_id, m.data, m.run_at, channel(m.queue))
+                ).fetchone()
+                inserted = row[0]
+            else:
+                inserted = conn.execute(
+                    _INSERT_ONE, (m.queue, m.task_id, m.data, m.run_at)
+                ).rowcount
+            if not inserted:
+                PostgresBackend._check_running(conn, messages)
+            return
         queues = [m.queue for m in messages]
         ids = [m.task_id for m in messages]
         arrays = (queues, ids, [m.data for m in messages], [m.run_at for m in messages])
@@ -333,10 +356,15 @@ class PostgresBackend(Backend):
             inserted = row[0]
         else:
             inserted = conn.execute(_INSERT, arrays).rowcount
-        if inserted == len(messages):
-            return
-        # Some ids are in the queue already: fine while they wait, refused
-        # (the transaction undone) where one runs now as another task.
+        if inserted != len(messages):
+            PostgresBackend._check_running(conn, messages)
+
+    @staticmethod
+    def _check_running(conn: Any, messages: Sequence[Message]) -> None:
+        """Some ids are in the queue already: fine while they wait, refused
+        (the transaction undone) where one runs now as another task."""
+        queues = [m.queue for m in messages]
+        ids = [m.task_id for m in messages]
         held = conn.execute(_RUNNING, (queues, ids)).fetchall()
         if not held:
             return

@@ -74,7 +74,7 @@ MIGRATIONS: dict[int, str] = {
     # that swings from empty to millions of rows.
     2: """
 ALTER TABLE gatorapp_tasks SET (
-    fillfactor = 70,
+    fillfactor = 50,
     autovacuum_vacuum_scale_factor = 0,
     autovacuum_vacuum_threshold = 5000,
     autovacuum_analyze_scale_factor = 0,
