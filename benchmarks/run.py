@@ -4,6 +4,7 @@
     python benchmarks/run.py --backend sqlite
     python benchmarks/run.py --backend redis                  # starts its own redis-server
     python benchmarks/run.py --backend redis --url redis://127.0.0.1:6379/15
+    python benchmarks/run.py --backend postgres --url postgresql://USER@HOST:5432/DB
 
 Phases (each a no-op task, N tasks, --reps runs; the median and the spread):
 
@@ -12,7 +13,7 @@ Phases (each a no-op task, N tasks, --reps runs; the median and the spread):
   drain     a burst Worker in this process, -c 1, on N queued tasks: the
             worker's own cost per task (memory:// is the backend-free case)
   drain-c4  the same with -c 4 (threads)
-  procs     sqlite and redis: `gatorapp worker -p P --burst` as a real process
+  procs     sqlite, redis and postgres: `gatorapp worker -p P --burst` as a real process
             tree, for P = 1 and 2, timed from the first task to leave the queue
             to the last one settled (start-up excluded)
   latency   redis: an idle `gatorapp worker` process; enqueue one task, wait
@@ -124,7 +125,30 @@ def describe(url: str) -> list[str]:
         import sqlite3
 
         lines.append(f"sqlite {sqlite3.sqlite_version}")
+    if url.startswith("postgres"):
+        lines.append(postgres_state(url))
     return lines
+
+
+def postgres_state(url: str) -> str:
+    """The server's version, and the tasks table's rows (dead ones are what
+    vacuum has not reclaimed yet: later runs against many are slower)."""
+    import psycopg
+
+    from gatorapp.backends.postgres import parse_url
+
+    with psycopg.connect(parse_url(url)[0], autocommit=True) as conn:
+        version = conn.execute("SHOW server_version").fetchone()
+        rows = conn.execute(
+            "SELECT n_live_tup, n_dead_tup, pg_total_relation_size(relid) FROM "
+            "pg_stat_user_tables WHERE relname = 'gatorapp_tasks'"
+        ).fetchone()
+    state = (
+        f"; gatorapp_tasks: {rows[0]} live, {rows[1]} dead rows, {rows[2] // 2**20} MiB"
+        if rows
+        else ""
+    )
+    return f"PostgreSQL {version[0] if version else '?'}, psycopg {psycopg.__version__}{state}"
 
 
 def commit() -> str:
@@ -550,7 +574,9 @@ def ratios(label: str, off: list[float], on: list[float]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["memory", "sqlite", "redis"], default="memory")
+    parser.add_argument(
+        "--backend", choices=["memory", "sqlite", "redis", "postgres"], default="memory"
+    )
     parser.add_argument("--url", help="the backend URL (default: a temporary one)")
     parser.add_argument("--n", type=int, default=20_000, help="tasks per run")
     parser.add_argument("--reps", type=int, default=5, help="runs per phase")
@@ -575,6 +601,8 @@ def main() -> None:
             url = "memory://"
         elif args.backend == "sqlite":
             url = f"sqlite:///{workdir}/bench.db"
+        elif args.backend == "postgres":
+            parser.error("--backend postgres needs --url postgresql://USER@HOST:PORT/DB")
         else:
             server, url = start_redis(workdir)
     wanted = set(args.phases.split(",")) if args.phases != "all" else None
@@ -674,6 +702,8 @@ def main() -> None:
                     median_of(f"bare PING, {k}", pings[k])
         if args.backend == "redis" and on("ceiling"):
             median_of("ceiling: a bare loop", [phase_ceiling(url, n) for _ in range(reps)])
+        if url.startswith("postgres"):
+            print("after: " + postgres_state(url))
     finally:
         if server is not None:
             server.terminate()

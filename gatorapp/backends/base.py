@@ -460,10 +460,11 @@ _T = TypeVar("_T")
 
 #: The methods :attr:`Backend.driver_errors` applies to.
 CONTRACT = frozenset(
-    """settle settle_and_reserve enqueue_in_transaction _enqueue _reserve _ack _retry
-    _release _extend _bury wait _dead_add put_results get_result forget_result locate
-    put_worker remove_worker list_workers enqueue_tick last_tick take stats
-    known_queues clear dead_list dead_get dead_requeue dead_purge""".split()
+    """reserve stop_waiting settle settle_and_reserve enqueue_in_transaction
+    _enqueue _reserve _ack _retry _release _extend _bury wait _dead_add
+    put_results get_result forget_result locate put_worker remove_worker
+    list_workers enqueue_tick last_tick take stats known_queues clear
+    dead_list dead_get dead_requeue dead_purge""".split()
 )
 
 

@@ -3,14 +3,16 @@
 Made on first use (``CREATE ... IF NOT EXISTS``) by the first process that
 connects, under an advisory lock so two processes starting together do not
 race; ``gatorapp_schema`` records the version, so a later change of layout
-is a migration from a known version, never a guess.
+is a migration from a known version, never a guess: :data:`MIGRATIONS`
+takes a database from each version to the next, in the transaction that
+records the new version.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: the advisory lock key the schema is made under ("gatorapp" in ASCII)
 LOCK_KEY = 0x6761746F72617070 & 0x7FFFFFFFFFFFFFFF
 
@@ -58,6 +60,30 @@ CREATE TABLE IF NOT EXISTS gatorapp_workers (
 );
 """
 
+# What takes the tables from version N - 1 to N (a fresh database gets the
+# version 1 tables above, then every step).
+MIGRATIONS: dict[int, str] = {
+    # 2: storage for a table whose rows are short-lived. A reserve updates a
+    # row in place (its lease: no indexed column changes), which PostgreSQL
+    # can do without touching the indexes (a HOT update) only where the page
+    # has room: fillfactor leaves that room on pages written from now on.
+    # Every task's row is deleted after it ran: vacuum the table after a
+    # fixed number of dead rows rather than a fraction of its size (a table
+    # that was large once and is drained stays bloated otherwise), at full
+    # speed (no cost delay), and analyze it as often, so plans follow a table
+    # that swings from empty to millions of rows.
+    2: """
+ALTER TABLE gatorapp_tasks SET (
+    fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0,
+    autovacuum_vacuum_threshold = 5000,
+    autovacuum_analyze_scale_factor = 0,
+    autovacuum_analyze_threshold = 20000,
+    autovacuum_vacuum_cost_delay = 0
+);
+""",
+}
+
 
 def create_tables(conn: Any) -> None:
     """Make the tables (a psycopg connection in autocommit mode), or check
@@ -68,9 +94,14 @@ def create_tables(conn: Any) -> None:
         row = conn.execute("SELECT max(version) FROM gatorapp_schema").fetchone()
         found = row[0] if row else None
         if found is None:
-            conn.execute("INSERT INTO gatorapp_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+            conn.execute("INSERT INTO gatorapp_schema (version) VALUES (1)")
+            found = 1
         elif found > SCHEMA_VERSION:
             raise RuntimeError(
                 f"the database's gatorapp tables are of version {found}, newer than this "
                 f"gatorapp knows ({SCHEMA_VERSION}): upgrade gatorapp"
             )
+        if found < SCHEMA_VERSION:
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                conn.execute(MIGRATIONS[version])
+            conn.execute("UPDATE gatorapp_schema SET version = %s", (SCHEMA_VERSION,))

@@ -1,0 +1,115 @@
+"""The PostgreSQL backend's reserve and settle statements: one statement for
+several queues, earlier queues first, then due time, then enqueue order; and
+the schema's migration from version 1."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from gatorapp.backends.base import Message
+from gatorapp.backends.postgres import PostgresBackend
+from gatorapp.backends.postgres_schema import SCHEMA_VERSION, create_tables
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def backend(postgres_url: str):
+    b = PostgresBackend(postgres_url)
+    yield b
+    b.close()
+
+
+def test_one_reserve_takes_earlier_queues_first(backend) -> None:
+    now = time.time()
+    backend.enqueue([Message("low", f"l{i}", b"x", now - 100 - i) for i in range(3)])
+    backend.enqueue([Message("high", f"h{i}", b"x") for i in range(3)])
+    backend.enqueue([Message("high", "h-early", b"x", now - 50)])
+    backend.enqueue([Message("high", "h-later", b"x", now + 3600)])  # not due
+    got = backend.reserve(["high", "low"], 6, 30, "w")
+    assert [(r.queue, r.task_id) for r in got] == [
+        ("high", "h-early"),
+        ("high", "h0"),
+        ("high", "h1"),
+        ("high", "h2"),
+        ("low", "l2"),
+        ("low", "l1"),
+    ]
+    # The first queue fills a small batch by itself.
+    assert backend.ack(got) == [True] * 6
+    backend.enqueue([Message("high", "h3", b"x"), Message("high", "h4", b"x")])
+    assert [r.task_id for r in backend.reserve(["high", "low"], 2, 30, "w")] == ["h3", "h4"]
+    assert [r.task_id for r in backend.reserve(["high", "low"], 5, 30, "w")] == ["l0"]
+    assert backend.reserve(["high", "low"], 5, 30, "w") == []
+
+
+def test_the_order_of_the_queues_given_decides(backend) -> None:
+    backend.enqueue([Message("a", "a1", b"x"), Message("b", "b1", b"x")])
+    assert [r.task_id for r in backend.reserve(["b", "a"], 1, 30, "w")] == ["b1"]
+    assert [r.task_id for r in backend.reserve(["b", "a"], 1, 30, "w")] == ["a1"]
+
+
+def test_settle_and_reserve_in_one_call(backend) -> None:
+    backend.enqueue([Message("a", f"t{i}", b"x") for i in range(4)])
+    first = backend.reserve(["a"], 2, 30, "w")
+    settled, got = backend.settle_and_reserve(first, [], [], ["a"], 10, 30, "w")
+    assert settled.acked == [True, True]
+    assert [r.task_id for r in got] == ["t2", "t3"]
+    # A repeat of the same settlements: those rows are gone.
+    settled, again = backend.begin_settle_and_reserve(first, [], [], ["a"], 10, 30, "w")()
+    assert settled.acked == [False, False] and again == []
+
+
+def test_a_token_or_row_it_never_gave_is_refused(backend) -> None:
+    backend.enqueue([Message("a", "t", b"x")])
+    (r,) = backend.reserve(["a"], 1, 30, "w")
+    assert isinstance(r.handle, int)  # (the row: settles find it by its key)
+    wrong = [r._replace(token=t) for t in ("junk", "", "1.")]
+    wrong += [r._replace(handle=h) for h in (None, 0, r.handle + 1, str(r.handle), 2**70)]
+    for bad in wrong:
+        assert backend.extend([bad]) == [False]
+        assert backend.ack([bad]) == [False]
+    assert backend.ack([r]) == [True]
+
+
+def test_reserve_reads_the_due_index_in_order(backend, postgres_url) -> None:
+    backend.enqueue([Message("a", f"t{i}", b"x") for i in range(5000)])
+    backend.enqueue([Message("b", f"t{i}", b"x") for i in range(5000)])
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("ANALYZE gatorapp_tasks")
+        from gatorapp.backends.postgres import _RESERVE
+
+        with conn.transaction():
+            plan = "\n".join(
+                r[0]
+                for r in conn.execute(
+                    "EXPLAIN (ANALYZE, COSTS OFF) " + _RESERVE, ("tok", 30, ["a", "b"], 10, 10)
+                )
+            )
+            conn.execute("ROLLBACK")  # (never keep the leases: EXPLAIN ANALYZE ran it)
+    assert "gatorapp_tasks_due" in plan, plan
+    assert "Sort" not in plan, plan  # (the index's order, no sort of every due task)
+
+
+def test_a_version_1_database_is_migrated(postgres_url) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        create_tables(conn)
+        conn.execute("ALTER TABLE gatorapp_tasks RESET (fillfactor)")
+        conn.execute("UPDATE gatorapp_schema SET version = 1")
+    b = PostgresBackend(postgres_url)
+    try:
+        b.enqueue([Message("a", "t", b"x")])
+    finally:
+        b.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        assert conn.execute("SELECT max(version) FROM gatorapp_schema").fetchone() == (
+            SCHEMA_VERSION,
+        )
+        assert conn.execute("SELECT count(*) FROM gatorapp_schema").fetchone() == (1,)
+        (options,) = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE relname = 'gatorapp_tasks'"
+        ).fetchone()
+        assert "fillfactor=50" in options
