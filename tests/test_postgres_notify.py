@@ -15,9 +15,10 @@ import pytest
 from psycopg import sql
 
 from gatorapp import App, ConfigurationError, Worker
-from gatorapp.backends.base import Message
-from gatorapp.backends.postgres import PostgresBackend, parse_url
+from gatorapp.backends import Message
+from gatorapp.backends.postgres import PostgresBackend
 from gatorapp.backends.postgres_listen import channel
+from gatorapp.backends.postgres_sql import parse_url
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import time
 import psycopg
 import pytest
 
-from gatorapp.backends.base import Message
+from gatorapp.backends import Message
 from gatorapp.backends.postgres import PostgresBackend
 from gatorapp.backends.postgres_schema import SCHEMA_VERSION, create_tables
 
@@ -80,13 +80,13 @@ def test_reserve_reads_the_due_index_in_order(backend, postgres_url) -> None:
     backend.enqueue([Message("b", f"t{i}", b"x") for i in range(5000)])
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute("ANALYZE gatorapp_tasks")
-        from gatorapp.backends.postgres import _RESERVE
+        from gatorapp.backends.postgres_sql import RESERVE
 
         with conn.transaction():
             plan = "\n".join(
                 r[0]
                 for r in conn.execute(
-                    "EXPLAIN (ANALYZE, COSTS OFF) " + _RESERVE, ("tok", 30, ["a", "b"], 10, 10)
+                    "EXPLAIN (ANALYZE, COSTS OFF) " + RESERVE, ("tok", 30, ["a", "b"], 10, 10)
                 )
             )
             conn.execute("ROLLBACK")  # (never keep the leases: EXPLAIN ANALYZE ran it)

@@ -127,8 +127,14 @@ class Backend(FiveMethods, ABC):
                 "capabilities = Capabilities.lacking(name=reason, ...) instead"
             )
         if cls.driver_errors:
-            for name, value in list(vars(cls).items()):
-                if name in CONTRACT and callable(value):
+            # The class's own methods, and those of its mixins that are not
+            # backends themselves (a backend's administration, written apart).
+            for name in CONTRACT:
+                owner = next((k for k in cls.__mro__ if name in vars(k)), None)
+                if owner is None or (owner is not cls and issubclass(owner, Backend)):
+                    continue
+                value = vars(owner)[name]
+                if callable(value) and not getattr(value, "translated", False):
                     setattr(cls, name, _translating(name.lstrip("_"), value))
 
     def driver_failed(self, what: str, exc: BaseException) -> BackendError:
@@ -476,6 +482,7 @@ def _translating(what: str, method: Callable[..., _R]) -> Callable[..., _R]:
         except self.driver_errors as exc:
             raise self.driver_failed(what, exc) from exc
 
+    call.translated = True  # type: ignore[attr-defined]
     return call
 
 
