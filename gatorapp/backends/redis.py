@@ -49,25 +49,22 @@ from redis.exceptions import ResponseError
 
 from ..errors import BackendError
 from . import redis_results
-from .base import DEFAULT_MAX_PAYLOAD, Backend, check_queue_name, chunked, running_error, truncate
+from .base import DEFAULT_MAX_PAYLOAD, Backend, chunked, running_error
 from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
 from .records import (
     Burial,
-    DeadLetter,
-    Located,
     Message,
-    QueueStats,
     Reservation,
     ResultItem,
     RetryItem,
     Settled,
 )
+from .redis_admin import RedisAdmin
 from .redis_aio import AsyncLink
 from .redis_config import parse_redis_url, record_ttl
 from .redis_link import Link
 from .redis_scripts import (
     CHUNK,
-    DEAD,
     META,
     SCRIPTS,
     Calls,
@@ -75,21 +72,13 @@ from .redis_scripts import (
     pack_args,
     text,
 )
+from .redis_settle import count, settle_plan, settled
 from .redis_wait import WAIT_TTL, Waiters, WaitState, handed
 
 log = logging.getLogger("gatorapp.backends")
 
 
-def count(value: bytes | str) -> int:
-    """A counter Redis holds; one written by hand that is not a number counts 0
-    (it must not fail the reserve of the batch it came with)."""
-    try:
-        return max(0, int(value))
-    except ValueError:
-        return 0
-
-
-class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
+class RedisBackend(RedisAdmin, Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     """The delivery contract of :class:`~gatorapp.backends.base.Backend` on Redis.
 
     :param url: see the module docstring.
@@ -126,10 +115,10 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         # at once can hand back what any thread was handed.
         self.waiters = Waiters(
             self.calls,
-            self._pipeline,
+            self.pipeline,
             lambda: self.link,
             self.release,
-            self._error,
+            self.error,
             self.poll_interval,
         )
 
@@ -195,7 +184,7 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         if client is not None:
             client.close()
 
-    def _error(self, what: str, exc: redis.RedisError) -> BackendError:
+    def error(self, what: str, exc: redis.RedisError) -> BackendError:
         """A redis-py error as the BackendError the CLI reports in one line."""
         hint = ""
         # A plain-text server never answers the TLS handshake: all redis-py
@@ -208,13 +197,13 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         return BackendError(f"Redis {what} failed: {exc}{hint}")
 
     @contextmanager
-    def _io(self, what: str) -> Iterator[None]:
+    def io(self, what: str) -> Iterator[None]:
         try:
             yield
         except redis.RedisError as exc:
-            raise self._error(what, exc) from exc
+            raise self.error(what, exc) from exc
 
-    def _pipeline(self, what: str, commands: Sequence[Sequence[Any] | bytes]) -> list[Any]:
+    def pipeline(self, what: str, commands: Sequence[Sequence[Any] | bytes]) -> list[Any]:
         """Send commands in one round trip; an error reply is raised."""
         try:
             replies = self.link.pipeline(commands)
@@ -222,13 +211,13 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
                 if isinstance(reply, ResponseError):
                     raise reply
         except redis.RedisError as exc:
-            raise self._error(what, exc) from exc
+            raise self.error(what, exc) from exc
         return replies
 
-    def _run(self, name: str, queue: str, args: Sequence[Any]) -> Any:
-        return self._pipeline(name, [self.calls.command(name, queue, args)])[0]
+    def run(self, name: str, queue: str, args: Sequence[Any]) -> Any:
+        return self.pipeline(name, [self.calls.command(name, queue, args)])[0]
 
-    def _recorded(self, what: str, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
+    def recorded(self, what: str, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
         """Run recorded scripts, ``(name, queue, args)`` each, in one round trip.
 
         Each call's record lasts ``record_ttl``; sooner, the next recorded call
@@ -240,7 +229,7 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             for (name, queue, args), (_, ks) in zip(calls, keys)
         ]
         try:
-            return self._pipeline(what, commands)
+            return self.pipeline(what, commands)
         finally:
             for queue, ks in keys:
                 self.calls.spend(queue, ks)  # (on failure the record may still be there)
@@ -287,15 +276,15 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
                 # (Calls of more than CHUNK tasks: the other chunks are stored.)
                 raise running_error(queue, text(refused[0]) if refused else messages[0].task_id)
 
-    def _register(self, queues: set[str]) -> None:
-        self._pipeline("enqueue", self._register_commands(queues))
+    def register(self, queues: set[str]) -> None:
+        self.pipeline("enqueue", self._register_commands(queues))
 
     def _enqueue(self, messages: Sequence[Message]) -> None:
         commands, queues = self._enqueue_commands(messages)
-        replies = self._pipeline("enqueue", commands)
+        replies = self.pipeline("enqueue", commands)
         missing = self._unregistered(queues, replies)
         if missing:
-            self._register(missing)
+            self.register(missing)
         self._refused(messages, queues, replies)
 
     async def aenqueue(self, messages: Sequence[Message]) -> None:
@@ -311,7 +300,7 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             if missing:
                 await link.pipeline(self._register_commands(missing))
         except redis.RedisError as exc:
-            raise self._error("enqueue", exc) from exc
+            raise self.error("enqueue", exc) from exc
         self._refused(messages, queues, replies)
 
     def _reserve(self, queue: str, limit: int, lease: float, worker_id: str) -> list[Reservation]:
@@ -330,9 +319,9 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     ) -> Settled:
         if not (acks or retries or buries):
             return Settled([], [], [])
-        plan = self._settle_plan(acks, retries, buries)
-        replies = self._recorded("settle", [call for call, _ in plan])
-        return self._settled(plan, replies, len(acks), len(retries), len(buries))
+        plan = settle_plan(acks, retries, buries)
+        replies = self.recorded("settle", [call for call, _ in plan])
+        return settled(plan, replies, len(acks), len(retries), len(buries))
 
     def settle_and_reserve(
         self,
@@ -344,65 +333,9 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         lease: float,
         worker_id: str,
     ) -> tuple[Settled, list[Reservation]]:
-        plan = self._settle_plan(acks, retries, buries)
+        plan = settle_plan(acks, retries, buries)
         replies, got = self._settle_and_reserve(plan, queues, limit, lease)
-        return self._settled(plan, replies, len(acks), len(retries), len(buries)), got
-
-    def _settle_plan(
-        self, acks: Sequence[Reservation], retries: Sequence[RetryItem], buries: Sequence[Burial]
-    ) -> list[tuple[tuple[str, str, list[Any]], list[tuple[int, int]]]]:
-        """One settle call per queue and chunk: ((name, queue, args), where each
-        answer goes: (0 ack | 1 retry | 2 bury, index))."""
-        by_queue: dict[str, list[tuple[int, int]]] = {}
-        for i, r in enumerate(acks):
-            by_queue.setdefault(r.queue, []).append((0, i))
-        for i, item in enumerate(retries):
-            by_queue.setdefault(item[0].queue, []).append((1, i))
-        for i, burial in enumerate(buries):
-            by_queue.setdefault(burial[0].queue, []).append((2, i))
-        plan = []
-        for queue, places in by_queue.items():
-            for chunk in chunked(places, CHUNK):
-                groups: dict[str, list[str]] = {}  # acks by batch token
-                t: list[Any] = []
-                b: list[Any] = []
-                order: list[tuple[int, int]] = []
-                ack_order: dict[str, list[tuple[int, int]]] = {}
-                for k, i in chunk:
-                    if k == 0:
-                        r = acks[i]
-                        groups.setdefault(r.token, []).append(r.task_id)
-                        ack_order.setdefault(r.token, []).append((0, i))
-                for token_order in ack_order.values():  # the script answers acks first
-                    order += token_order
-                for k, i in chunk:
-                    if k == 1:
-                        rr, data, run_at = retries[i]
-                        t += (rr.task_id, rr.token, data, run_at)
-                        order.append((1, i))
-                for k, i in chunk:
-                    if k == 2:
-                        rb, reason, error = buries[i]
-                        b += (rb.task_id, rb.token, reason, truncate(error))
-                        order.append((2, i))
-                a = [x for token, task_ids in groups.items() for x in (token, task_ids)]
-                plan.append((("settle", queue, [pack_args([a, t, b])]), order))
-        return plan
-
-    @staticmethod
-    def _settled(
-        plan: list[tuple[Any, list[tuple[int, int]]]],
-        replies: Sequence[Any],
-        n_acks: int,
-        n_retries: int,
-        n_buries: int,
-    ) -> Settled:
-        out = ([False] * n_acks, [False] * n_retries, [False] * n_buries)
-        for (_, order), reply in zip(plan, replies):
-            flags = text(reply)
-            for (kind, i), flag in zip(order, flags):
-                out[kind][i] = flag == "1"
-        return Settled(*out)
+        return settled(plan, replies, len(acks), len(retries), len(buries)), got
 
     def _settle_and_reserve(
         self,
@@ -474,7 +407,7 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         except redis.RedisError as exc:
             self._spent_after(records, first, failed=True)
             self._maybe_listening(local, queues, waits)
-            raise self._error("reserve", exc) from exc
+            raise self.error("reserve", exc) from exc
 
         def finish() -> tuple[list[Any], list[Reservation]]:
             replies: list[Any] = []
@@ -494,7 +427,7 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             except redis.RedisError as exc:
                 self._spent_after(records, first, failed=True)
                 self._maybe_listening(local, queues, waits)
-                raise self._error("settle" if calls else "reserve", exc) from exc
+                raise self.error("settle" if calls else "reserve", exc) from exc
             self._spent_after(records, first, failed=False)
             local.listened = []  # (kept until now: a failed call leaves them registered)
             out: list[Reservation] = local.stashed(limit)
@@ -522,7 +455,7 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
                         queue, limit - len(out), lease, "", waits
                     )
                     try:
-                        reply = self._pipeline("reserve", [command])[0]
+                        reply = self.pipeline("reserve", [command])[0]
                     except BaseException:
                         self.calls.spend(queue, spent)
                         # What earlier queues leased is this thread's: its next
@@ -597,16 +530,16 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         worker_id: str,
         results: Sequence[ResultItem] = (),
     ) -> Callable[[], tuple[Settled, list[Reservation]]]:
-        plan = self._settle_plan(acks, retries, buries)
+        plan = settle_plan(acks, retries, buries)
         pre = [redis_results.put_command(self.prefix, results)] if results else []
         finish = self._begin(plan, queues, limit, lease, pre)
         n = (len(acks), len(retries), len(buries))
 
-        def settled() -> tuple[Settled, list[Reservation]]:
+        def done() -> tuple[Settled, list[Reservation]]:
             replies, got = finish()
-            return self._settled(plan, replies, *n), got
+            return settled(plan, replies, *n), got
 
-        return settled
+        return done
 
     def _ack(self, reservations: Sequence[Reservation]) -> list[bool]:
         return self.settle(reservations).acked
@@ -631,7 +564,7 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
                 calls.append(("release", queue, [pack_args(flat)]))
                 places.append(list(chunk))
         out = [False] * len(reservations)
-        for chunk, reply in zip(places, self._recorded("release", calls)):
+        for chunk, reply in zip(places, self.recorded("release", calls)):
             for i, flag in zip(chunk, text(reply)):
                 out[i] = flag == "1"
         return out
@@ -652,25 +585,10 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             commands.append(self.calls.command("extend", queue, [pack_args(flat)]))
             places.append(order)
         out = [False] * len(reservations)
-        for order, reply in zip(places, self._pipeline("extend", commands)):
+        for order, reply in zip(places, self.pipeline("extend", commands)):
             for i, flag in zip(order, text(reply)):
                 out[i] = flag == "1"
         return out
-
-    def take(self, queue: str, task_id: str) -> bytes | None:
-        queue = check_queue_name(queue)
-        (data,) = self._recorded("take", [("take", queue, [task_id])])
-        if data is None:
-            return None
-        # get() and cancel() are seldom followed by another call on the queue
-        # from this process: delete the record now. Best effort: the task is
-        # out of Redis already and must reach the caller; the record expires.
-        spent = self.calls.take_spent(queue)
-        try:
-            self.link.call("DEL", *spent)
-        except redis.RedisError:
-            pass
-        return bytes(data)
 
     # -- waiting -------------------------------------------------------------
     def wait(self, queues: Sequence[str], timeout: float) -> None:
@@ -680,132 +598,3 @@ class RedisBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
 
     def stop_waiting(self) -> None:
         self.waiters.stop()
-
-    # -- results (see redis_results) ---------------------------------------------
-    def put_results(self, items: Sequence[ResultItem]) -> None:
-        if items:
-            self._pipeline("result write", [redis_results.put_command(self.prefix, items)])
-
-    def _result_key(self, task_id: str) -> str:
-        return redis_results.key_prefix(self.prefix) + task_id
-
-    def get_result(self, task_id: str) -> bytes | None:
-        value = self._pipeline("result read", [("GET", self._result_key(task_id))])[0]
-        return None if value is None else bytes(value)
-
-    def wait_result(self, task_id: str, timeout: float) -> bytes | None:
-        with self._io("result wait"):
-            return redis_results.wait(self.client, self.prefix, self._result_key(task_id), timeout)
-
-    async def aget_result(self, task_id: str) -> bytes | None:
-        try:
-            value = await (await self.alink.client()).get(self._result_key(task_id))
-        except redis.RedisError as exc:
-            raise self._error("result read", exc) from exc
-        return None if value is None else bytes(value)
-
-    async def await_result(self, task_id: str, timeout: float) -> bytes | None:
-        try:
-            return await self.alink.wait(self.prefix, self._result_key(task_id), timeout)
-        except redis.RedisError as exc:
-            raise self._error("result wait", exc) from exc
-
-    def forget_result(self, task_id: str) -> None:
-        self._pipeline("result delete", [("DEL", self._result_key(task_id))])
-
-    def put_worker(self, worker_id: str, record: bytes, ttl: float) -> None:
-        commands = redis_results.put_worker(self.prefix, worker_id, record, ttl)
-        self._pipeline("worker record", commands)
-
-    def remove_worker(self, worker_id: str) -> None:
-        self._pipeline("worker record", redis_results.remove_worker(self.prefix, worker_id))
-
-    def list_workers(self) -> list[bytes]:
-        return redis_results.list_workers(self._pipeline, self.prefix)
-
-    def locate(self, queue: str, task_id: str) -> Located | None:
-        return redis_results.locate(self._pipeline, self.calls.keys(queue), task_id)
-
-    async def alocate(self, queue: str, task_id: str) -> Located | None:
-        keys = self.calls.keys(queue)
-        try:
-            replies = await self.alink.pipeline(redis_results.locate_commands(keys, task_id))
-            found, more = redis_results.located(replies, keys)
-            if found is None or more is None:
-                return found
-            return redis_results.leased(found, (await self.alink.pipeline([more]))[0])
-        except redis.RedisError as exc:
-            raise self._error("locate", exc) from exc
-
-    def enqueue_tick(
-        self, message: Message, schedule: str, tick: float
-    ) -> tuple[bool, float | None]:
-        self.check_queue(message.queue)
-        self.check_size(message.data)
-        m = message
-        args = (m.task_id, m.data, "", schedule, repr(tick))
-        added, registered, last = self._pipeline(
-            "enqueue", [self.calls.command("enqueue_one", m.queue, args)]
-        )[0]
-        if not registered:
-            self._register({m.queue})
-        return added == 1, float(text(last)) if last else None
-
-    def last_tick(self, schedule: str, queue: str) -> float | None:
-        (value,) = self._pipeline("ticks", [("GET", self.calls.tag(queue) + ":tick:" + schedule)])
-        return None if value is None else float(text(value))
-
-    # -- dead letters ----------------------------------------------------------
-    def _dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
-        _, registered = self._run("dead_add", queue, [task_id, data, reason, error])
-        if not registered:
-            self._register({queue})
-
-    def _dead_read(self, queue: str, args: list[Any]) -> list[DeadLetter]:
-        flat = self._run("dead_read", queue, args)
-        out = []
-        for i in range(0, len(flat), 4):
-            task_id, why = text(flat[i]), text(flat[i + 2] or b"")
-            if why.startswith("\0"):  # an earlier letter of its id (see shelve)
-                task_id, _, why = why[1:].partition("\0")
-            reason, _, error = why.partition("\n")
-            data, failed_at = bytes(flat[i + 1] or b""), float(flat[i + 3])
-            out.append(DeadLetter(queue, task_id, data, reason, error, failed_at))
-        return out
-
-    def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]:
-        return self._dead_read(queue, ["list", limit]) if limit > 0 else []
-
-    def dead_get(self, queue: str, task_id: str) -> DeadLetter | None:
-        found = self._dead_read(queue, ["get", task_id])
-        return found[0] if found else None
-
-    def dead_requeue(self, queue: str, task_id: str, data: bytes | None = None) -> bool:
-        args = [task_id, "0"] if data is None else [task_id, "1", data]
-        return bool(self._run("dead_requeue", queue, args))
-
-    def dead_purge(self, queue: str, task_id: str | None = None) -> int:
-        return int(self._run("dead_purge", queue, [] if task_id is None else [task_id]))
-
-    # -- introspection -------------------------------------------------------
-    def stats(self, queue: str) -> QueueStats:
-        ready, delayed, running, dead, oldest = self._run("stats", queue, [])
-        due = None if oldest is None else float(oldest)
-        return QueueStats(int(ready), int(delayed), int(running), int(dead), due)
-
-    def known_queues(self) -> list[str]:
-        names = sorted(
-            text(n) for n in self._pipeline("known_queues", [("SMEMBERS", self.calls.registry)])[0]
-        )
-        if not names:
-            return []
-        # A queue stays in the registry after it empties; list only those
-        # that hold tasks or dead letters, as the other backends do.
-        counts = self._pipeline(
-            "known_queues",
-            [("EXISTS", self.calls.keys(n)[0], self.calls.keys(n)[DEAD]) for n in names],
-        )
-        return [n for n, count in zip(names, counts) if count]
-
-    def clear(self, queue_name: str) -> None:
-        self._run("drop", queue_name, [])
