@@ -87,9 +87,9 @@ def test_a_failed_commit_leaves_no_open_transaction(tmp_path):
     app = App(f"sqlite:///{tmp_path}/q.db")
     backend = app.backend
     backend.stats("default")
-    conn = backend._conn
+    conn = backend.conn
     with pytest.raises(sqlite3.Error):
-        with backend._tx() as c:
+        with backend.tx() as c:
             insert = "INSERT INTO gatorapp_tasks (queue, task_id, data, run_at) VALUES (?, ?, ?, ?)"
             c.execute(insert, ("q", "t", b"\0", 0))
             c.execute(insert, ("q", "t", b"\0", 0))  # (queue, task_id) is unique

@@ -31,21 +31,17 @@ from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigurationError
-from . import sqlite_results
-from .base import Backend, check_queue_name, chunked, grouped, running_error, truncate
+from .base import Backend, chunked, grouped, running_error, truncate
 from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
 from .records import (
     Burial,
-    DeadLetter,
-    Located,
     Message,
-    QueueStats,
     Reservation,
-    ResultItem,
     RetryItem,
     Settled,
 )
-from .sqlite_schema import DEAD_INSERT, create_tables
+from .sqlite_admin import SQLiteAdmin
+from .sqlite_schema import DEAD_INSERT, blob, create_tables
 
 # Ids per statement (SQLite allows 32,766 parameters; a statement this size is quick).
 _CHUNK = 500
@@ -56,17 +52,6 @@ _AVAILABLE = "queue = ? AND run_at <= ? AND (token IS NULL OR lease_until <= ?)"
 
 _R = TypeVar("_R")
 log = logging.getLogger("gatorapp.sqlite")
-
-
-def _blob(value: object) -> bytes:
-    """A payload column as bytes. A row written by hand may hold TEXT, a number
-    or NULL: it comes out as bytes all the same, fails to decode, and becomes
-    that task's dead letter instead of failing the whole batch's reserve."""
-    if type(value) is bytes:
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogatepass")
-    return b"" if value is None else str(value).encode()
 
 
 def _remove_folder(folder: str, owner_pid: int) -> None:
@@ -97,10 +82,6 @@ class _Holder:
 _INHERITED: list[_Holder] = []
 
 
-class _Conflict(Exception):
-    pass
-
-
 def sqlite_path(url: str) -> str | None:
     """The database path of a ``sqlite://`` URL, or None for an in-memory database."""
     parts = urlsplit(url)
@@ -116,7 +97,7 @@ def sqlite_path(url: str) -> str | None:
     return path
 
 
-class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
+class SQLiteBackend(SQLiteAdmin, Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     driver_errors = (sqlite3.Error,)
     store_name = "SQLite"
     supports_results = True
@@ -141,9 +122,9 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             # cache answers concurrent threads with "database table is locked"
             # (SQLITE_LOCKED), which the busy timeout does not wait out. Its
             # folder is made on first use, not here: building does no I/O.
-            self._target = ""
+            self.target = ""
         else:
-            self._target = os.path.abspath(path)
+            self.target = os.path.abspath(path)
         self.path = path
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -158,13 +139,13 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
 
     # -- connections -----------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
-        folder = os.path.dirname(self._target)
+        folder = os.path.dirname(self.target)
         if folder and not os.path.isdir(folder):
             raise ConfigurationError(
                 f"sqlite database folder {folder!r} does not exist (from {self.url!r})"
             )
         conn = sqlite3.connect(
-            self._target,
+            self.target,
             timeout=self.busy_timeout,
             isolation_level=None,
             check_same_thread=False,
@@ -173,7 +154,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         return conn
 
     @property
-    def _conn(self) -> sqlite3.Connection:
+    def conn(self) -> sqlite3.Connection:
         holder: _Holder | None = getattr(self._local, "holder", None)
         if holder is None or holder.generation != self._generation:
             if holder is not None:
@@ -189,12 +170,12 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         return holder.conn
 
     def _setup(self) -> None:
-        if not self._target:
+        if not self.target:
             folder = tempfile.mkdtemp(prefix="gatorapp-sqlite-")
             # Deleted by the process that made it only: a forked child that
             # exits must not take its parent's database with it.
             weakref.finalize(self, _remove_folder, folder, os.getpid())
-            self._target = os.path.join(folder, "queue.db")
+            self.target = os.path.join(folder, "queue.db")
         conn = self._connect()
         try:
             # WAL persists in the file; switching needs no other writer, so retry briefly.
@@ -209,7 +190,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
                 log.warning(
                     "%s could not switch to WAL mode (journal mode %r): readers will block "
                     "writers; is it on a network filesystem?",
-                    self._target,
+                    self.target,
                     mode,
                 )
             create_tables(conn)
@@ -219,18 +200,18 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         self._ready = True
 
     def describe(self) -> str:
-        if not self._target:
+        if not self.target:
             return "sqlite:// (a temporary file, made on first use)"
-        return f"sqlite:///{self._target}"
+        return f"sqlite:///{self.target}"
 
     def missing_store(self) -> str | None:
-        if self._target and not os.path.exists(self._target):
-            return f"no database at {self._target} (nothing was enqueued there yet?)"
+        if self.target and not os.path.exists(self.target):
+            return f"no database at {self.target} (nothing was enqueued there yet?)"
         return None
 
     def _file_identity(self) -> tuple[int, int] | None:
         try:
-            st = os.stat(self._target)
+            st = os.stat(self.target)
         except OSError:
             return None
         return (st.st_dev, st.st_ino)
@@ -253,7 +234,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             log.error(
                 "sqlite database %s was %s while in use; reopening it (tasks left in the "
                 "old file are not seen any more)",
-                self._target,
+                self.target,
                 "deleted" if found is None else "replaced",
             )
             self._identity = None
@@ -261,8 +242,8 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             self._generation += 1
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -304,7 +285,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
     def _enqueue(self, messages: Sequence[Message]) -> None:
         now = time.time()
         rows = [(m.queue, m.task_id, m.data, m.run_at or now) for m in messages]
-        with self._tx() as conn:
+        with self.tx() as conn:
             before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO gatorapp_tasks (queue, task_id, data, run_at) "
@@ -320,7 +301,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
                         "AND token IS NOT NULL AND lease_until > ?",
                         (m.queue, m.task_id, now),
                     ).fetchone()
-                    if held is not None and _blob(held[0]) != m.data:
+                    if held is not None and blob(held[0]) != m.data:
                         raise running_error(m.queue, m.task_id)
 
     def _reserve(self, queue: str, limit: int, lease: float, worker_id: str) -> list[Reservation]:
@@ -328,7 +309,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         if now - self._checked > 1.0:
             self._checked = now
             self._check_file()
-        conn = self._conn
+        conn = self.conn
         # A read first: idle workers polling must not take the write lock.
         if (
             conn.execute(
@@ -346,13 +327,13 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             (token, now + lease, queue, now, now, limit),
         ).fetchall()
         rows.sort(key=lambda r: (r[1], r[0]))
-        return [Reservation(queue, r[2], _blob(r[3]), token, r[4], lease) for r in rows]
+        return [Reservation(queue, r[2], blob(r[3]), token, r[4], lease) for r in rows]
 
     def wait(self, queues: Sequence[str], timeout: float) -> None:
         deadline = time.time() + timeout
         while True:
             self._check_file()
-            conn = self._conn
+            conn = self.conn
             now = time.time()
             for queue in queues:
                 if conn.execute(
@@ -364,7 +345,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             time.sleep(min(self.poll_interval, max(0.0, deadline - now)))
 
     def _ack(self, reservations: Sequence[Reservation]) -> list[bool]:
-        with self._tx() as conn:
+        with self.tx() as conn:
             return self._delete_held(conn, reservations)
 
     @staticmethod
@@ -399,7 +380,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         # One transaction, one commit, for all three.
         if not (acks or retries or buries):
             return Settled([], [], [])
-        with self._tx() as conn:
+        with self.tx() as conn:
             return Settled(
                 self._delete_held(conn, acks),
                 self._retry_in(conn, retries),
@@ -407,7 +388,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             )
 
     def _retry(self, items: Sequence[RetryItem]) -> list[bool]:
-        with self._tx() as conn:
+        with self.tx() as conn:
             return self._retry_in(conn, items)
 
     @staticmethod
@@ -424,7 +405,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
         ]
 
     def _release(self, reservations: Sequence[Reservation]) -> list[bool]:
-        with self._tx() as conn:
+        with self.tx() as conn:
             return [
                 conn.execute(
                     "UPDATE gatorapp_tasks SET token = NULL, lease_until = NULL, "
@@ -438,7 +419,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
 
     def _extend(self, reservations: Sequence[Reservation]) -> list[bool]:
         now = time.time()
-        with self._tx() as conn:
+        with self.tx() as conn:
             return [
                 conn.execute(
                     "UPDATE gatorapp_tasks SET lease_until = ? "
@@ -450,7 +431,7 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             ]
 
     def _bury(self, items: Sequence[Burial]) -> list[bool]:
-        with self._tx() as conn:
+        with self.tx() as conn:
             return self._bury_in(conn, items)
 
     @staticmethod
@@ -469,136 +450,6 @@ class SQLiteBackend(Backend, QueueAdmin, TakeById, DeadLetterAdmin):
             out.append(row is not None)
         return out
 
-    def take(self, queue: str, task_id: str) -> bytes | None:
-        queue = check_queue_name(queue)
-        now = time.time()
-        with self._tx() as conn:
-            row = conn.execute(
-                "DELETE FROM gatorapp_tasks WHERE queue = ? AND task_id = ? "
-                "AND (token IS NULL OR lease_until <= ?) RETURNING data",
-                (queue, task_id, now),
-            ).fetchone()
-        return _blob(row[0]) if row else None
-
-    # -- results (see sqlite_results) ----------------------------------------------
-    def put_results(self, items: Sequence[ResultItem]) -> None:
-        if not items:
-            return
-        with self._tx() as conn:
-            sqlite_results.put(conn, self._target, items)
-        sqlite_results.notify(self._target)
-
-    def get_result(self, task_id: str) -> bytes | None:
-        return sqlite_results.get(self._conn, task_id)
-
-    def wait_result(self, task_id: str, timeout: float) -> bytes | None:
-        self._conn  # noqa: B018 (made, so the path of a temporary file is known)
-        return sqlite_results.wait(lambda: self.get_result(task_id), self._target, timeout)
-
-    def forget_result(self, task_id: str) -> None:
-        with self._tx() as conn:
-            conn.execute("DELETE FROM gatorapp_results WHERE task_id = ?", (task_id,))
-
-    def put_worker(self, worker_id: str, record: bytes, ttl: float) -> None:
-        with self._tx() as conn:
-            sqlite_results.put_worker(conn, worker_id, record, ttl)
-
-    def remove_worker(self, worker_id: str) -> None:
-        with self._tx() as conn:
-            conn.execute("DELETE FROM gatorapp_workers WHERE worker_id = ?", (worker_id,))
-
-    def list_workers(self) -> list[bytes]:
-        return sqlite_results.list_workers(self._conn)
-
-    def locate(self, queue: str, task_id: str) -> Located | None:
-        return sqlite_results.locate(self._conn, queue, task_id)
-
-    def enqueue_tick(
-        self, message: Message, schedule: str, tick: float
-    ) -> tuple[bool, float | None]:
-        self.check_queue(message.queue)
-        self.check_size(message.data)
-        with self._tx() as conn:
-            return sqlite_results.enqueue_tick(conn, message, schedule, tick)
-
-    def last_tick(self, schedule: str, queue: str) -> float | None:
-        return sqlite_results.last_tick(self._conn, schedule)
-
-    # -- dead letters ----------------------------------------------------------
-    def _dead_add(self, queue: str, task_id: str, data: bytes, reason: str, error: str) -> None:
-        with self._tx() as conn:
-            conn.execute(DEAD_INSERT, (queue, task_id, data, reason, error, time.time()))
-
-    def dead_list(self, queue: str, limit: int = 1000) -> list[DeadLetter]:
-        rows = self._conn.execute(
-            "SELECT queue, task_id, data, reason, error, failed_at FROM gatorapp_dead "
-            "WHERE queue = ? ORDER BY failed_at, seq LIMIT ?",
-            (queue, limit),
-        ).fetchall()
-        return [DeadLetter(r[0], r[1], _blob(r[2]), r[3], r[4], r[5]) for r in rows]
-
-    def dead_get(self, queue: str, task_id: str) -> DeadLetter | None:
-        r = self._conn.execute(
-            "SELECT queue, task_id, data, reason, error, failed_at FROM gatorapp_dead "
-            "WHERE queue = ? AND task_id = ? ORDER BY seq DESC LIMIT 1",
-            (queue, task_id),
-        ).fetchone()
-        return DeadLetter(r[0], r[1], _blob(r[2]), r[3], r[4], r[5]) if r else None
-
-    def dead_requeue(self, queue: str, task_id: str, data: bytes | None = None) -> bool:
-        try:
-            with self._tx() as conn:
-                row = conn.execute(
-                    "DELETE FROM gatorapp_dead WHERE seq = (SELECT MAX(seq) FROM gatorapp_dead "
-                    "WHERE queue = ? AND task_id = ?) RETURNING data",
-                    (queue, task_id),
-                ).fetchone()
-                if row is None:
-                    return False
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO gatorapp_tasks (queue, task_id, data, run_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    (queue, task_id, data if data is not None else row[0], time.time()),
-                )
-                if cur.rowcount != 1:
-                    raise _Conflict  # the same id is queued again already: keep the dead letter
-        except _Conflict:
-            return False
-        return True
-
-    def dead_purge(self, queue: str, task_id: str | None = None) -> int:
-        with self._tx() as conn:
-            if task_id is not None:
-                return conn.execute(
-                    "DELETE FROM gatorapp_dead WHERE queue = ? AND task_id = ?", (queue, task_id)
-                ).rowcount
-            return conn.execute("DELETE FROM gatorapp_dead WHERE queue = ?", (queue,)).rowcount
-
-    # -- introspection -------------------------------------------------------
-    def stats(self, queue: str) -> QueueStats:
-        now = time.time()
-        conn = self._conn
-        ready, delayed, running, oldest = conn.execute(
-            "SELECT "
-            "COALESCE(SUM(run_at <= ?1 AND (token IS NULL OR lease_until <= ?1)), 0), "
-            "COALESCE(SUM(run_at > ?1 AND (token IS NULL OR lease_until <= ?1)), 0), "
-            "COALESCE(SUM(token IS NOT NULL AND lease_until > ?1), 0), "
-            "MIN(CASE WHEN run_at <= ?1 AND (token IS NULL OR lease_until <= ?1) "
-            "THEN run_at END) "
-            "FROM gatorapp_tasks WHERE queue = ?2",
-            (now, queue),
-        ).fetchone()
-        (dead,) = conn.execute(
-            "SELECT COUNT(*) FROM gatorapp_dead WHERE queue = ?", (queue,)
-        ).fetchone()
-        return QueueStats(ready, delayed, running, dead, oldest)
-
-    def known_queues(self) -> list[str]:
-        rows = self._conn.execute(
-            "SELECT queue FROM gatorapp_tasks UNION SELECT queue FROM gatorapp_dead"
-        ).fetchall()
-        return sorted(r[0] for r in rows)
-
     def clear(self, queue_name: str) -> None:
-        with self._tx() as conn:
+        with self.tx() as conn:
             conn.execute("DELETE FROM gatorapp_tasks WHERE queue = ?", (queue_name,))

@@ -110,3 +110,14 @@ def _dead_table(conn: sqlite3.Connection) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def blob(value: object) -> bytes:
+    """A payload column as bytes. A row written by hand may hold TEXT, a number
+    or NULL: it comes out as bytes all the same, fails to decode, and becomes
+    that task's dead letter instead of failing the whole batch's reserve."""
+    if type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    return b"" if value is None else str(value).encode()
