@@ -9,7 +9,7 @@ class is defined (a ``TypeError``), never reads as "supported"::
 
 Callers read ``backend.capabilities.take`` (a bool the type checker sees) and
 ``backend.capabilities.reason("take")`` for the words to show a user. The
-shared contract suite (:mod:`gatorapp.testing`) skips, with that reason,
+shared contract suite (:mod:`gatorapp.testing.contract`) skips, with that reason,
 every test of a part a backend lacks.
 """
 
