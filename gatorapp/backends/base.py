@@ -1,4 +1,4 @@
-"""The backend interface every storage implements.
+"""The delivery contract every storage implements.
 
 Storage sees only bytes: a task id, an opaque payload, a due time and, while a
 worker holds it, a lease. Delivery is reserve, then acknowledge:
@@ -18,10 +18,18 @@ finished (acknowledgements, retries, dead letters) with :meth:`Backend.settle`
 and refills with :meth:`Backend.settle_and_reserve`, one call per batch; a
 backend that can do either in one round trip overrides it.
 
-Public methods here do the shared bookkeeping (validation, size limits) and
-call the small abstract ``_primitives`` a backend implements, as SAQ's Queue
-does. Subclasses must be safe to call from several threads unless they set
-``thread_safe = False``.
+Public methods here do the shared bookkeeping (validation, size limits,
+error texts cut to length, the driver's errors reported as BackendError) and
+call the eight small abstract ``_primitives`` a backend implements, as SAQ's
+Queue does. Subclasses must be safe to call from several threads unless they
+set ``thread_safe = False``.
+
+Administration (counts, take by id, dead letters) is not part of this class:
+it is optional, in :mod:`gatorapp.backends.protocols`. What a backend cannot
+keep of this contract it says in ``capabilities``
+(:mod:`gatorapp.backends.capabilities`). The contract suite every backend
+runs is :mod:`gatorapp.testing.contract`; docs/extending.md walks through
+writing one.
 """
 
 from __future__ import annotations
@@ -93,7 +101,8 @@ def check_queue_name(queue: str) -> str:
 
 
 class Backend(FiveMethods, ABC):
-    """Base class of the built-in backends (memory, SQLite, Redis, SQS).
+    """Base class of every backend (memory, SQLite, Redis, SQS, PostgreSQL, a
+    five-method client's adapter, and those written elsewhere).
 
     ``supports_leases`` is True when the backend keeps reserved tasks until they
     are acknowledged (the at-least-once contract above). ``thread_safe`` is
