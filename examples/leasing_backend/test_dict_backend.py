@@ -10,6 +10,9 @@ from gatorapp.testing.contract import BackendContract
 
 
 class TestDictBackend(BackendContract):
+    TICK = 0.2  # (in memory: the timing tests may take short steps)
+    MARGIN = 0.1
+
     @pytest.fixture
     def backend(self) -> Iterator[DictBackend]:
         b = DictBackend()
