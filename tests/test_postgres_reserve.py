@@ -125,12 +125,13 @@ def vacuums(url: str) -> int:
 
 def test_a_process_that_deleted_enough_rows_vacuums_the_table(postgres_url, monkeypatch) -> None:
     monkeypatch.setattr("gatorapp.backends.postgres.VACUUM_EVERY", 10)
+    monkeypatch.setattr("gatorapp.backends.postgres.VACUUM_LIVE", 1)
     before = vacuums(postgres_url)
     for flag, wanted in (("?vacuum=0", False), ("", True)):
         b = PostgresBackend(postgres_url + flag)
         assert b.vacuum is wanted
         try:
-            b.enqueue([Message("q", f"t{i}", b"x") for i in range(12)])
+            b.enqueue([Message("q", f"t{i}", b"x") for i in range(14)])
             got = b.reserve(["q"], 12, 30, "w")
             assert b.ack(got) == [True] * 12
         finally:

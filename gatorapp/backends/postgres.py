@@ -31,6 +31,7 @@ from .postgres_sql import (
     BURY,
     EXTEND,
     FALSE,
+    LIVE,
     READY,
     RELEASE,
     RESERVE,
@@ -38,7 +39,9 @@ from .postgres_sql import (
     TRUE,
     VACUUM,
     VACUUM_EVERY,
+    VACUUM_LIVE,
     VACUUM_LOCK_KEY,
+    VACUUM_RETRY,
     done,
     held,
     insert,
@@ -309,6 +312,11 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
             with psycopg.connect(
                 self._dsn, autocommit=True, application_name="gatorapp vacuum"
             ) as conn:
+                row = conn.execute(LIVE, (VACUUM_LIVE,)).fetchone()
+                if not row or row[0] < VACUUM_LIVE:
+                    with self._lock:
+                        self._deleted = max(self._deleted, VACUUM_EVERY - VACUUM_RETRY)
+                    return
                 row = conn.execute("SELECT pg_try_advisory_lock(%s)", (VACUUM_LOCK_KEY,)).fetchone()
                 if row and row[0]:
                     conn.execute(VACUUM)

@@ -111,9 +111,19 @@ BURY = (
 # process at a time (an advisory lock; the others skip it), never waiting
 # for a lock (SKIP_LOCKED: autovacuum may be at it), and never truncating
 # the file (which would take a lock that stops every reserve for a moment).
+#
+# Not while the table holds fewer than VACUUM_LIVE tasks: a vacuum records
+# how many rows the table has per page, and the planner scales that by the
+# table's size; recorded from an almost empty table of many pages, it makes
+# the planner take a full queue for a handful of rows and sort it, or scan it,
+# at every reserve and settle, until the next analyze. (Tried again after
+# VACUUM_RETRY more rows deleted.)
 VACUUM_EVERY = 20_000
+VACUUM_LIVE = 5_000
+VACUUM_RETRY = 2_000
+LIVE = "SELECT count(*) FROM (SELECT 1 FROM gatorapp_tasks LIMIT %s) AS t"
 VACUUM_LOCK_KEY = 0x6761746F72617676  # ("gatorapv" in ASCII)
-VACUUM = "VACUUM (SKIP_LOCKED) gatorapp_tasks"
+VACUUM = "VACUUM (SKIP_LOCKED, TRUNCATE false) gatorapp_tasks"
 
 # An idle worker's look: is anything due and unleased in these queues?
 READY = (
