@@ -113,3 +113,37 @@ def test_a_version_1_database_is_migrated(postgres_url) -> None:
             "SELECT reloptions FROM pg_class WHERE relname = 'gatorapp_tasks'"
         ).fetchone()
         assert "fillfactor=50" in options
+
+
+def vacuums(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'gatorapp_tasks'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_process_that_deleted_enough_rows_vacuums_the_table(postgres_url, monkeypatch) -> None:
+    monkeypatch.setattr("gatorapp.backends.postgres.VACUUM_EVERY", 10)
+    monkeypatch.setattr("gatorapp.backends.postgres.VACUUM_LIVE", 1)
+    before = vacuums(postgres_url)
+    for flag, wanted in (("?vacuum=0", False), ("", True)):
+        b = PostgresBackend(postgres_url + flag)
+        assert b.vacuum is wanted
+        try:
+            b.enqueue([Message("q", f"t{i}", b"x") for i in range(14)])
+            got = b.reserve(["q"], 12, 30, "w")
+            assert b.ack(got) == [True] * 12
+        finally:
+            b.close()  # (waits for the vacuum it started)
+        deadline = time.monotonic() + 10  # (statistics reach the view within a second or so)
+        while vacuums(postgres_url) == before and wanted and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (vacuums(postgres_url) > before) is wanted
+
+
+def test_vacuum_takes_on_or_off(postgres_url) -> None:
+    from gatorapp.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="vacuum="):
+        PostgresBackend(postgres_url + "?vacuum=maybe")

@@ -31,11 +31,17 @@ from .postgres_sql import (
     BURY,
     EXTEND,
     FALSE,
+    LIVE,
     READY,
     RELEASE,
     RESERVE,
     RETRY,
     TRUE,
+    VACUUM,
+    VACUUM_EVERY,
+    VACUUM_LIVE,
+    VACUUM_LOCK_KEY,
+    VACUUM_RETRY,
     done,
     held,
     insert,
@@ -71,6 +77,16 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
             )
         #: whether enqueues notify, and idle workers LISTEN (``?notify=0``: off)
         self.notify = notify in TRUE
+        vacuum = options.get("vacuum", "1").lower()
+        if vacuum not in TRUE + FALSE:
+            raise ConfigurationError(
+                f"vacuum= takes 1 or 0 (on or off), not {vacuum!r}: {masked_url(url)}"
+            )
+        #: whether this process vacuums the tasks table after deleting
+        #: VACUUM_EVERY rows (``?vacuum=0``: off, autovacuum alone does)
+        self.vacuum = vacuum in TRUE
+        self._deleted = 0
+        self._vacuuming: threading.Thread | None = None
         if "poll" in options:
             try:
                 poll = float(options["poll"])
@@ -124,6 +140,9 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True)
+        vacuuming, self._vacuuming = self._vacuuming, None
+        if vacuuming is not None:
+            vacuuming.join()
         listener = self._listener
         if listener is not None:
             # (a thread blocked on it wakes with an error, and polls)
@@ -145,6 +164,8 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
         self._lock = threading.Lock()
         self._listener = None
         self._pool = None
+        self._deleted = 0
+        self._vacuuming = None
 
     def describe(self) -> str:
         return masked_url(self.url)
@@ -265,15 +286,53 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
         if listener is not None and listener.waiting:
             self.conn.execute("SELECT pg_notify(%s, '')", (listener.wake_channel,))
 
+    # -- reclaiming the rows of tasks done ---------------------------------------
+    def deleted(self, count: int) -> None:
+        """``count`` tasks' rows were deleted: vacuum the table, on a thread
+        of its own, once VACUUM_EVERY have been since the last time."""
+        if not self.vacuum or count <= 0:
+            return
+        with self._lock:
+            self._deleted += count
+            if self._deleted < VACUUM_EVERY or (
+                self._vacuuming is not None and self._vacuuming.is_alive()
+            ):
+                return
+            self._deleted = 0
+            self._vacuuming = threading.Thread(
+                target=self._vacuum, name="gatorapp-postgres-vacuum", daemon=True
+            )
+            self._vacuuming.start()
+
+    def _vacuum(self) -> None:
+        # Its own connection (a VACUUM runs outside any transaction), held
+        # for the VACUUM only. Nothing depends on it: a failure (the server
+        # gone, a role that may not vacuum the table) is the next one's try.
+        try:
+            with psycopg.connect(
+                self._dsn, autocommit=True, application_name="gatorapp vacuum"
+            ) as conn:
+                row = conn.execute(LIVE, (VACUUM_LIVE,)).fetchone()
+                if not row or row[0] < VACUUM_LIVE:
+                    with self._lock:
+                        self._deleted = max(self._deleted, VACUUM_EVERY - VACUUM_RETRY)
+                    return
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (VACUUM_LOCK_KEY,)).fetchone()
+                if row and row[0]:
+                    conn.execute(VACUUM)
+        except psycopg.Error:
+            pass
+
     def _ack(self, reservations: Sequence[Reservation]) -> list[bool]:
         return self._delete_held(self.conn, reservations)
 
-    @staticmethod
-    def _delete_held(conn: Any, reservations: Sequence[Reservation]) -> list[bool]:
+    def _delete_held(self, conn: Any, reservations: Sequence[Reservation]) -> list[bool]:
         """Delete the tasks whose lease is still held, in one statement; True
         for each one deleted."""
         seqs, tokens = held(reservations)
-        return done(seqs, conn.execute(ACK, (seqs, tokens)).fetchall())
+        rows = conn.execute(ACK, (seqs, tokens)).fetchall()
+        self.deleted(len(rows))
+        return done(seqs, rows)
 
     def settle(
         self,
@@ -384,11 +443,11 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
     def _bury(self, items: Sequence[Burial]) -> list[bool]:
         return self._bury_in(self.conn, items)
 
-    @staticmethod
-    def _bury_in(conn: Any, items: Sequence[Burial]) -> list[bool]:
+    def _bury_in(self, conn: Any, items: Sequence[Burial]) -> list[bool]:
         seqs, tokens = held([r for r, _, _ in items])
         rows = conn.execute(
             BURY,
             (seqs, tokens, [reason for _, reason, _ in items], [truncate(e) for _, _, e in items]),
         ).fetchall()
+        self.deleted(len(rows))
         return done(seqs, rows)

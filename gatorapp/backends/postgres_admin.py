@@ -34,6 +34,8 @@ class PostgresAdmin:
     # (The delivery part's own checks, the base backend's.)
     check_queue: Callable[[str], str]
     check_size: Callable[[bytes], None]
+    #: counts rows deleted from the tasks table (for the vacuum it starts)
+    deleted: Callable[[int], None]
 
     def take(self, queue: str, task_id: str) -> bytes | None:
         queue = check_queue_name(queue)
@@ -42,7 +44,10 @@ class PostgresAdmin:
             f"AND (token IS NULL OR lease_until <= {NOW}) RETURNING data",
             (queue, task_id),
         ).fetchone()
-        return bytes(row[0]) if row else None
+        if row is None:
+            return None
+        self.deleted(1)
+        return bytes(row[0])
 
     # -- results, workers, ticks -------------------------------------------------
     def put_results(self, items: Sequence[ResultItem]) -> None:
@@ -203,4 +208,5 @@ class PostgresAdmin:
         return sorted(r[0] for r in rows)
 
     def clear(self, queue_name: str) -> None:
-        self.conn.execute("DELETE FROM gatorapp_tasks WHERE queue = %s", (queue_name,))
+        cur = self.conn.execute("DELETE FROM gatorapp_tasks WHERE queue = %s", (queue_name,))
+        self.deleted(cur.rowcount)

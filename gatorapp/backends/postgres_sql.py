@@ -104,6 +104,27 @@ BURY = (
     f"SELECT queue, task_id, data, reason, error, {NOW} FROM b ORDER BY n) "
     "SELECT seq FROM b"
 )
+# A process that has deleted this many tasks' rows (acknowledged, buried,
+# taken, cleared) vacuums the tasks table (``?vacuum=0``: never): the space
+# of the rows it deleted is used again, rather than the table and its
+# indexes growing until autovacuum's next visit (once a minute at most). One
+# process at a time (an advisory lock; the others skip it), never waiting
+# for a lock (SKIP_LOCKED: autovacuum may be at it), and never truncating
+# the file (which would take a lock that stops every reserve for a moment).
+#
+# Not while the table holds fewer than VACUUM_LIVE tasks: a vacuum records
+# how many rows the table has per page, and the planner scales that by the
+# table's size; recorded from an almost empty table of many pages, it makes
+# the planner take a full queue for a handful of rows and sort it, or scan it,
+# at every reserve and settle, until the next analyze. (Tried again after
+# VACUUM_RETRY more rows deleted.)
+VACUUM_EVERY = 20_000
+VACUUM_LIVE = 5_000
+VACUUM_RETRY = 2_000
+LIVE = "SELECT count(*) FROM (SELECT 1 FROM gatorapp_tasks LIMIT %s) AS t"
+VACUUM_LOCK_KEY = 0x6761746F72617676  # ("gatorapv" in ASCII)
+VACUUM = "VACUUM (SKIP_LOCKED, TRUNCATE false) gatorapp_tasks"
+
 # An idle worker's look: is anything due and unleased in these queues?
 READY = (
     "SELECT 1 FROM unnest(%b::text[]) AS q(name) WHERE EXISTS (SELECT 1 FROM gatorapp_tasks "
@@ -112,7 +133,7 @@ READY = (
 )
 
 #: URL options this backend reads (and takes out of what libpq is given)
-OPTIONS = ("notify", "poll")
+OPTIONS = ("notify", "poll", "vacuum")
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
 
