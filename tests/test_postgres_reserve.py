@@ -147,3 +147,31 @@ def test_vacuum_takes_on_or_off(postgres_url) -> None:
 
     with pytest.raises(ConfigurationError, match="vacuum="):
         PostgresBackend(postgres_url + "?vacuum=maybe")
+
+
+def test_settles_read_rows_by_key_when_the_planner_thinks_the_table_empty(
+    backend, postgres_url
+) -> None:
+    # A table vacuumed while nearly empty, of many pages: the planner's row
+    # estimate is near zero however many tasks it holds since.
+    backend.enqueue([Message("a", f"old{i}", b"x" * 200) for i in range(20000)])
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM gatorapp_tasks")
+        conn.execute("VACUUM ANALYZE gatorapp_tasks")
+    backend.enqueue([Message("a", f"t{i}", b"x") for i in range(5000)])
+    got = backend.reserve(["a"], 100, 30, "w")
+    from gatorapp.backends.postgres_sql import ACK
+
+    seqs, tokens = [r.handle for r in got], [r.token for r in got]
+    conn = backend.conn  # (the backend's own connection, as a settle uses it)
+    plan = "\n".join(
+        r[0] for r in conn.execute("EXPLAIN (COSTS OFF) " + ACK, (seqs, tokens, seqs), binary=True)
+    )
+    assert "Seq Scan on gatorapp_tasks" not in plan, plan
+    from gatorapp.backends.postgres_sql import RESERVE
+
+    plan = "\n".join(
+        r[0] for r in conn.execute("EXPLAIN (COSTS OFF) " + RESERVE, ("tok", 30, ["a"], 10, 10))
+    )
+    assert "Seq Scan on gatorapp_tasks" not in plan and "Sort" not in plan, plan
+    assert backend.ack(got) == [True] * 100

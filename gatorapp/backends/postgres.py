@@ -112,6 +112,13 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
         if conn is None or conn.closed:
             # (application_name: what pg_stat_activity shows for it)
             conn = psycopg.connect(self._dsn, autocommit=True, application_name="gatorapp")
+            # A queue table swings from empty to millions of rows between two
+            # ANALYZEs, so the planner's estimate is often near zero: a whole
+            # read of the table (or of a queue, then sorted) then looks
+            # cheapest, and every settle or reserve reads it all. Every
+            # statement of gatorapp has an index to read in order; on its own
+            # connections (never on yours) that is what it does.
+            conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
             if not self._ready:
                 with self._lock:
                     if not self._ready:
@@ -330,7 +337,7 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
         """Delete the tasks whose lease is still held, in one statement; True
         for each one deleted."""
         seqs, tokens = held(reservations)
-        rows = conn.execute(ACK, (seqs, tokens)).fetchall()
+        rows = conn.execute(ACK, (seqs, tokens, seqs)).fetchall()
         self.deleted(len(rows))
         return done(seqs, rows)
 
@@ -417,7 +424,7 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
     def _retry_in(conn: Any, items: Sequence[RetryItem]) -> list[bool]:
         seqs, tokens = held([r for r, _, _ in items])
         rows = conn.execute(
-            RETRY, (seqs, tokens, [data for _, data, _ in items], [at for _, _, at in items])
+            RETRY, (seqs, tokens, [d for _, d, _ in items], [at for _, _, at in items], seqs)
         ).fetchall()
         return done(seqs, rows)
 
@@ -425,7 +432,7 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
         conn = self.conn
         seqs, tokens = held(reservations)
         with conn.transaction():
-            rows = conn.execute(RELEASE, (seqs, tokens)).fetchall()
+            rows = conn.execute(RELEASE, (seqs, tokens, seqs)).fetchall()
             if rows and self.notify:
                 # (They are ready again: an idle worker may take them now.)
                 names = sorted({row[1] for row in rows})
@@ -437,7 +444,8 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
 
     def _extend(self, reservations: Sequence[Reservation]) -> list[bool]:
         seqs, tokens = held(reservations)
-        rows = self.conn.execute(EXTEND, (seqs, tokens, [r.lease for r in reservations])).fetchall()
+        leases = [r.lease for r in reservations]
+        rows = self.conn.execute(EXTEND, (seqs, tokens, leases, seqs)).fetchall()
         return done(seqs, rows)
 
     def _bury(self, items: Sequence[Burial]) -> list[bool]:
@@ -447,7 +455,7 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
         seqs, tokens = held([r for r, _, _ in items])
         rows = conn.execute(
             BURY,
-            (seqs, tokens, [reason for _, reason, _ in items], [truncate(e) for _, _, e in items]),
+            (seqs, tokens, [why for _, why, _ in items], [truncate(e) for _, _, e in items], seqs),
         ).fetchall()
         self.deleted(len(rows))
         return done(seqs, rows)

@@ -74,31 +74,31 @@ RESERVE = (
 # A lease is named by the row's seq and the reserve's token, and so is each
 # task a settle names: ``Reservation.token`` is "<seq>.<token>". Every
 # statement below joins the rows by primary key, whatever the table's
-# statistics say, and checks the token.
+# statistics say (the rows' keys once more, last, as an index condition: a
+# table the planner believes empty would otherwise be read whole), and checks
+# the token.
 HELD = "unnest(%b::int8[], %b::text[]"
-ACK = (
-    f"DELETE FROM gatorapp_tasks t USING {HELD}) AS u(seq, token) "
-    "WHERE t.seq = u.seq AND t.token = u.token RETURNING t.seq"
-)
+BY_KEY = "WHERE t.seq = u.seq AND t.token = u.token AND t.seq = ANY(%b::int8[])"
+ACK = f"DELETE FROM gatorapp_tasks t USING {HELD}) AS u(seq, token) {BY_KEY} RETURNING t.seq"
 RETRY = (
     "UPDATE gatorapp_tasks t SET data = u.data, run_at = u.run_at, token = NULL, "
     f"lease_until = NULL, deliveries = 0 FROM {HELD}, %b::bytea[], %b::float8[]) "
-    "AS u(seq, token, data, run_at) WHERE t.seq = u.seq AND t.token = u.token RETURNING t.seq"
+    f"AS u(seq, token, data, run_at) {BY_KEY} RETURNING t.seq"
 )
 RELEASE = (
     "UPDATE gatorapp_tasks t SET token = NULL, lease_until = NULL, "
     f"deliveries = greatest(t.deliveries - 1, 0) FROM {HELD}) AS u(seq, token) "
-    "WHERE t.seq = u.seq AND t.token = u.token RETURNING t.seq, t.queue"
+    f"{BY_KEY} RETURNING t.seq, t.queue"
 )
 EXTEND = (
     f"UPDATE gatorapp_tasks t SET lease_until = {NOW} + u.lease "
     f"FROM {HELD}, %b::float8[]) AS u(seq, token, lease) "
-    "WHERE t.seq = u.seq AND t.token = u.token RETURNING t.seq"
+    f"{BY_KEY} RETURNING t.seq"
 )
 BURY = (
     f"WITH b AS (DELETE FROM gatorapp_tasks t USING {HELD}, %b::text[], %b::text[]) "
     "WITH ORDINALITY AS u(seq, token, reason, error, n) "
-    "WHERE t.seq = u.seq AND t.token = u.token "
+    f"{BY_KEY} "
     "RETURNING t.seq, t.queue, t.task_id, t.data, u.reason, u.error, u.n), "
     "d AS (INSERT INTO gatorapp_dead (queue, task_id, data, reason, error, failed_at) "
     f"SELECT queue, task_id, data, reason, error, {NOW} FROM b ORDER BY n) "
