@@ -44,7 +44,8 @@ def test_sigkill_three_times_while_draining_2000_tasks_loses_nothing(tmp_path):
     record.starmap([(i, 0.005) for i in range(n)])
     env = env_for(url, ledger, lease=1.0)
     rng = random.Random()
-    # Kill at a random moment once the worker is making progress.
+    # Three kills, each at a random moment once that worker is making progress
+    # (a completion past where the ledger stood when it started).
     kills = kill_repeatedly(
         env,
         ("-c", "4", "--prefetch", "4"),
