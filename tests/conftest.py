@@ -11,12 +11,15 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from pathlib import Path
 
 import pytest
 from service_postgres import postgres_server, postgres_url  # noqa: F401 (fixtures)
 from service_redis import redis_server, redis_url  # noqa: F401 (fixtures)
 from service_sqs import sqs_env, sqs_prefix, sqs_server, sqs_url  # noqa: F401 (fixtures)
-from worker_proc import FAULT_REPORTS
+from worker_proc import FAULT_REPORTS, env_for
+
+from gatorapp import App
 
 # Backends every contract test runs against; a new backend adds its name here
 # and a branch in backend_url below.
@@ -65,6 +68,19 @@ def shared_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/queue.db"
     return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+def served(shared_url: str, tmp_path: Path):
+    """An app on ``shared_url`` with tests/apps/ledger_app.py's ``record``
+    task, and the environment for real workers (``-A ledger_app``) to run it in."""
+    app = App(shared_url)
+
+    # Same name as tests/apps/ledger_app.py; this process only enqueues.
+    @app.task(name="ledger_app.record")
+    def record(key, sleep=0.0): ...
+
+    return app, record, env_for(shared_url, tmp_path / "ledger.txt")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import conftest  # partly initialised while it imports this module: use at call time only
 import pytest
+from service_process import ServerProcess
 
 HINT = "apt-get install postgresql"
 
@@ -63,19 +64,24 @@ def _as_postgres() -> Callable[[], None] | None:
     return drop
 
 
-class PostgresServer:
+class PostgresServer(ServerProcess):
+    name = "postgres"
+    start_timeout = 30.0
+    stop_signal = signal.SIGINT  # a fast shutdown: connections are ended, nothing is lost
+    signal_timeout = 30.0
+
     def __init__(self, port: int | None = None) -> None:
+        super().__init__(port)
         self.initdb = binary("initdb")
         self.postgres = binary("postgres")
-        self.port = port or conftest.free_port()
         # (Not pytest's tmp_path: its parents are root's, closed to postgres.)
         self.dir = Path(tempfile.mkdtemp(prefix="gatorapp-pg-"))
         self.data = self.dir / "data"
-        self.demote = _as_postgres()
-        if self.demote is not None:
+        self.log_path = self.dir / "postgres.log"
+        self.preexec_fn = _as_postgres()
+        if self.preexec_fn is not None:
             user = pwd.getpwnam("postgres")
             os.chown(self.dir, user.pw_uid, user.pw_gid)
-        self.proc: subprocess.Popen[bytes] | None = None
         self._init()
 
     @property
@@ -86,7 +92,7 @@ class PostgresServer:
         done = subprocess.run(
             [self.initdb, "-D", str(self.data), "-U", "gatorapp", "-A", "trust",
              "-E", "UTF8", "--no-sync", "--no-instructions"],
-            preexec_fn=self.demote,
+            preexec_fn=self.preexec_fn,
             capture_output=True,
             text=True,
             timeout=120,
@@ -108,27 +114,7 @@ class PostgresServer:
             "-c", "max_connections=200",
         ]  # fmt: skip
 
-    def start(self, timeout: float = 30.0) -> PostgresServer:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        log = open(self.dir / "postgres.log", "ab")
-        self.proc = subprocess.Popen(
-            self.args(), stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.demote
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"postgres exited: {self.log()[-2000:]}")
-            if self.ready():
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"postgres did not answer on port {self.port}: {self.log()[-2000:]}")
-
-    def log(self) -> str:
-        path = self.dir / "postgres.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def ready(self) -> bool:
+    def answers(self) -> bool:
         """Whether it accepts a query (a TCP connect alone comes before that)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
@@ -149,10 +135,10 @@ class PostgresServer:
         from the WAL. Its backends end by themselves when they see it gone:
         wait for them, since a new postmaster refuses to start while they
         hold the old one's shared memory."""
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None or not self.running():
             return
         children = self._children(self.proc.pid)
-        self._signal(signal.SIGKILL)
+        super().kill()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and any(Path(f"/proc/{c}").exists() for c in children):
             time.sleep(0.05)
@@ -168,21 +154,6 @@ class PostgresServer:
             if int(stat.rpartition(")")[2].split()[1]) == parent:
                 out.append(int(pid))
         return out
-
-    def stop(self) -> None:
-        """A fast shutdown (SIGINT): connections are ended, nothing is lost."""
-        self._signal(signal.SIGINT)
-
-    def restart(self, down_for: float = 0.0, *, kill: bool = True) -> None:
-        self.kill() if kill else self.stop()
-        time.sleep(down_for)
-        self.start()
-
-    def _signal(self, sig: int) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, sig)
-        self.proc.wait(30)
 
     def close(self) -> None:
         self.stop()

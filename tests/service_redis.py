@@ -9,22 +9,23 @@ The fixtures ``redis_server`` (one server for the session) and ``redis_url``
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import conftest  # partly initialised while it imports this module: use at call time only
 import pytest
+from service_process import ServerProcess
 
 HINT = "apt-get install redis-server"
 
 
-class RedisServer:
+class RedisServer(ServerProcess):
+    name = "redis-server"
+    poll_interval = 0.02
+
     def __init__(
         self,
         directory: Path,
@@ -33,13 +34,13 @@ class RedisServer:
         port: int | None = None,
         unixsocket: bool = False,
     ) -> None:
+        super().__init__(port)
         self.binary = conftest.require_binary("redis-server", HINT)
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
         self.socket = self.dir / "redis.sock" if unixsocket else None
-        self.port = port or conftest.free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.dir / "redis.log"  # (written by the server itself)
 
     @property
     def url(self) -> str:
@@ -54,7 +55,7 @@ class RedisServer:
             "--save", "",
             "--daemonize", "no",
             "--protected-mode", "yes",
-            "--logfile", str(self.dir / "redis.log"),
+            "--logfile", str(self.log_path),
         ]  # fmt: skip
         if self.socket is not None:
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
@@ -65,53 +66,17 @@ class RedisServer:
             args += ["--appendonly", "no"]
         return args
 
-    def start(self, timeout: float = 10.0) -> RedisServer:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.proc = subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"redis-server exited: {err}{self.log()[-2000:]}")
-            if self.ping():
-                return self
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+    def spawn(self) -> subprocess.Popen[bytes]:
+        # (stderr: what it says when it exits before it opens its log)
+        return subprocess.Popen(self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def log(self) -> str:
-        path = self.dir / "redis.log"
-        return path.read_text() if path.exists() else ""
-
-    def ping(self) -> bool:
+    def answers(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
             return False
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown save, connections drop at once."""
-        self._signal(signal.SIGKILL)
-
-    def stop(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def restart(self, down_for: float = 0.0, *, kill: bool = True) -> None:
-        self.kill() if kill else self.stop()
-        time.sleep(down_for)
-        self.start()
-
-    def _signal(self, sig: int) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.kill(self.proc.pid, sig)
-        self.proc.wait(10)
-
-    def close(self) -> None:
-        self.kill()
-        if self.proc is not None and self.proc.stderr:
-            self.proc.stderr.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import conftest  # partly initialised while it imports this module: use at call time only
 import pytest
+from service_process import ServerProcess
 
 REGION = "us-east-1"
 DUMMY_ENV = {
@@ -29,43 +31,46 @@ DUMMY_ENV = {
 }
 
 
-def _answers(endpoint: str) -> bool:
-    try:
-        urllib.request.urlopen(endpoint, timeout=1).close()
-    except urllib.error.HTTPError:
-        return True  # any HTTP answer means it is serving
-    except OSError:
-        return False
-    return True
+class MotoServer(ServerProcess):
+    name = "moto_server"
+    start_timeout = 30.0
+
+    def __init__(self, log_path: Path) -> None:
+        super().__init__()
+        self.binary = conftest.require_binary("moto_server", "pip install 'moto[server]'")
+        self.log_path = log_path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def args(self) -> list[str]:
+        return [self.binary, "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def answers(self) -> bool:
+        try:
+            urllib.request.urlopen(self.url, timeout=1).close()
+        except urllib.error.HTTPError:
+            return True  # any HTTP answer means it is serving
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        except subprocess.TimeoutExpired:
+            self.kill()
 
 
 @pytest.fixture(scope="session")
 def sqs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Endpoint URL of a moto_server running for the whole session."""
-    from conftest import free_port, require_binary  # conftest imports this module
-
-    binary = require_binary("moto_server", "pip install 'moto[server]'")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [binary, "-H", "127.0.0.1", "-p", str(port)], stdout=log_file, stderr=log_file
-        )
-    endpoint = f"http://127.0.0.1:{port}"
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto_server.log")
     try:
-        deadline = time.monotonic() + 30
-        while not _answers(endpoint):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"moto_server did not start: {log_path.read_text()[-2000:]}")
-            time.sleep(0.05)
-        yield endpoint
+        yield server.start().url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.close()
 
 
 @pytest.fixture

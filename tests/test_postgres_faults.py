@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from service_postgres import PostgresServer
 from test_redis_faults import _count, _outcome, _producer, _settled
-from worker_proc import env_for, held_bound, report, start_worker, stop, wait_for
+from worker_proc import env_for, held_bound, kill_repeatedly, report, start_worker, stop, wait_for
 
 from gatorapp.errors import BackendError
 
@@ -105,15 +105,10 @@ def test_sigkill_storm_over_two_workers_loses_nothing(postgres_url, tmp_path):
     args = ("-c", str(concurrency), "--prefetch", "4", *QUIET)
     marks = sorted(random.Random().sample(range(n // 20, n * 8 // 10), kills))
     steady = start_worker(env, *args, app=APP)  # the other worker: never killed
-    killed_at = []
     try:
-        for mark in marks:
-            proc = start_worker(env, *args, app=APP)
-            reached = wait_for(lambda m=mark: len(_count(ledger)) >= m, 60, interval=0.005)
-            proc.kill()
-            proc.wait()
-            assert reached, stop(proc)[1][-3000:]
-            killed_at.append(len(_count(ledger)))
+        killed_at = kill_repeatedly(
+            env, args, marks, lambda: len(_count(ledger)), app=APP, interval=0.005
+        )
         finished = wait_for(lambda: len(_count(ledger)) >= n and settled(app), 90, interval=0.1)
     finally:
         code, out = stop(steady)

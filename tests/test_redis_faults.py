@@ -20,6 +20,7 @@ from service_redis import RedisServer
 from worker_proc import (
     env_for,
     held_bound,
+    kill_repeatedly,
     ledger_lines,
     output,
     report,
@@ -84,14 +85,10 @@ def test_sigkill_five_times_while_draining_5000_tasks_loses_nothing(redis_url, t
     # Kill when the drain reaches random points spread over it, so every kill
     # lands mid-drain whatever the machine's speed.
     marks = sorted(rng.sample(range(n // 20, n * 9 // 10), kills))
-    killed_at = []
-    for mark in marks:
-        proc = start_worker(env, "-c", str(concurrency), "--prefetch", "4", *QUIET, app=APP)
-        reached = wait_for(lambda m=mark: len(_count(ledger)) >= m, 60, interval=0.005)
-        proc.kill()
-        proc.wait()
-        assert reached, stop(proc)[1][-3000:]
-        killed_at.append(len(_count(ledger)))
+    args = ("-c", str(concurrency), "--prefetch", "4", *QUIET)
+    killed_at = kill_repeatedly(
+        env, args, marks, lambda: len(_count(ledger)), app=APP, interval=0.005
+    )
     proc = start_worker(env, "-c", str(concurrency), *QUIET, app=APP)
     try:
         finished = wait_for(lambda: len(_count(ledger)) >= n and _settled(app), 60, interval=0.1)
@@ -124,14 +121,10 @@ def test_sigkill_with_a_full_batch_and_outbox_reruns_at_most_what_was_held(redis
     ids = [h.id for h in record.starmap([()] * n)]
     env = env_for(redis_url, ledger, lease=1.0)
     marks = sorted(random.Random().sample(range(n // 10, n * 8 // 10), kills))
-    killed_at = []
-    for mark in marks:
-        proc = start_worker(env, "-c", "1", *QUIET, app=APP)
-        reached = wait_for(lambda m=mark: len(_count(ledger)) >= m, 120, interval=0.002)
-        proc.kill()
-        proc.wait()
-        assert reached, stop(proc)[1][-3000:]
-        killed_at.append(len(_count(ledger)))
+    args = ("-c", "1", *QUIET)
+    killed_at = kill_repeatedly(
+        env, args, marks, lambda: len(_count(ledger)), app=APP, timeout=120, interval=0.002
+    )
     proc = start_worker(env, "-c", "1", *QUIET, app=APP)
     try:
         finished = wait_for(lambda: len(_count(ledger)) >= n and _settled(app), 120, interval=0.1)

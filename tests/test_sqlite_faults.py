@@ -14,6 +14,7 @@ from worker_proc import (
     counts,
     env_for,
     finish,
+    kill_repeatedly,
     read_ledger,
     report,
     start_worker,
@@ -43,16 +44,17 @@ def test_sigkill_three_times_while_draining_2000_tasks_loses_nothing(tmp_path):
     record.starmap([(i, 0.005) for i in range(n)])
     env = env_for(url, ledger, lease=1.0)
     rng = random.Random()
-    kills: list[int] = []
-    for _ in range(3):
-        proc = start_worker(env, "-c", "4", "--prefetch", "4")
-        before = len(counts(ledger))
-        # Kill at a random moment once the worker is making progress.
-        assert wait_for(lambda b=before: len(counts(ledger)) > b, 20)
-        time.sleep(rng.uniform(0.05, 0.5))
-        proc.kill()
-        proc.wait()
-        kills.append(len(counts(ledger)))
+    # Three kills, each at a random moment once that worker is making progress
+    # (a completion past where the ledger stood when it started).
+    kills = kill_repeatedly(
+        env,
+        ("-c", "4", "--prefetch", "4"),
+        [1] * 3,
+        lambda: len(counts(ledger)),
+        relative=True,
+        then=lambda: time.sleep(rng.uniform(0.05, 0.5)),
+        timeout=20,
+    )
     proc = start_worker(env, "-c", "4")
     try:
         finished = wait_for(lambda: len(counts(ledger)) >= n, 90, interval=0.1)

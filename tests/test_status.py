@@ -28,18 +28,6 @@ from gatorapp.errors import MissingDependencyError
 from gatorapp.views import Rates
 
 
-@pytest.fixture
-def served(shared_url: str, tmp_path: Path):
-    url = shared_url
-    app = App(url)
-
-    # Same name as tests/apps/ledger_app.py; this process only enqueues.
-    @app.task(name="ledger_app.record")
-    def record(key, sleep=0.0): ...
-
-    return app, record, env_for(url, tmp_path / "ledger.txt")
-
-
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gatorapp", "status", "-A", "ledger_app", *args],

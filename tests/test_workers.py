@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from worker_proc import env_for, output, start_worker, stop, wait_for
+from worker_proc import output, start_worker, stop, wait_for
 
 from gatorapp import App
 from gatorapp.backends import load_backend
@@ -19,18 +19,6 @@ from gatorapp.errors import ConfigurationError
 from gatorapp.workers import NotAvailable, RunningTask, WorkerInfo, decode_all, list_workers
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def served(shared_url: str, tmp_path):
-    url = shared_url
-    app = App(url)
-
-    # Same name as tests/apps/ledger_app.py; this process only enqueues.
-    @app.task(name="ledger_app.record")
-    def record(key, sleep=0.0): ...
-
-    return app, record, env_for(url, tmp_path / "ledger.txt")
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gatorapp.worker.fetch import MAX_PREFETCH, OVERLAP
@@ -96,6 +97,37 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 20)
         return proc.returncode, out
     proc.wait(timeout=timeout)
     return proc.returncode, output(proc)
+
+
+def kill_repeatedly(
+    env: dict[str, str],
+    args: Sequence[str],
+    marks: Sequence[int],
+    done: Callable[[], int],
+    *,
+    app: str = "ledger_app",
+    relative: bool = False,
+    then: Callable[[], object] | None = None,
+    timeout: float = 60,
+    interval: float = 0.02,
+) -> list[int]:
+    """SIGKILL workers mid-drain, one for each of ``marks``: start a worker
+    (``args``), wait until ``done()`` (completions in the ledger) reaches the
+    mark (counted from where it stood when that worker started, if
+    ``relative``), call ``then()`` if given, and kill it. Fails if a mark is
+    not reached within ``timeout``. Returns ``done()`` after each kill."""
+    killed_at = []
+    for mark in marks:
+        proc = start_worker(env, *args, app=app)
+        target = mark + done() if relative else mark
+        reached = wait_for(lambda t=target: done() >= t, timeout, interval=interval)
+        if reached and then is not None:
+            then()
+        proc.kill()
+        proc.wait()
+        assert reached, stop(proc)[1][-3000:]
+        killed_at.append(done())
+    return killed_at
 
 
 # Lines that fault tests want in the test output whether they pass or fail;

@@ -9,21 +9,14 @@ import asyncio
 import os
 import time
 
+from ledger import log as _log
+
 from gatorapp import App
 
 app = App(
     os.environ.get("GATORAPP_TEST_URL", "memory://"),
     lease=float(os.environ.get("GATORAPP_TEST_LEASE", "2")),
 )
-LEDGER = os.environ.get("GATORAPP_TEST_LEDGER", os.devnull)
-
-
-def _log(event: str, key: object) -> None:
-    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{event} {key} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
 
 
 @app.task

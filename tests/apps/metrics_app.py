@@ -6,18 +6,12 @@ counts scraped from ``/metrics`` can be checked against what really ran.
 
 import os
 
+from ledger import LEDGER
+from ledger import log as _log
+
 from gatorapp import App
 
 app = App(os.environ.get("GATORAPP_TEST_URL", "memory://"), lease=5)
-LEDGER = os.environ.get("GATORAPP_TEST_LEDGER", os.devnull)
-
-
-def _log(event: str, key: object) -> None:
-    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, f"{event} {key} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
 
 
 @app.task

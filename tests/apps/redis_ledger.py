@@ -10,24 +10,20 @@ import os
 import threading
 import time
 
+from ledger import append
+
 from gatorapp import App, Task
 
 app = App(
     os.environ.get("GATORAPP_TEST_URL", "memory://"),
     lease=float(os.environ.get("GATORAPP_TEST_LEASE", "2")),
 )
-LEDGER = os.environ.get("GATORAPP_TEST_LEDGER", os.devnull)
 _current = threading.local()
 
 
 def _log(event: str) -> None:
     task: Task = _current.task
-    line = f"{event} {task.task_id} {task.attempt} {os.getpid()}\n"
-    fd = os.open(LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    append(f"{event} {task.task_id} {task.attempt} {os.getpid()}\n")
 
 
 def remember(task: Task) -> None:
