@@ -37,6 +37,9 @@ def listed(app: App) -> dict[int, WorkerInfo]:
 
 def test_workers_list_themselves_with_what_they_run_and_leave_when_stopped(served) -> None:
     app, record, env = served
+    # A lease well past the tasks' 3 s: a heartbeat late on a loaded machine
+    # must not let a task run twice (the test counts three done).
+    env = {**env, "GATORAPP_TEST_LEASE": "10"}
     # (No prefetch: each takes only what it runs, so the three run at once.)
     a = start_worker(env, "-Q", "default", "-c", "2", "--prefetch", "0", "--beat", "0.3")
     b = start_worker(env, "-Q", "default,other", "--prefetch", "0", "--beat", "0.3")
