@@ -51,14 +51,14 @@ def url(request: pytest.FixtureRequest, tmp_path) -> str:
     return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/queue.db"
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def store_url(request: pytest.FixtureRequest, tmp_path) -> str:
     """The backends that keep results and ticks of their own."""
     if request.param == "memory":
         return "memory://"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/q.db"
-    return str(request.getfixturevalue("redis_url"))
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 @pytest.fixture(params=["sqlite", "redis", "postgres"])

@@ -234,11 +234,11 @@ def test_async_tasks_run_many_at_once_up_to_the_limit() -> None:
 
 
 # -- real worker processes ----------------------------------------------------------
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgres"])
 def proc_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/q.db"
-    return request.getfixturevalue("redis_url")
+    return request.getfixturevalue(f"{request.param}_url")
 
 
 def _enqueue(url: str, keys: list[str], **kwargs: float) -> None:

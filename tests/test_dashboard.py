@@ -52,9 +52,11 @@ class Served:
 
 @pytest.fixture
 def dash_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """SQLite, unless a test asks for ``redis`` (indirect parametrization)."""
-    if getattr(request, "param", "sqlite") == "redis":
-        return str(request.getfixturevalue("redis_url"))
+    """SQLite, unless a test asks for ``redis`` or ``postgres`` (indirect
+    parametrization)."""
+    kind = getattr(request, "param", "sqlite")
+    if kind in ("redis", "postgres"):
+        return str(request.getfixturevalue(f"{kind}_url"))
     return f"sqlite:///{tmp_path}/queue.db"
 
 
@@ -243,7 +245,7 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-@pytest.mark.parametrize("dash_url", ["sqlite", "redis"], indirect=True)
+@pytest.mark.parametrize("dash_url", ["sqlite", "redis", "postgres"], indirect=True)
 def test_the_page_end_to_end(served, browser, dash_url) -> None:
     app, add, explode = served.app, served.add, served.explode
     hostile = "<script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>"
@@ -304,7 +306,8 @@ def test_the_page_end_to_end(served, browser, dash_url) -> None:
         page.locator("#workers tbody tr", has_text="dashboard_app.hold").wait_for(timeout=15000)
         time.sleep(4)  # (a few more points on the throughput chart)
         ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / ("dashboard.png" if "sqlite" in dash_url else "dashboard-redis.png")
+        kind = dash_url.partition(":")[0].replace("postgresql", "postgres")
+        shot = ARTIFACTS / ("dashboard.png" if kind == "sqlite" else f"dashboard-{kind}.png")
         page.screenshot(path=str(shot), full_page=True)
         served.release.touch()
         assert held.get(timeout=30) == "released"

@@ -13,7 +13,7 @@ import pytest
 from gatorapp.backends import Message, load_backend
 
 
-@pytest.fixture(params=["sqlite", "redis", "sqs"])
+@pytest.fixture(params=["sqlite", "redis", "sqs", "postgres"])
 def fork_url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/queue.db"

@@ -50,13 +50,13 @@ def test_a_sqlite_row_with_a_text_payload_is_a_dead_letter_and_holds_nothing_up(
     app.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "redis"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
 def url(request: pytest.FixtureRequest, tmp_path) -> str:
     if request.param == "memory":
         return "memory://"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/queue.db"
-    return str(request.getfixturevalue("redis_url"))
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 def test_a_task_stored_with_an_empty_id_is_a_dead_letter_not_a_loop(url: str) -> None:

@@ -287,9 +287,11 @@ def ledger_ticks(path) -> Counter[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "postgres"])
 def test_two_worker_processes_run_each_tick_once(kind: str, tmp_path, request) -> None:
-    url = f"sqlite:///{tmp_path}/q.db" if kind == "sqlite" else request.getfixturevalue("redis_url")
+    url = (
+        f"sqlite:///{tmp_path}/q.db" if kind == "sqlite" else request.getfixturevalue(f"{kind}_url")
+    )
     ledger = tmp_path / "ledger"
     env = {**os.environ, "PYTHONPATH": str(APPS), "GATORAPP_TEST_URL": url}
     env["PERIODIC_LEDGER"] = str(ledger)
