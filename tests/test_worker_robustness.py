@@ -215,3 +215,26 @@ def test_a_custom_backend_that_always_raises_logs_its_traceback_once_then_backs_
     assert len(failures) == 1  # one outage, said once
     assert "RuntimeError: client bug" in failures[0].getMessage()
     assert failures[0].exc_info is not None  # with the client's traceback
+
+
+def test_a_swapped_reservation_is_forgotten_through_either_side() -> None:
+    # The runner holds a new reservation once it knows the task's own lease;
+    # an error path that still has the old one must stop renewing the new one.
+    from gatorapp.backends import Reservation
+    from gatorapp.worker.held import Held
+
+    held = Held()
+    old = Reservation("q", "t", b"", "tok", 1, 30.0)
+    held.add([old])
+    new = held.swap(old, old._replace(lease=5.0))
+    assert held.snapshot() == [new]
+    assert held.mark_lost(old) and held.was_lost(new)  # (a heartbeat's older snapshot)
+    held.forget([old])
+    assert held.snapshot() == [] and not held.lost
+
+    held.add([old])
+    newer = held.swap(held.swap(old, old._replace(lease=5.0)), old._replace(lease=9.0))
+    held.forget([newer])  # the settled path: the new one, and nothing left behind
+    assert held.snapshot() == [] and not held.lost
+    held.forget([old])
+    assert held.snapshot() == []

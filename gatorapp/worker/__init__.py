@@ -252,6 +252,7 @@ class Worker:
                 self._outbox.add,
                 threading.Event(),
                 self._running,
+                forget=self._held.forget,
             )
             self._fetch = Fetcher(
                 backend,

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from ..backends import Reservation
 from ..envelope import Task
@@ -52,8 +52,11 @@ class AsyncRunner:
         done: Callable[[Reservation, Settlement], None],
         progress: threading.Event,
         running: Running | None = None,
+        forget: Callable[[Sequence[Reservation]], None] | None = None,
     ) -> None:
         self.registry = registry
+        #: stops renewing a reservation whose attempt ended in an error of ours
+        self.forget = forget
         #: what runs now, for the worker's record (see gatorapp.workers)
         self.running = running or Running()
         #: counts for metrics (None: metrics off)
@@ -203,6 +206,8 @@ class AsyncRunner:
             raise
         except BaseException:  # never lose the runner: its lease runs out, it runs again
             log.exception("unexpected error running task %s", r.task_id, extra=fields(r))
+            if self.forget is not None:
+                self.forget([r])  # (no longer renewed: so it does run out)
             self._finish(time.perf_counter() - t0)
             return
         finally:

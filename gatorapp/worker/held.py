@@ -41,6 +41,11 @@ class Held:
         self._items: dict[int, Reservation] = {}
         #: held reservations whose lease the heartbeat found taken over
         self.lost: set[int] = set()
+        #: a swapped reservation's key -> (it, the one held for it): code that
+        #: still has the old one (an error path) forgets the new one through
+        #: it; keeping the old object keeps its id from being given again
+        self._swapped: dict[int, tuple[Reservation, Reservation]] = {}
+        self._swapped_to: dict[int, int] = {}  # the new one's key -> the old one's
 
     def __len__(self) -> int:
         return len(self._items)
@@ -57,6 +62,21 @@ class Held:
                 items.pop(key, None)
                 if lost:
                     lost.discard(key)
+                if self._swapped:
+                    self._unswap(key)
+
+    def _unswap(self, key: int) -> None:
+        """Forget the swap ``key`` took part in, old side or new (lock held)."""
+        old = self._swapped_to.pop(key, None)
+        if old is not None:  # the new one: its old one's record goes
+            self._swapped.pop(old, None)
+            return
+        pair = self._swapped.pop(key, None)
+        if pair is not None:  # the old one: the one held for it goes too
+            new = id(pair[1])
+            self._swapped_to.pop(new, None)
+            self._items.pop(new, None)
+            self.lost.discard(new)
 
     def swap(self, old: Reservation, new: Reservation) -> Reservation:
         """Hold ``new`` in place of ``old`` (the same task, with what the worker
@@ -66,6 +86,9 @@ class Held:
             key = id(old)
             if self._items.pop(key, None) is not None:
                 self._items[id(new)] = new
+                first = self._swapped_to.pop(key, key)  # (swapped twice: keep the first)
+                self._swapped[first] = (self._swapped.get(first, (old, new))[0], new)
+                self._swapped_to[id(new)] = first
             if key in self.lost:
                 self.lost.discard(key)
                 self.lost.add(id(new))
@@ -83,6 +106,9 @@ class Held:
         or ``r`` is no longer held."""
         with self.lock:
             key = id(r)
+            pair = self._swapped.get(key) if self._swapped else None
+            if pair is not None:  # (seen before a swap: the one held for it now)
+                key = id(pair[1])
             if key not in self._items or key in self.lost:
                 return False
             self.lost.add(key)
