@@ -12,6 +12,7 @@ import pytest
 from gatorapp.backends import Message
 from gatorapp.backends.postgres import PostgresBackend
 from gatorapp.backends.postgres_schema import SCHEMA_VERSION, create_tables
+from gatorapp.errors import ConfigurationError
 
 pytestmark = pytest.mark.slow
 
@@ -175,3 +176,19 @@ def test_settles_read_rows_by_key_when_the_planner_thinks_the_table_empty(
     )
     assert "Seq Scan on gatorapp_tasks" not in plan and "Sort" not in plan, plan
     assert backend.ack(got) == [True] * 100
+
+
+def test_planner_settings_are_on_its_own_connections_only_and_can_be_left_alone(
+    postgres_url,
+) -> None:
+    for url, expected in ((postgres_url, "off"), (postgres_url + "?planner=0", "on")):
+        b = PostgresBackend(url)
+        try:
+            assert b.conn.execute("SHOW enable_seqscan").fetchone() == (expected,)
+            assert b.conn.execute("SHOW enable_bitmapscan").fetchone() == (expected,)
+        finally:
+            b.close()
+    with psycopg.connect(postgres_url) as conn:  # (anyone else's: untouched)
+        assert conn.execute("SHOW enable_seqscan").fetchone() == ("on",)
+    with pytest.raises(ConfigurationError, match="planner= takes 1 or 0"):
+        PostgresBackend(postgres_url + "?planner=maybe")

@@ -30,13 +30,11 @@ from .postgres_sql import (
     ACK,
     BURY,
     EXTEND,
-    FALSE,
     LIVE,
     READY,
     RELEASE,
     RESERVE,
     RETRY,
-    TRUE,
     VACUUM,
     VACUUM_EVERY,
     VACUUM_LIVE,
@@ -46,6 +44,7 @@ from .postgres_sql import (
     held,
     insert,
     parse_url,
+    switch,
 )
 from .protocols import DeadLetterAdmin, QueueAdmin, TakeById
 from .records import (
@@ -70,21 +69,14 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
     def __init__(self, url: str = "postgresql:///gatorapp", **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self._dsn, options = parse_url(url)
-        notify = options.get("notify", "1").lower()
-        if notify not in TRUE + FALSE:
-            raise ConfigurationError(
-                f"notify= takes 1 or 0 (on or off), not {notify!r}: {masked_url(url)}"
-            )
         #: whether enqueues notify, and idle workers LISTEN (``?notify=0``: off)
-        self.notify = notify in TRUE
-        vacuum = options.get("vacuum", "1").lower()
-        if vacuum not in TRUE + FALSE:
-            raise ConfigurationError(
-                f"vacuum= takes 1 or 0 (on or off), not {vacuum!r}: {masked_url(url)}"
-            )
+        self.notify = switch(options, "notify", url)
         #: whether this process vacuums the tasks table after deleting
         #: VACUUM_EVERY rows (``?vacuum=0``: off, autovacuum alone does)
-        self.vacuum = vacuum in TRUE
+        self.vacuum = switch(options, "vacuum", url)
+        #: whether this backend's connections keep the planner to the indexes
+        #: (``?planner=0``: left alone, as behind a transaction-mode pooler)
+        self.planner = switch(options, "planner", url)
         self._deleted = 0
         self._vacuuming: threading.Thread | None = None
         if "poll" in options:
@@ -118,7 +110,8 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
             # cheapest, and every settle or reserve reads it all. Every
             # statement of gatorapp has an index to read in order; on its own
             # connections (never on yours) that is what it does.
-            conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
+            if self.planner:
+                conn.execute("SET enable_seqscan = off; SET enable_bitmapscan = off")
             if not self._ready:
                 with self._lock:
                     if not self._ready:

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .base import running_error
+from ..errors import ConfigurationError
+from .base import masked_url, running_error
 from .postgres_listen import channel
 from .records import Message, Reservation
 
@@ -133,9 +134,19 @@ READY = (
 )
 
 #: URL options this backend reads (and takes out of what libpq is given)
-OPTIONS = ("notify", "poll", "vacuum")
+OPTIONS = ("notify", "poll", "vacuum", "planner")
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off")
+
+
+def switch(options: dict[str, str], name: str, url: str) -> bool:
+    """An on/off URL option (on when not given)."""
+    value = options.get(name, "1").lower()
+    if value not in TRUE + FALSE:
+        raise ConfigurationError(
+            f"{name}= takes 1 or 0 (on or off), not {value!r}: {masked_url(url)}"
+        )
+    return value in TRUE
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
