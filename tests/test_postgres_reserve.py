@@ -5,6 +5,7 @@ the schema's migration from version 1."""
 from __future__ import annotations
 
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -192,3 +193,41 @@ def test_planner_settings_are_on_its_own_connections_only_and_can_be_left_alone(
         assert conn.execute("SHOW enable_seqscan").fetchone() == ("on",)
     with pytest.raises(ConfigurationError, match="planner= takes 1 or 0"):
         PostgresBackend(postgres_url + "?planner=maybe")
+
+
+def test_a_role_that_may_only_read_and_write_the_tables_runs(postgres_url, caplog) -> None:
+    # Tables made (and owned) by one role; producers and workers connect as
+    # another that may not create or alter anything.
+    owner = PostgresBackend(postgres_url)
+    owner.enqueue([Message("a", "made", b"x")])
+    owner.close()
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    db = postgres_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"REVOKE CREATE ON SCHEMA public FROM PUBLIC, {role}")
+        conn.execute(f'GRANT CONNECT ON DATABASE "{db}" TO {role}')
+        conn.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
+        )
+        conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    limited = postgres_url.replace("://gatorapp@", f"://{role}@")
+    assert limited != postgres_url
+    b = PostgresBackend(limited)
+    try:
+        b.enqueue([Message("a", "t", b"x")])
+        assert [r.task_id for r in b.reserve(["a"], 10, 30, "w")] == ["made", "t"]
+    finally:
+        b.close()
+    # Tables of the version before: the storage settings need the owner; it
+    # goes on without them, and says so.
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute("UPDATE gatorapp_schema SET version = 1")
+    b = PostgresBackend(limited)
+    try:
+        with caplog.at_level("WARNING", logger="gatorapp.backends"):
+            b.enqueue([Message("a", "u", b"x")])
+        assert "may not alter them" in caplog.text
+        assert b.stats("a").running == 2
+    finally:
+        b.close()

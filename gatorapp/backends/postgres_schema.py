@@ -6,11 +6,20 @@ race; ``gatorapp_schema`` records the version, so a later change of layout
 is a migration from a known version, never a guess: :data:`MIGRATIONS`
 takes a database from each version to the next, in the transaction that
 records the new version.
+
+A database whose tables are of this version needs no DDL at all: a role
+that may only read and write the tables (not create or alter them) is
+enough to run producers and workers.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import psycopg
+
+log = logging.getLogger("gatorapp.backends")
 
 SCHEMA_VERSION = 2
 #: the advisory lock key the schema is made under ("gatorapp" in ASCII)
@@ -85,9 +94,51 @@ ALTER TABLE gatorapp_tasks SET (
 }
 
 
+#: migrations that change only storage settings: a role that may not alter
+#: the tables goes on without them (with a warning) rather than stopping
+OPTIONAL = frozenset({2})
+
+
+def _found(conn: Any) -> int | None:
+    """The version of the tables found; None when there are none."""
+    if conn.execute("SELECT to_regclass('gatorapp_schema')").fetchone()[0] is None:
+        return None
+    row = conn.execute("SELECT max(version) FROM gatorapp_schema").fetchone()
+    return row[0] if row else None
+
+
 def create_tables(conn: Any) -> None:
     """Make the tables (a psycopg connection in autocommit mode), or check
     that those found are of a version this code knows."""
+    found = _found(conn)
+    if found == SCHEMA_VERSION:
+        return  # (no DDL: the role may be one that only reads and writes)
+    if found is not None and found > SCHEMA_VERSION:
+        raise _newer(found)
+    try:
+        _make(conn)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        pending = set(range((found or 0) + 1, SCHEMA_VERSION + 1))
+        if found is None or not pending or not pending <= OPTIONAL:
+            raise
+        log.warning(
+            "gatorapp's PostgreSQL tables are of version %s; version %s changes only "
+            "their storage settings, and this role may not alter them (%s): it goes on "
+            "without them. Connect once as the tables' owner to apply them.",
+            found,
+            SCHEMA_VERSION,
+            str(exc).strip(),
+        )
+
+
+def _newer(found: int) -> RuntimeError:
+    return RuntimeError(
+        f"the database's gatorapp tables are of version {found}, newer than this "
+        f"gatorapp knows ({SCHEMA_VERSION}): upgrade gatorapp"
+    )
+
+
+def _make(conn: Any) -> None:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
         conn.execute(TABLES)
@@ -97,10 +148,7 @@ def create_tables(conn: Any) -> None:
             conn.execute("INSERT INTO gatorapp_schema (version) VALUES (1)")
             found = 1
         elif found > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"the database's gatorapp tables are of version {found}, newer than this "
-                f"gatorapp knows ({SCHEMA_VERSION}): upgrade gatorapp"
-            )
+            raise _newer(found)
         if found < SCHEMA_VERSION:
             for version in range(found + 1, SCHEMA_VERSION + 1):
                 conn.execute(MIGRATIONS[version])
