@@ -61,3 +61,20 @@ def test_the_command_line_says_so_in_one_line(argv, words, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("gatorapp: error: DeliveryOnly") and words in err, err
     assert "Traceback" not in err
+
+
+def test_the_dashboard_shows_no_counts_rather_than_failing() -> None:
+    import asyncio
+
+    import httpx
+
+    from gatorapp.dashboard import create
+
+    async def look() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create(subject.app))
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            return await http.get("/api/overview")
+
+    reply = asyncio.run(look())
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["queues"] == [] and "keeps no queue counts" in reply.json()["counts"]

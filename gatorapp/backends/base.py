@@ -44,7 +44,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import BackendError, ConfigurationError, PayloadTooLarge, TaskRunning
+from ..errors import BackendError, ConfigurationError, GatorError, PayloadTooLarge, TaskRunning
 from ..options import check_text
 from .capabilities import Capabilities
 from .five import FiveMethods
@@ -488,6 +488,8 @@ def _translating(what: str, method: Callable[..., _R]) -> Callable[..., _R]:
     def call(self: Backend, *args: Any, **kwargs: Any) -> _R:
         try:
             return method(self, *args, **kwargs)
+        except GatorError:
+            raise  # (ours already: a refused id, a payload too large, a BackendError)
         except self.driver_errors as exc:
             raise self.driver_failed(what, exc) from exc
 

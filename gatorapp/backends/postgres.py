@@ -142,7 +142,7 @@ class PostgresBackend(PostgresAdmin, Backend, QueueAdmin, TakeById, DeadLetterAd
             pool.shutdown(wait=True)
         vacuuming, self._vacuuming = self._vacuuming, None
         if vacuuming is not None:
-            vacuuming.join()
+            vacuuming.join(5.0)  # (a daemon thread: a long VACUUM is not waited out)
         listener = self._listener
         if listener is not None:
             # (a thread blocked on it wakes with an error, and polls)

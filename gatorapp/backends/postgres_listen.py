@@ -72,8 +72,13 @@ class Listener:
             pass
 
     def block(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds for a notification: True if one came."""
-        for _ in self.conn.notifies(timeout=timeout, stop_after=1):
+        """Wait up to ``timeout`` seconds for a notification: True if one came
+        (and True at once when :meth:`drop` took the connection meanwhile, as
+        ``close()`` does from another thread: the caller looks, then ends)."""
+        conn = self.conn
+        if conn is None:
+            return True
+        for _ in conn.notifies(timeout=timeout, stop_after=1):
             return True
         return False
 

@@ -114,8 +114,12 @@ def build(app: App, token: str | None) -> Starlette:
         queues = list(dict.fromkeys(app.queues() + known_queues(app.backend)))
         look: dict[str, Any] = {"time": time.time(), "backend": app.backend.describe()}
         rows: list[dict[str, Any]] = []
+        try:
+            admin = queue_admin(app.backend)
+        except NotAvailable as exc:  # (a delivery-only backend: no counts to show)
+            queues, look["counts"] = [], str(exc)
         for q in queues:
-            s = queue_admin(app.backend).stats(q)
+            s = admin.stats(q)
             age = None if s.oldest is None else max(0.0, look["time"] - s.oldest)
             rows.append(
                 {"queue": q, "ready": s.ready, "delayed": s.delayed, "running": s.running,
