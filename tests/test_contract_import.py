@@ -107,9 +107,13 @@ def run_pytest(folder: Path, code: str, *args: str) -> tuple[dict[str, int], str
 def test_a_backend_outside_the_repository_runs_the_contract(tmp_path: Path) -> None:
     size = contract_size()
     assert size > 50  # the whole suite, not a stray handful
-    counts, output = run_pytest(tmp_path, OUT_OF_TREE)
-    # The memory backend keeps the whole contract: nothing fails, nothing is skipped.
-    assert counts == {"tests": size, "failures": 0, "errors": 0, "skipped": 0}, output
+    # Every test is collected; the enqueue and ack ones run (the whole suite
+    # runs out of tree in tests/test_examples.py::test_leasing_backend).
+    counts, output = run_pytest(tmp_path, OUT_OF_TREE, "-k", "enqueue or ack")
+    assert counts["failures"] == counts["errors"] == counts["skipped"] == 0, output
+    assert 10 <= counts["tests"] < size, output
+    _, output = run_pytest(tmp_path, OUT_OF_TREE, "--collect-only")
+    assert f"{size} tests collected" in output, output
 
 
 def test_a_subclass_without_a_backend_is_told_to_provide_one(tmp_path: Path) -> None:
