@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import ConfigurationError
+from ..options import as_bool
 from .base import masked_url, running_error
 from .postgres_listen import channel
 from .records import Message, Reservation
@@ -135,18 +136,18 @@ READY = (
 
 #: URL options this backend reads (and takes out of what libpq is given)
 OPTIONS = ("notify", "poll", "vacuum", "planner")
-TRUE = ("1", "true", "yes", "on")
-FALSE = ("0", "false", "no", "off")
 
 
 def switch(options: dict[str, str], name: str, url: str) -> bool:
-    """An on/off URL option (on when not given)."""
-    value = options.get(name, "1").lower()
-    if value not in TRUE + FALSE:
-        raise ConfigurationError(
-            f"{name}= takes 1 or 0 (on or off), not {value!r}: {masked_url(url)}"
-        )
-    return value in TRUE
+    """An on/off URL option (on when not given), read as the app's own
+    booleans are (:func:`gatorapp.options.as_bool`); an empty one is refused."""
+    value = options.get(name, "1")
+    try:
+        if value.strip():
+            return as_bool(value, name)
+    except ConfigurationError:
+        pass
+    raise ConfigurationError(f"{name}= takes 1 or 0 (on or off), not {value!r}: {masked_url(url)}")
 
 
 def parse_url(url: str) -> tuple[str, dict[str, str]]:
